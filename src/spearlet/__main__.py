@@ -1,0 +1,3 @@
+from spearlet.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Transports: thin adapters between the wire and the core."""

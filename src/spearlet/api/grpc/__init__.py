@@ -1,0 +1,1 @@
+"""The gRPC transport (stubs generated from spearlet.proto and committed)."""

@@ -1,0 +1,5 @@
+"""Fetching artifacts by path or URL, verifying checksums, caching downloads by digest."""
+
+from spearlet.artifacts.fetch import Artifact, ArtifactFetcher
+
+__all__ = ["Artifact", "ArtifactFetcher"]

@@ -1,0 +1,126 @@
+"""Turn an artifact `location` into a verified local file.
+
+A local path or `file://` URL is used in place. An `http(s)://` URL is downloaded once into the cache,
+named by its sha256 digest; a later registration that names the same checksum reuses the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import httpx
+
+from spearlet.core.errors import InvalidArgument
+
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    path: Path
+    digest: str  # sha256, hex
+
+
+def parse_checksum(checksum: str) -> str:
+    """`sha256:<hex>` or bare hex to the hex digest; empty means "not given"."""
+    if not checksum:
+        return ""
+    algorithm, _, digest = checksum.strip().rpartition(":")
+    if algorithm not in ("", "sha256") or not _HEX.match(digest.lower()):
+        raise InvalidArgument(f"checksum {checksum[:80]!r} is invalid: expected 'sha256:<64 hex digits>'")
+    return digest.lower()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verify(expected: str, actual: str, location: str) -> None:
+    if expected and expected != actual:
+        raise InvalidArgument(f"checksum mismatch for {location!r}: expected sha256:{expected}, got sha256:{actual}")
+
+
+class ArtifactFetcher:
+    def __init__(self, cache_dir: Path, max_bytes: int = 256 << 20, download_timeout_s: float = 60.0) -> None:
+        self.cache_dir = cache_dir
+        self.max_bytes = max_bytes
+        self.download_timeout_s = download_timeout_s
+
+    async def fetch(self, location: str, checksum: str = "") -> Artifact:
+        expected = parse_checksum(checksum)
+        if not location:
+            raise InvalidArgument("artifact_spec.location is required")
+        parsed = urlparse(location)
+        if parsed.scheme in ("http", "https"):
+            return await self._download(location, expected)
+        if parsed.scheme == "file":
+            path = Path(unquote(parsed.path))
+        elif parsed.scheme == "" or len(parsed.scheme) == 1:  # plain path (or a drive letter)
+            path = Path(location)
+        else:
+            raise InvalidArgument(
+                f"artifact location {location[:200]!r} has unsupported scheme {parsed.scheme!r}: "
+                "use a local path, file://, http:// or https://"
+            )
+        return await asyncio.to_thread(self._local, path.expanduser(), expected, location)
+
+    def _local(self, path: Path, expected: str, location: str) -> Artifact:
+        if not path.is_absolute():
+            path = path.resolve()
+        if not path.exists():
+            raise InvalidArgument(f"artifact location {location!r} does not exist")
+        if path.is_dir():
+            # A package directory (python runtime) has no single digest; its path identifies it.
+            if expected:
+                raise InvalidArgument(f"artifact location {location!r} is a directory: a checksum needs a file")
+            return Artifact(path, "")
+        actual = _sha256_file(path)
+        _verify(expected, actual, location)
+        return Artifact(path, actual)
+
+    async def _download(self, url: str, expected: str) -> Artifact:
+        if expected:
+            cached = self.cache_dir / expected
+            if cached.is_file():
+                return Artifact(cached, expected)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self.cache_dir, prefix=".download-")
+        tmp = Path(tmp_name)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async with (
+                    httpx.AsyncClient(timeout=self.download_timeout_s, follow_redirects=True) as client,
+                    client.stream("GET", url) as response,
+                ):
+                    if response.status_code != 200:
+                        raise InvalidArgument(f"downloading {url!r} failed: HTTP {response.status_code}")
+                    async for chunk in response.aiter_bytes(_CHUNK):
+                        size += len(chunk)
+                        if size > self.max_bytes:
+                            raise InvalidArgument(f"artifact {url!r} is larger than {self.max_bytes} bytes")
+                        digest.update(chunk)
+                        out.write(chunk)
+            actual = digest.hexdigest()
+            _verify(expected, actual, url)
+            final = self.cache_dir / actual
+            tmp.chmod(0o755)
+            tmp.replace(final)
+            return Artifact(final, actual)
+        except httpx.HTTPError as exc:
+            raise InvalidArgument(f"downloading {url!r} failed: {exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)

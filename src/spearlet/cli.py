@@ -1,0 +1,400 @@
+"""The `spearlet` command: run a node, manage tasks, invoke functions and follow executions.
+
+Client commands speak gRPC to a node (`--target`, or SPEARLET_TARGET). They print JSON (the proto3
+JSON mapping of the response) when stdout is not a terminal or with --json, a readable view otherwise.
+Exit codes: 0 success, 1 the function or operation failed, 2 the request was refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+import grpc
+import typer
+from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
+from google.protobuf.message import Message
+from rich.console import Console
+from rich.table import Table
+
+from spearlet.api.grpc import spearlet_pb2 as pb
+from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
+from spearlet.config import Settings
+
+app = typer.Typer(help="spearlet: a function-execution node for SPEAR.", no_args_is_help=True)
+task_app = typer.Typer(help="Register, list, show and remove tasks.", no_args_is_help=True)
+app.add_typer(task_app, name="task")
+
+console = Console()
+err_console = Console(stderr=True)
+
+Target = Annotated[str, typer.Option("--target", envvar="SPEARLET_TARGET", help="node gRPC address")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON even on a terminal")]
+DEFAULT_TARGET = "127.0.0.1:50052"
+STATUS = {v.number: v.name.removeprefix("EXECUTION_STATUS_") for v in pb.ExecutionStatus.DESCRIPTOR.values}
+
+
+def main() -> None:
+    app()
+
+
+# --- serving ---------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="address to bind [default: 127.0.0.1]")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port [default: 50052]")] = None,
+    http_port: Annotated[int | None, typer.Option(help="HTTP port [default: 8081]")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where the store and caches live [default: .spearlet]")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML settings file", exists=True)] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(help="tasks file to register at start; 'none' for none [default: bundled examples]"),
+    ] = None,
+    node_id: Annotated[str | None, typer.Option(help="this node's name [default: hostname]")] = None,
+) -> None:
+    """Run a node until SIGINT or SIGTERM. Every option is also a SPEARLET_* variable."""
+    from spearlet.node import serve as run_node
+    from spearlet.observability.logging import configure_logging
+
+    configure_logging()
+    try:
+        settings = Settings.load(
+            config,
+            host=host,
+            grpc_port=grpc_port,
+            http_port=http_port,
+            data_dir=data_dir,
+            tasks=tasks,
+            node_id=node_id,
+        )
+    except Exception as exc:
+        err_console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    try:
+        asyncio.run(run_node(settings, announce=lambda line: print(line, flush=True)))
+    except OSError as exc:
+        err_console.print(f"[red]cannot start the node:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+# --- client helpers ----------------------------------------------------------------------------
+
+
+def _call(target: str, method: str, request: Message, service: str = "FunctionService") -> Any:
+    stub_class = getattr(pb_grpc, f"{service}Stub")
+    with grpc.insecure_channel(target) as channel:
+        stub = stub_class(channel)
+        try:
+            return getattr(stub, method)(request)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            detail = exc.details()
+            if code is grpc.StatusCode.UNAVAILABLE:
+                detail = f"no node answers at {target} ({detail}); start one with `spearlet serve`"
+            err_console.print(f"[red]{code.name}[/red]: {detail}")
+            raise typer.Exit(2) from exc
+
+
+def _as_json(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _emit(message: Message, as_json: bool, pretty: Any) -> None:
+    if as_json or not sys.stdout.isatty():
+        print(json.dumps(_as_json(message), indent=2))
+    else:
+        pretty()
+
+
+def parse_param(text: str) -> pb.FunctionParameter:
+    """`name=value`: a value that parses as JSON is sent as a Value, anything else as a string."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise typer.BadParameter(f"{text!r}: expected name=value")
+    packed = any_pb2.Any()
+    try:
+        packed.Pack(json_format.ParseDict(json.loads(raw), struct_pb2.Value()))
+    except (ValueError, json_format.ParseError):
+        packed.Pack(wrappers_pb2.StringValue(value=raw))
+    return pb.FunctionParameter(name=name, value=packed)
+
+
+def _plain_result(result: pb.ExecutionResult) -> Any:
+    if not result.HasField("result"):
+        return None
+    value = struct_pb2.Value()
+    if result.result.Unpack(value):
+        return json_format.MessageToDict(value)
+    for wrapper in (wrappers_pb2.StringValue(), wrappers_pb2.BytesValue()):
+        if result.result.Unpack(wrapper):
+            return wrapper.value
+    return result.result.type_url
+
+
+def _show_result(execution_id: str, result: pb.ExecutionResult, logs: list[str] | None = None) -> None:
+    table = Table(show_header=False, box=None)
+    status = STATUS.get(result.status, str(result.status))
+    colour = {"COMPLETED": "green", "PENDING": "yellow", "RUNNING": "yellow"}.get(status, "red")
+    table.add_row("execution", execution_id)
+    table.add_row("status", f"[{colour}]{status}[/{colour}]")
+    value = _plain_result(result)
+    if value is not None:
+        table.add_row("result", value if isinstance(value, str) else json.dumps(value, indent=2, default=repr))
+    if result.error_code:
+        table.add_row("error", f"{result.error_code}: {result.error_message}")
+    if result.execution_time_ms or result.memory_used_bytes:
+        table.add_row("time", f"{result.execution_time_ms} ms, peak memory {result.memory_used_bytes / 1e6:.1f} MB")
+    if result.metrics:
+        table.add_row("metrics", ", ".join(f"{k}={v}" for k, v in sorted(result.metrics.items())))
+    if logs:
+        table.add_row("logs", "\n".join(logs[-20:]))
+    console.print(table)
+
+
+# --- invoking ----------------------------------------------------------------------------------
+
+
+@app.command()
+def invoke(
+    task: Annotated[str, typer.Argument(help="task id")],
+    function: Annotated[str, typer.Option("--function", "-f", help="function name")] = "",
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value, repeatable")] = None,
+    timeout: Annotated[int, typer.Option("--timeout", help="timeout in ms (0: the task's default)")] = 0,
+    retries: Annotated[int, typer.Option("--retries", help="max retries of a failed attempt")] = 0,
+    run_async: Annotated[bool, typer.Option("--async", help="return the execution id at once")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="with --async: follow the execution to its end")] = False,
+    execution_id: Annotated[str, typer.Option("--id", help="your own execution id (idempotent)")] = "",
+    target: Target = DEFAULT_TARGET,
+    as_json: JsonFlag = False,
+) -> None:
+    """Invoke a function of a registered task and print its result."""
+    request = pb.InvokeFunctionRequest(
+        invocation_type=pb.INVOCATION_TYPE_EXISTING_TASK,
+        task_id=task,
+        function_name=function,
+        parameters=[parse_param(p) for p in param or []],
+        execution_mode=pb.EXECUTION_MODE_ASYNC if run_async else pb.EXECUTION_MODE_SYNC,
+        context=pb.ExecutionContext(timeout_ms=timeout, max_retries=retries, execution_id=execution_id),
+    )
+    response: pb.InvokeFunctionResponse = _call(target, "InvokeFunction", request)
+    if run_async and wait:
+        _follow(target, response.execution_id, as_json)
+        return
+    if run_async and not (as_json or not sys.stdout.isatty()):
+        console.print(f"execution [bold]{response.execution_id}[/bold] accepted")
+        console.print(f"status endpoint: {response.status_endpoint}")
+        estimate = response.estimated_completion_ms
+        console.print(f"estimated completion: {f'{estimate} ms' if estimate else 'unknown (no history yet)'}")
+        return
+    _emit(response, as_json, lambda: _show_result(response.execution_id, response.result))
+    if not response.success:
+        raise typer.Exit(1)
+
+
+def _follow(target: str, execution_id: str, as_json: bool) -> None:
+    """Poll until the execution ends, with a live status line on a terminal."""
+    request = pb.GetExecutionStatusRequest(execution_id=execution_id, include_result=True, include_logs=True)
+    delay = 0.05
+    with console.status(f"{execution_id}: PENDING") as line:
+        while True:
+            response: pb.GetExecutionStatusResponse = _call(target, "GetExecutionStatus", request)
+            status = STATUS.get(response.result.status, "?")
+            line.update(f"{execution_id}: {status}")
+            if response.result.status >= pb.EXECUTION_STATUS_COMPLETED:
+                break
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+    _emit(response, as_json, lambda: _show_result(execution_id, response.result, list(response.logs)))
+    if response.result.status != pb.EXECUTION_STATUS_COMPLETED:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    execution_id: Annotated[str, typer.Argument()],
+    logs: Annotated[bool, typer.Option("--logs", help="include the function's log")] = False,
+    follow: Annotated[bool, typer.Option("--wait", help="follow until it ends")] = False,
+    target: Target = DEFAULT_TARGET,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show an execution's status and result."""
+    if follow:
+        _follow(target, execution_id, as_json)
+        return
+    request = pb.GetExecutionStatusRequest(execution_id=execution_id, include_result=True, include_logs=logs)
+    response: pb.GetExecutionStatusResponse = _call(target, "GetExecutionStatus", request)
+    _emit(response, as_json, lambda: _show_result(execution_id, response.result, list(response.logs)))
+    if not response.found:
+        raise typer.Exit(1)
+
+
+@app.command()
+def cancel(
+    execution_id: Annotated[str, typer.Argument()],
+    reason: Annotated[str, typer.Option(help="why, kept in the record")] = "",
+    force: Annotated[bool, typer.Option(help="kill at once instead of SIGTERM first")] = False,
+    target: Target = DEFAULT_TARGET,
+    as_json: JsonFlag = False,
+) -> None:
+    """Cancel a pending or running execution."""
+    response = _call(
+        target,
+        "CancelExecution",
+        pb.CancelExecutionRequest(execution_id=execution_id, reason=reason, force=force),
+    )
+    _emit(response, as_json, lambda: console.print(f"{response.message} ({STATUS.get(response.final_status)})"))
+    if not response.success:
+        raise typer.Exit(1)
+
+
+@app.command()
+def executions(
+    task: Annotated[str, typer.Option("--task", help="only this task")] = "",
+    status_filter: Annotated[str, typer.Option("--status", help="PENDING, RUNNING, COMPLETED, ...")] = "",
+    limit: Annotated[int, typer.Option(help="page size")] = 20,
+    start_after: Annotated[str, typer.Option(help="continue after this execution id")] = "",
+    target: Target = DEFAULT_TARGET,
+    as_json: JsonFlag = False,
+) -> None:
+    """List executions, newest first."""
+    wanted = 0
+    if status_filter:
+        names = {name: number for number, name in STATUS.items()}
+        if status_filter.upper() not in names:
+            raise typer.BadParameter(f"unknown status {status_filter!r}: use one of {', '.join(names)}")
+        wanted = names[status_filter.upper()]
+    request = pb.ListExecutionsRequest(
+        task_id=task, limit=limit, start_after=start_after, status_filter=cast(pb.ExecutionStatus, wanted)
+    )
+    response: pb.ListExecutionsResponse = _call(target, "ListExecutions", request)
+
+    def pretty() -> None:
+        table = Table("execution", "task", "function", "status", "time ms", "error")
+        for e in response.executions:
+            table.add_row(
+                e.execution_id,
+                e.task_id,
+                e.function_name,
+                STATUS.get(e.status),
+                str(e.execution_time_ms),
+                e.error_message[:60],
+            )
+        console.print(table)
+        if response.has_more:
+            console.print(f"more: --start-after {response.next_start_after}")
+
+    _emit(response, as_json, pretty)
+
+
+# --- tasks -------------------------------------------------------------------------------------
+
+
+def _metadata(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r}: expected key=value")
+        out[key] = value
+    return out
+
+
+@task_app.command("add")
+def task_add(
+    name: Annotated[str, typer.Argument(help="task name (also its id)")],
+    location: Annotated[str, typer.Argument(help="path, file:// or http(s):// URL of the artifact")],
+    artifact_type: Annotated[str, typer.Option("--type", help="process, python or wasm")] = "process",
+    checksum: Annotated[str, typer.Option(help="sha256:<hex> to verify")] = "",
+    meta: Annotated[list[str] | None, typer.Option("--meta", "-m", help="key=value setting, repeatable")] = None,
+    description: Annotated[str, typer.Option(help="what the task does")] = "",
+    replace: Annotated[bool, typer.Option(help="replace an existing task of that name")] = False,
+    target: Target = DEFAULT_TARGET,
+    as_json: JsonFlag = False,
+) -> None:
+    """Register a task without invoking it."""
+    path = Path(location)
+    if "://" not in location and path.exists():
+        location = str(path.resolve())  # the node resolves relative paths from its own directory
+    spec = pb.ArtifactSpec(artifact_type=artifact_type, location=location, checksum=checksum, metadata=_metadata(meta))
+    request = pb.RegisterTaskRequest(task_name=name, task_description=description, artifact_spec=spec, replace=replace)
+    response: pb.RegisterTaskResponse = _call(target, "RegisterTask", request, service="TaskService")
+    verb = "registered" if response.created else "replaced"
+    _emit(response, as_json, lambda: console.print(f"task [bold]{response.task.task_id}[/bold] {verb}"))
+
+
+@task_app.command("ls")
+def task_ls(
+    prefix: Annotated[str, typer.Option(help="only ids starting with this")] = "",
+    limit: Annotated[int, typer.Option(help="page size")] = 100,
+    start_after: Annotated[str, typer.Option(help="continue after this task id")] = "",
+    target: Target = DEFAULT_TARGET,
+    as_json: JsonFlag = False,
+) -> None:
+    """List tasks."""
+    response: pb.ListTasksResponse = _call(
+        target, "ListTasks", pb.ListTasksRequest(prefix=prefix, limit=limit, start_after=start_after)
+    )
+
+    def pretty() -> None:
+        table = Table("task", "type", "executions", "last status", "location")
+        for t in response.tasks:
+            last = STATUS.get(t.last_status, "?") if t.execution_count else "-"
+            table.add_row(
+                t.task_id, t.artifact_spec.artifact_type, str(t.execution_count), last, t.artifact_spec.location
+            )
+        console.print(table)
+
+    _emit(response, as_json, pretty)
+
+
+@task_app.command("show")
+def task_show(
+    task_id: Annotated[str, typer.Argument()],
+    limit: Annotated[int, typer.Option(help="recent executions to show")] = 10,
+    target: Target = DEFAULT_TARGET,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show a task and its recent executions."""
+    response: pb.GetTaskResponse = _call(
+        target, "GetTask", pb.GetTaskRequest(task_id=task_id, include_executions=True, execution_limit=limit)
+    )
+    if not response.found:
+        err_console.print(response.message)
+        raise typer.Exit(1)
+
+    def pretty() -> None:
+        console.print(_as_json(response.task))
+        table = Table("execution", "function", "status", "time ms")
+        for e in response.executions:
+            table.add_row(e.execution_id, e.function_name, STATUS.get(e.status), str(e.execution_time_ms))
+        console.print(table)
+
+    _emit(response, as_json, pretty)
+
+
+@task_app.command("rm")
+def task_rm(
+    task_id: Annotated[str, typer.Argument()],
+    force: Annotated[bool, typer.Option(help="also stop its active executions")] = False,
+    cleanup: Annotated[bool, typer.Option(help="also delete its finished execution records")] = False,
+    target: Target = DEFAULT_TARGET,
+    as_json: JsonFlag = False,
+) -> None:
+    """Remove a task."""
+    request = pb.DeleteTaskRequest(task_id=task_id, force=force, cleanup_executions=cleanup)
+    response: pb.DeleteTaskResponse = _call(target, "DeleteTask", request)
+    _emit(
+        response,
+        as_json,
+        lambda: console.print(f"{response.message}; {response.cleaned_executions} records removed"),
+    )
+
+
+if __name__ == "__main__":
+    main()

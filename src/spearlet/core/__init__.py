@@ -1,0 +1,1 @@
+"""The transport-free heart of the node: tasks, executions and the invoker."""

@@ -1,0 +1,307 @@
+"""The Invoker: one path for every invocation, whatever the transport.
+
+validate -> resolve the task -> store the record durably -> hand it to the scheduler ->
+wait for it (SYNC, up to max_sync_wait) or answer at once (ASYNC) with the status endpoint and an
+estimate measured on this node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from spearlet.config import Settings
+from spearlet.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from spearlet.core.ids import check_client_execution_id, new_execution_id
+from spearlet.core.lifecycle import Event, Lifecycle
+from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Task, now_ms
+from spearlet.core.tasks import TaskRegistry, page_limit
+from spearlet.scheduler import Scheduler
+from spearlet.store.base import ExecutionPage, Stats, Store
+
+MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+IDEMPOTENCY_KEY = "idempotency_key"
+
+
+class InvocationType:
+    NEW_TASK = 1
+    EXISTING_TASK = 2
+
+
+@dataclass(slots=True)
+class InvokeRequest:
+    """An invocation as the transports hand it over (the fields of InvokeFunctionRequest)."""
+
+    invocation_type: int
+    mode: Mode = Mode.SYNC
+    task_id: str = ""
+    task_name: str = ""
+    task_description: str = ""
+    artifact: ArtifactSpec | None = None
+    function_name: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    execution_id: str = ""
+    timeout_ms: int = 0
+    max_retries: int = 0
+    environment: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    create_if_not_exists: bool = False
+    force_new_instance: bool = False
+
+
+@dataclass(slots=True)
+class InvokeResult:
+    record: ExecutionRecord
+    status_endpoint: str = ""
+    estimated_completion_ms: int = 0
+    message: str = ""
+
+
+@dataclass(slots=True)
+class CancelResult:
+    success: bool
+    message: str
+    status: Status
+
+
+@dataclass(slots=True)
+class Health:
+    status: str
+    message: str
+    uptime_seconds: int
+    active_tasks: int
+    running: int
+    pending: int
+    total_executions: int
+
+
+class Invoker:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        tasks: TaskRegistry,
+        scheduler: Scheduler,
+        lifecycle: Lifecycle,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.tasks = tasks
+        self.scheduler = scheduler
+        self.lifecycle = lifecycle
+        self.started_monotonic = time.monotonic()
+
+    # Invocation
+
+    async def invoke(self, req: InvokeRequest) -> InvokeResult:
+        if req.mode is Mode.STREAM:
+            raise InvalidArgument("execution_mode STREAM is served by the StreamFunction RPC, not InvokeFunction")
+        task = await self._resolve_task(req)
+        record = self._new_record(req, task)
+        self.scheduler.ensure_room()
+        existing = await self.store.create_execution(record)
+        if existing is not None:
+            return await self._answer(existing, req.mode, "an execution with this id or idempotency key exists")
+        self.lifecycle.publish(Event.ACCEPTED, record)
+        estimate, note = self._estimate(task, record.function_name)
+        waiter = self.lifecycle.waiter(record.execution_id) if req.mode is not Mode.ASYNC else None
+        self.scheduler.submit(record, task)
+        if waiter is None:
+            record.metrics["estimate"] = note
+            return InvokeResult(record, self.status_endpoint(record.execution_id), estimate, "accepted")
+        return await self._wait(record, waiter)
+
+    async def _answer(self, record: ExecutionRecord, mode: Mode, message: str) -> InvokeResult:
+        if mode is Mode.ASYNC or record.done:
+            endpoint = self.status_endpoint(record.execution_id) if mode is Mode.ASYNC else ""
+            return InvokeResult(record, endpoint, 0, message)
+        waiter = self.lifecycle.waiter(record.execution_id)
+        if not self.scheduler.is_active(record.execution_id):
+            # It may have finished between our read and the waiter: read again.
+            self.lifecycle.drop_waiter(record.execution_id, waiter)
+            fresh = await self.store.get_execution(record.execution_id)
+            return InvokeResult(fresh or record, "", 0, message)
+        return await self._wait(record, waiter)
+
+    async def _wait(self, record: ExecutionRecord, waiter: asyncio.Future[ExecutionRecord]) -> InvokeResult:
+        try:
+            final = await asyncio.wait_for(asyncio.shield(waiter), self.settings.max_sync_wait_s)
+        except TimeoutError:
+            self.lifecycle.drop_waiter(record.execution_id, waiter)
+            current = await self.store.get_execution(record.execution_id) or record
+            return InvokeResult(
+                current,
+                self.status_endpoint(record.execution_id),
+                0,
+                f"still running after max_sync_wait ({self.settings.max_sync_wait_s:g} s): follow the status endpoint",
+            )
+        except asyncio.CancelledError:
+            self.lifecycle.drop_waiter(record.execution_id, waiter)
+            raise
+        return InvokeResult(final, "", 0, "")
+
+    async def _resolve_task(self, req: InvokeRequest) -> Task:
+        if req.invocation_type == InvocationType.NEW_TASK:
+            name = req.task_name or req.task_id
+            if not name:
+                raise InvalidArgument("NEW_TASK needs task_name")
+            if req.artifact is None:
+                raise InvalidArgument("NEW_TASK needs artifact_spec")
+            return await self.tasks.register(name, req.artifact, req.task_description)
+        if req.invocation_type == InvocationType.EXISTING_TASK:
+            if not req.task_id:
+                raise InvalidArgument("EXISTING_TASK needs task_id")
+            task = await self.tasks.find(req.task_id)
+            if task is not None:
+                return task
+            if req.create_if_not_exists and req.artifact is not None:
+                return await self.tasks.register(req.task_id, req.artifact, req.task_description)
+            hint = (
+                "" if req.create_if_not_exists else " (set create_if_not_exists with an artifact_spec to register it)"
+            )
+            raise NotFound(f"task {req.task_id!r} not found{hint}")
+        raise InvalidArgument(
+            f"invocation_type {req.invocation_type} is not valid: use NEW_TASK (1) or EXISTING_TASK (2)"
+        )
+
+    def _new_record(self, req: InvokeRequest, task: Task) -> ExecutionRecord:
+        timeout_ms = req.timeout_ms or int(task.metadata.get("timeout_ms") or 0) or self.settings.default_timeout_ms
+        if req.timeout_ms < 0 or timeout_ms > MAX_TIMEOUT_MS:
+            raise InvalidArgument(f"context.timeout_ms must be between 0 and {MAX_TIMEOUT_MS}, got {req.timeout_ms}")
+        max_retries = req.max_retries or int(task.metadata.get("max_retries") or 0)
+        if not 0 <= max_retries <= self.settings.max_retries_cap:
+            raise InvalidArgument(
+                f"context.max_retries must be between 0 and {self.settings.max_retries_cap}, got {max_retries}"
+            )
+        execution_id = check_client_execution_id(req.execution_id) if req.execution_id else new_execution_id()
+        key = req.metadata.get(IDEMPOTENCY_KEY) or None
+        return ExecutionRecord(
+            execution_id=execution_id,
+            task_id=task.task_id,
+            function_name=req.function_name,
+            mode=Mode.SYNC if req.mode is Mode.UNKNOWN else req.mode,
+            params=req.params,
+            timeout_ms=timeout_ms,
+            max_retries=max_retries,
+            environment=dict(req.environment),
+            metadata=dict(req.metadata),
+            idempotency_key=f"{task.task_id}:{key}" if key else None,
+            created_at=now_ms(),
+        )
+
+    def _estimate(self, task: Task, function_name: str) -> tuple[int, str]:
+        """Milliseconds until this new execution should complete, from this node's measurements."""
+        mean = self.scheduler.recent_duration_ms(task.task_id, function_name)
+        if mean is None:
+            return 0, "no history for this function yet"
+        queued, running = self.scheduler.queued_ahead(task.task_id)
+        slots = min(self.scheduler.task_limit(task), self.settings.max_concurrency)
+        waves = math.ceil(max(0, queued + running - slots + 1) / slots)
+        return round(mean * (1 + waves)), f"mean of recent runs {mean:.0f} ms, {queued} queued ahead"
+
+    def status_endpoint(self, execution_id: str) -> str:
+        return f"{self.settings.public_url.rstrip('/')}/api/v1/executions/{execution_id}/status"
+
+    # Queries and control
+
+    async def get(self, execution_id: str) -> ExecutionRecord | None:
+        if not execution_id:
+            raise InvalidArgument("execution_id is required")
+        return await self.store.get_execution(execution_id)
+
+    async def cancel(self, execution_id: str, reason: str = "", force: bool = False) -> CancelResult:
+        record = await self.get(execution_id)
+        if record is None:
+            raise NotFound(f"execution {execution_id!r} not found")
+        if record.done:
+            return CancelResult(False, f"execution already finished: {record.status.name}", record.status)
+        waiter = self.lifecycle.waiter(execution_id)
+        if not self.scheduler.request_stop(execution_id, force, reason):
+            self.lifecycle.drop_waiter(execution_id, waiter)
+            fresh = await self.store.get_execution(execution_id)
+            status = fresh.status if fresh else record.status
+            return CancelResult(False, f"execution is not active on this node: {status.name}", status)
+        try:
+            final = await asyncio.wait_for(asyncio.shield(waiter), 5.0)
+        except TimeoutError:
+            self.lifecycle.drop_waiter(execution_id, waiter)
+            return CancelResult(True, "cancel requested; the execution is stopping", Status.RUNNING)
+        if final.status is Status.CANCELLED:
+            return CancelResult(True, "cancelled", final.status)
+        return CancelResult(False, f"execution finished first: {final.status.name}", final.status)
+
+    async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
+        return await self.store.list_executions(task_id, status, page_limit(limit), start_after)
+
+    async def delete_task(self, task_id: str, force: bool, cleanup_executions: bool) -> tuple[bool, int, str]:
+        active = [
+            r
+            for r in (await self.store.unfinished())
+            if r.task_id == task_id and self.scheduler.is_active(r.execution_id)
+        ]
+        if active and not force:
+            raise FailedPrecondition(
+                f"task {task_id!r} has {len(active)} active executions: cancel them or delete with force"
+            )
+        for record in active:
+            self.scheduler.request_stop(record.execution_id, True, "task deleted")
+        deleted, cleaned = await self.tasks.delete(task_id, cleanup_executions)
+        if not deleted:
+            raise NotFound(f"task {task_id!r} not found")
+        return deleted, cleaned, f"task {task_id!r} deleted"
+
+    # Health and statistics
+
+    def uptime_seconds(self) -> int:
+        return int(time.monotonic() - self.started_monotonic)
+
+    async def health(self) -> Health:
+        stats = await self.store.stats(0)
+        pending = self.scheduler.pending_count
+        status, message = "healthy", "serving"
+        if pending >= self.settings.max_pending:
+            status, message = "unhealthy", f"pending queue full ({pending})"
+        elif pending >= 0.8 * self.settings.max_pending:
+            status, message = "degraded", f"pending queue {pending} of {self.settings.max_pending}"
+        return Health(
+            status,
+            message,
+            self.uptime_seconds(),
+            await self.store.count_tasks(),
+            self.scheduler.running_count,
+            pending,
+            stats.total,
+        )
+
+    async def stats(self, time_range_hours: int) -> Stats:
+        if time_range_hours < 0:
+            raise InvalidArgument(f"time_range_hours must not be negative, got {time_range_hours}")
+        since = now_ms() - time_range_hours * 3_600_000 if time_range_hours else 0
+        return await self.store.stats(since)
+
+    # Recovery
+
+    async def recover(self) -> tuple[int, int]:
+        """Finish what a previous run of this node accepted: (resubmitted, failed)."""
+        resubmitted = failed = 0
+        for record in await self.store.unfinished():
+            task = await self.tasks.find(record.task_id)
+            retry_left = record.attempts <= record.max_retries
+            if task is not None and (record.status is Status.PENDING or retry_left):
+                self.scheduler.submit(record, task)
+                resubmitted += 1
+                continue
+            record.status = Status.FAILED
+            record.completed_at = now_ms()
+            if task is None:
+                record.error_code, record.error_message = "TASK_DELETED", "the task was deleted before it ran"
+            else:
+                record.error_code = "NODE_RESTARTED"
+                record.error_message = f"the node restarted during attempt {record.attempts} and no retries were left"
+            if await self.store.transition(record):
+                self.lifecycle.publish(Event.FINISHED, record)
+            failed += 1
+        return resubmitted, failed

@@ -1,0 +1,124 @@
+"""Tasks and execution records: the data every layer agrees on.
+
+Numbers of the enums equal the wire enums of DESIGN.md section 1, so conversion is a cast.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Mode(IntEnum):
+    UNKNOWN = 0
+    SYNC = 1
+    ASYNC = 2
+    STREAM = 3
+
+
+class Status(IntEnum):
+    UNKNOWN = 0
+    PENDING = 1
+    RUNNING = 2
+    COMPLETED = 3
+    FAILED = 4
+    CANCELLED = 5
+    TIMEOUT = 6
+
+    @property
+    def terminal(self) -> bool:
+        return self >= Status.COMPLETED
+
+
+TERMINAL = frozenset(s for s in Status if s.terminal)
+
+# Status moves only forward (DESIGN.md section 2). RUNNING -> RUNNING is a new attempt.
+ALLOWED_FROM: dict[Status, frozenset[Status]] = {
+    Status.PENDING: frozenset(),
+    Status.RUNNING: frozenset({Status.PENDING, Status.RUNNING}),
+    **{s: frozenset({Status.PENDING, Status.RUNNING}) for s in TERMINAL},
+}
+
+
+class OutputKind(IntEnum):
+    """How a function's output is packed on the wire (DESIGN.md section 1, Values)."""
+
+    NONE = 0
+    JSON = 1
+    TEXT = 2
+    BYTES = 3
+
+
+@dataclass(slots=True)
+class ArtifactSpec:
+    """What a client says about a task's code; the node turns it into a Task."""
+
+    artifact_type: str
+    location: str
+    artifact_id: str = ""
+    version: str = ""
+    checksum: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Task:
+    task_id: str
+    name: str
+    artifact_type: str
+    location: str
+    description: str = ""
+    artifact_id: str = ""
+    version: str = ""
+    checksum: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    # Where the node keeps the verified artifact, and its sha256 hex digest.
+    local_path: str = ""
+    digest: str = ""
+    created_at: int = 0
+    updated_at: int = 0
+
+
+@dataclass(slots=True)
+class ExecutionRecord:
+    """One execution's whole life: what was asked, how it went, what came out."""
+
+    execution_id: str
+    task_id: str
+    function_name: str
+    mode: Mode
+    status: Status = Status.PENDING
+    params: dict[str, Any] = field(default_factory=dict)
+    timeout_ms: int = 0
+    max_retries: int = 0
+    environment: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    node: str = ""
+    instance_id: str = ""
+    attempts: int = 0
+    created_at: int = 0
+    started_at: int = 0
+    completed_at: int = 0
+    execution_time_ms: int = 0
+    memory_used_bytes: int = 0
+    output: bytes = b""
+    output_kind: OutputKind = OutputKind.NONE
+    error_code: str = ""
+    error_message: str = ""
+    logs: str = ""
+    metrics: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.status.terminal
+
+    @property
+    def queue_wait_ms(self) -> int:
+        return max(0, self.started_at - self.created_at) if self.started_at else 0

@@ -1,0 +1,101 @@
+"""Task registration: validate, fetch and verify the artifact, check the runtime can run it, store."""
+
+from __future__ import annotations
+
+from spearlet.artifacts import ArtifactFetcher
+from spearlet.core.errors import InvalidArgument, NotFound
+from spearlet.core.ids import check_task_name
+from spearlet.core.models import ArtifactSpec, Task, now_ms
+from spearlet.runtimes.base import Runtime
+from spearlet.store.base import Store, TaskPage
+
+ALIASES = {"binary": "process"}
+# Settings a task may carry in its metadata (DESIGN.md section 4); `env.NAME` keys set variables.
+INT_SETTINGS = frozenset(
+    {
+        "timeout_ms", "max_retries", "min_instances", "max_instances", "max_concurrency", "idle_timeout_s",
+        "max_calls_per_instance", "memory_limit_mb", "cpu_limit_s", "cache_ttl_s",
+    }
+)  # fmt: skip
+MAX_PAGE = 1000
+
+
+def page_limit(limit: int, default: int = 100) -> int:
+    if limit < 0:
+        raise InvalidArgument(f"limit must not be negative, got {limit}")
+    return min(limit or default, MAX_PAGE)
+
+
+class TaskRegistry:
+    """Tasks by id, read through an in-memory copy: every invocation resolves one."""
+
+    def __init__(self, store: Store, fetcher: ArtifactFetcher, runtimes: dict[str, Runtime]) -> None:
+        self.store = store
+        self.fetcher = fetcher
+        self.runtimes = runtimes
+        self._cache: dict[str, Task] = {}
+
+    def runtime_name(self, artifact_type: str) -> str:
+        name = ALIASES.get(artifact_type.lower(), artifact_type.lower())
+        if name not in self.runtimes:
+            known = ", ".join(sorted({*self.runtimes, *ALIASES}))
+            raise InvalidArgument(f"artifact_type {artifact_type!r} is not supported: use one of {known}")
+        return name
+
+    async def register(self, name: str, spec: ArtifactSpec, description: str = "") -> Task:
+        """Create or replace the task called `name` (its id is its name)."""
+        check_task_name(name)
+        runtime = self.runtime_name(spec.artifact_type or "process")
+        for key, value in spec.metadata.items():
+            if key in INT_SETTINGS:
+                try:
+                    if int(value) < 0:
+                        raise ValueError
+                except ValueError:
+                    raise InvalidArgument(f"metadata {key!r} must be a non-negative integer, got {value!r}") from None
+        artifact = await self.fetcher.fetch(spec.location, spec.checksum)
+        now = now_ms()
+        task = Task(
+            task_id=name,
+            name=name,
+            artifact_type=runtime,
+            location=spec.location,
+            description=description,
+            artifact_id=spec.artifact_id,
+            version=spec.version,
+            checksum=f"sha256:{artifact.digest}" if artifact.digest else "",
+            metadata=dict(spec.metadata),
+            local_path=str(artifact.path),
+            digest=artifact.digest,
+            created_at=now,
+            updated_at=now,
+        )
+        await self.runtimes[runtime].prepare(task)
+        await self.store.put_task(task)
+        self._cache[task.task_id] = task
+        return task
+
+    async def find(self, task_id: str) -> Task | None:
+        task = self._cache.get(task_id)
+        if task is None:
+            task = await self.store.get_task(task_id)
+            if task is not None:
+                self._cache[task_id] = task
+        return task
+
+    async def get(self, task_id: str) -> Task:
+        if not task_id:
+            raise InvalidArgument("task_id is required")
+        task = await self.find(task_id)
+        if task is None:
+            raise NotFound(f"task {task_id!r} not found")
+        return task
+
+    async def list(self, prefix: str, limit: int, start_after: str) -> TaskPage:
+        return await self.store.list_tasks(prefix, page_limit(limit), start_after)
+
+    async def delete(self, task_id: str, cleanup_executions: bool) -> tuple[bool, int]:
+        if not task_id:
+            raise InvalidArgument("task_id is required")
+        self._cache.pop(task_id, None)
+        return await self.store.delete_task(task_id, cleanup_executions)

@@ -1,0 +1,145 @@
+"""A node: the store, runtimes, scheduler and invoker wired together behind gRPC and HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import tomllib
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import grpc
+import uvicorn
+from grpc_health.v1 import health_pb2
+
+from spearlet.api.grpc.server import build_server
+from spearlet.api.http.app import create_app
+from spearlet.artifacts import ArtifactFetcher
+from spearlet.config import Settings
+from spearlet.core.invoker import Invoker
+from spearlet.core.lifecycle import Lifecycle
+from spearlet.core.models import ArtifactSpec
+from spearlet.core.tasks import TaskRegistry
+from spearlet.runtimes.base import Runtime
+from spearlet.runtimes.process import ProcessRuntime
+from spearlet.scheduler import Scheduler
+from spearlet.store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+
+def bundled_tasks_file() -> Path:
+    return Path(str(resources.files("spearlet") / "examples" / "tasks.toml"))
+
+
+def read_tasks_file(path: Path) -> list[tuple[str, str, ArtifactSpec]]:
+    """(name, description, spec) of each [[task]] in a tasks file; locations are relative to it."""
+    with path.open("rb") as f:
+        data = tomllib.load(f)
+    tasks = []
+    for entry in data.get("task", []):
+        location = str(entry["location"])
+        if "://" not in location and not Path(location).is_absolute():
+            location = str((path.parent / location).resolve())
+        spec = ArtifactSpec(
+            artifact_type=str(entry.get("type", "process")),
+            location=location,
+            version=str(entry.get("version", "")),
+            checksum=str(entry.get("checksum", "")),
+            metadata={k: str(v) for k, v in entry.get("metadata", {}).items()},
+        )
+        tasks.append((str(entry["name"]), str(entry.get("description", "")), spec))
+    return tasks
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn inside our loop: the node, not uvicorn, owns the signal handlers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = SqliteStore(settings.db_path)
+        self.runtimes: dict[str, Runtime] = {"process": ProcessRuntime()}
+        self.lifecycle = Lifecycle()
+        self.tasks = TaskRegistry(self.store, ArtifactFetcher(settings.cache_dir), self.runtimes)
+        self.scheduler = Scheduler(settings, self.store, self.runtimes, self.lifecycle)
+        self.invoker = Invoker(settings, self.store, self.tasks, self.scheduler, self.lifecycle)
+        self.grpc_port = 0
+        self.http_port = 0
+        self._grpc: grpc.aio.Server | None = None
+        self._http: _EmbeddedUvicorn | None = None
+        self._http_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        await self._register_start_tasks()
+        resubmitted, failed = await self.invoker.recover()
+        if resubmitted or failed:
+            log.warning("recovered unfinished executions: %d resubmitted, %d failed", resubmitted, failed)
+        self._grpc, self.grpc_port = build_server(self.invoker, f"{s.host}:{s.grpc_port}")
+        await self._grpc.start()
+        await self._grpc.health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        sock = socket.create_server((s.host, s.http_port), family=_family(s.host), reuse_port=False)
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(create_app(self.invoker), log_level="warning", lifespan="off", access_log=False)
+        self._http = _EmbeddedUvicorn(config)
+        self._http_task = asyncio.get_running_loop().create_task(self._http.serve(sockets=[sock]))
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()
+            await asyncio.sleep(0.01)
+
+    async def _register_start_tasks(self) -> None:
+        choice = self.settings.tasks
+        if choice.lower() == "none":
+            return
+        path = Path(choice) if choice else bundled_tasks_file()
+        for name, description, spec in read_tasks_file(path):
+            await self.tasks.register(name, spec, description)
+
+    async def stop(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            await self._http_task
+        await self.scheduler.close()
+        for runtime in self.runtimes.values():
+            await runtime.close()
+        await self.store.close()
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+async def serve(settings: Settings, announce: Any = print) -> None:
+    """Run a node until SIGINT or SIGTERM, then shut down cleanly."""
+    node = Node(settings)
+    await node.start()
+    host = settings.host
+    announce(f"spearlet node {settings.node_id!r} serving")
+    announce(f"  gRPC  {host}:{node.grpc_port}")
+    announce(f"  HTTP  http://{host}:{node.http_port}")
+    announce(f"  data  {settings.data_dir.resolve()}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        announce("spearlet shutting down")
+        await node.stop()

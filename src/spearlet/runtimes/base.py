@@ -1,0 +1,82 @@
+"""The one small protocol every runtime speaks."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from spearlet.core.models import Status, Task
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    timeout_ms: int
+    memory_bytes: int
+    cpu_seconds: int
+    output_bytes: int
+    log_bytes: int
+    file_bytes: int
+    open_files: int
+
+
+@dataclass(slots=True)
+class Invocation:
+    execution_id: str
+    function_name: str
+    params: dict[str, Any]
+    environment: dict[str, str]
+    limits: Limits
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: Status
+    output: bytes = b""
+    error_code: str = ""
+    error_message: str = ""
+    logs: str = ""
+    execution_time_ms: int = 0
+    memory_used_bytes: int = 0
+    instance_id: str = ""
+    metrics: dict[str, str] = field(default_factory=dict)
+
+
+class StopRequest:
+    """Asks a running invocation to stop: the runtime watches it beside its own deadline."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.force = False
+        self.reason = ""
+
+    def request(self, force: bool, reason: str = "") -> None:
+        self.force = self.force or force
+        self.reason = self.reason or reason
+        self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+class Runtime(abc.ABC):
+    """Knows nothing of records or queues."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def prepare(self, task: Task) -> None:
+        """Check at registration that the task can run here; raise InvalidArgument otherwise."""
+
+    @abc.abstractmethod
+    async def invoke(self, task: Task, invocation: Invocation, stop: StopRequest) -> Outcome:
+        """Run one call to its end, honouring the limits and `stop`. Never raises for a
+        failure of the function itself: that is an Outcome with status FAILED."""
+
+    async def close(self) -> None:  # noqa: B027 - most runtimes hold nothing
+        """Release what the runtime holds (warm instances, compiled modules)."""

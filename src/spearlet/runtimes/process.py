@@ -1,0 +1,158 @@
+"""The `process` runtime: a new process per call.
+
+Parameters arrive as one JSON object on stdin, stdout is the output, stderr the log, exit 0 success.
+The function name is in `SPEAR_FUNCTION_NAME`, the execution id in `SPEAR_EXECUTION_ID`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import tempfile
+import time
+from typing import IO
+
+from spearlet.core.errors import InvalidArgument
+from spearlet.core.models import Status, Task
+from spearlet.core.values import stdin_payload
+from spearlet.runtimes.base import Invocation, Outcome, Runtime, StopRequest
+from spearlet.runtimes.sandbox import (
+    PeakMemory,
+    PipeCollector,
+    collect,
+    function_environment,
+    kill_group,
+    limited_argv,
+    spawn,
+    wait_exit,
+)
+
+# How long a graceful stop (SIGTERM) may take before SIGKILL.
+STOP_GRACE_S = 0.5
+
+_OOM_MARKERS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc")
+
+
+def task_environment(task: Task) -> dict[str, str]:
+    """`env.NAME` keys of the task's metadata."""
+    return {k[4:]: v for k, v in task.metadata.items() if k.startswith("env.") and len(k) > 4}
+
+
+def failure_code(returncode: int, logs: str) -> tuple[str, str]:
+    """The documented error code and a message for a process that did not exit 0."""
+    if returncode < 0:
+        sig = -returncode
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        if sig == signal.SIGXCPU:
+            return "CPU_LIMIT_EXCEEDED", "the function used up its CPU time limit"
+        if sig == signal.SIGXFSZ:
+            return "FILE_SIZE_LIMIT_EXCEEDED", "the function wrote a file larger than its limit"
+        return "KILLED_BY_SIGNAL", f"the function was killed by {name}"
+    if any(marker in logs for marker in _OOM_MARKERS):
+        return "OUT_OF_MEMORY", f"the function ran out of memory (exit code {returncode})"
+    return "NONZERO_EXIT", f"the function exited with code {returncode}"
+
+
+def log_tail(logs: str, lines: int = 20) -> str:
+    return "\n".join(logs.rstrip("\n").splitlines()[-lines:])
+
+
+class ProcessRuntime(Runtime):
+    name = "process"
+
+    async def prepare(self, task: Task) -> None:
+        path = task.local_path
+        if not os.path.isfile(path):
+            raise InvalidArgument(f"process artifact {task.location!r} is not a file")
+        if not os.access(path, os.X_OK):
+            raise InvalidArgument(f"process artifact {task.location!r} is not executable (chmod +x it)")
+
+    async def invoke(self, task: Task, invocation: Invocation, stop: StopRequest) -> Outcome:
+        limits = invocation.limits
+        workdir = tempfile.mkdtemp(prefix="spearlet-")
+        stdin_fd = os.memfd_create("spearlet-stdin")
+        try:
+            os.write(stdin_fd, stdin_payload(invocation.params))
+            os.lseek(stdin_fd, 0, os.SEEK_SET)
+            env = function_environment(
+                workdir,
+                {
+                    **task_environment(task),
+                    **invocation.environment,
+                    "SPEAR_EXECUTION_ID": invocation.execution_id,
+                    "SPEAR_FUNCTION_NAME": invocation.function_name,
+                    "SPEAR_TASK_ID": task.task_id,
+                },
+            )
+            started = time.monotonic()
+            try:
+                proc = spawn(limited_argv([task.local_path], limits), cwd=workdir, env=env, stdin=stdin_fd)
+            except OSError as exc:
+                return Outcome(Status.FAILED, error_code="SPAWN_FAILED", error_message=f"cannot start: {exc}")
+            finally:
+                os.close(stdin_fd)
+                stdin_fd = -1
+            assert proc.stdout is not None and proc.stderr is not None
+            return await self._supervise(proc.pid, proc.stdout, proc.stderr, invocation, stop, started)
+        finally:
+            if stdin_fd >= 0:
+                os.close(stdin_fd)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _supervise(
+        self, pid: int, stdout: IO[bytes], stderr: IO[bytes], invocation: Invocation, stop: StopRequest,
+        started: float,
+    ) -> Outcome:  # fmt: skip
+        limits = invocation.limits
+        out = PipeCollector(limits.output_bytes, on_overflow=lambda: kill_group(pid))
+        err = PipeCollector(limits.log_bytes, tail=True)
+        readers = asyncio.gather(collect(stdout, out), collect(stderr, err))
+        memory = PeakMemory(pid)
+        exited = asyncio.ensure_future(wait_exit(pid, before_reap=memory.stop))
+        stopped = asyncio.ensure_future(stop.wait())
+        timeout = limits.timeout_ms / 1000 if limits.timeout_ms > 0 else None
+        status, code, message = Status.COMPLETED, "", ""
+        try:
+            done, _ = await asyncio.wait({exited, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if exited not in done:
+                if stopped in done:
+                    status, code = Status.CANCELLED, "CANCELLED"
+                    message = f"cancelled{': ' + stop.reason if stop.reason else ''}"
+                    if not stop.force:
+                        kill_group(pid, signal.SIGTERM)
+                        await asyncio.wait({exited}, timeout=STOP_GRACE_S)
+                else:
+                    status, code = Status.TIMEOUT, "TIMEOUT"
+                    message = f"the function did not finish within {limits.timeout_ms} ms"
+                kill_group(pid)
+            result = await exited
+        finally:
+            stopped.cancel()
+            if not exited.done():  # we are being cancelled ourselves: leave nothing behind
+                kill_group(pid)
+                await asyncio.shield(exited)
+            # Descendants left in the group would keep the pipes open and outlive the call.
+            kill_group(pid)
+            await readers
+        elapsed_ms = int((time.monotonic() - started) * 1000)
+        logs = err.data.decode("utf-8", errors="replace")
+        if status is Status.COMPLETED and out.overflowed:
+            status, code = Status.FAILED, "OUTPUT_TOO_LARGE"
+            message = f"the function wrote more than {limits.output_bytes} bytes to stdout"
+        elif status is Status.COMPLETED and result.returncode != 0:
+            status = Status.FAILED
+            code, message = failure_code(result.returncode, logs)
+            tail = log_tail(logs)
+            if tail:
+                message = f"{message}: {tail}"
+        return Outcome(
+            status,
+            output=out.data if status is Status.COMPLETED else b"",
+            error_code=code,
+            error_message=message,
+            logs=logs,
+            execution_time_ms=elapsed_ms,
+            memory_used_bytes=memory.peak,
+        )

@@ -1,0 +1,179 @@
+"""Starting, limiting, watching and stopping child processes, the same way for every runtime.
+
+No `preexec_fn`: beside a running grpcio server it crashes children. Limits are applied by exec'ing
+through the `prlimit` command, each child leads its own session (so the whole group can be killed),
+and exit is awaited on a pidfd (no watcher thread per child).
+
+Peak memory is the kernel's high-water mark of the child's own address space (VmHWM), read while it
+runs: `wait4`'s ru_maxrss cannot be used, since a child forked from the node inherits the node's mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+from spearlet.runtimes.base import Limits
+
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+PRLIMIT = shutil.which("prlimit", path=SYSTEM_PATH)
+
+
+def limited_argv(argv: list[str], limits: Limits) -> list[str]:
+    """Prefix `argv` so that it execs under the resource limits."""
+    if PRLIMIT is None:
+        raise RuntimeError("the prlimit command (util-linux) is required to apply resource limits")
+    prefix = [PRLIMIT]
+    if limits.memory_bytes > 0:
+        prefix.append(f"--as={limits.memory_bytes}")
+    if limits.cpu_seconds > 0:
+        # SIGXCPU at the soft limit tells the breach apart from other kills; SIGKILL one second later.
+        prefix.append(f"--cpu={limits.cpu_seconds}:{limits.cpu_seconds + 1}")
+    if limits.file_bytes > 0:
+        prefix.append(f"--fsize={limits.file_bytes}")
+    if limits.open_files > 0:
+        prefix.append(f"--nofile={limits.open_files}")
+    return [*prefix, "--", *argv]
+
+
+def function_environment(workdir: str, extra: Mapping[str, str]) -> dict[str, str]:
+    """A clean environment: never the node's own, only a system PATH and what the task asks for."""
+    env = {"PATH": SYSTEM_PATH, "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    env.update(extra)
+    return env
+
+
+@dataclass(slots=True)
+class Exit:
+    returncode: int  # negative: killed by that signal
+
+
+def spawn(argv: list[str], *, cwd: str, env: dict[str, str], stdin: int | IO[Any]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        argv,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        close_fds=True,
+    )
+
+
+async def wait_exit(pid: int, before_reap: Callable[[], object] | None = None) -> Exit:
+    """Wait for `pid` without a watcher thread, call `before_reap`, then reap it."""
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        fd = -1
+    if fd >= 0:
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def on_readable() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(fd, on_readable)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+    if before_reap is not None:
+        before_reap()
+    _, status = os.waitpid(pid, 0)
+    return Exit(os.waitstatus_to_exitcode(status))
+
+
+def _high_water_mark(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class PeakMemory:
+    """Samples a running process's memory high-water mark, densely at first (most calls are short)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._task = asyncio.get_running_loop().create_task(self._sample())
+
+    async def _sample(self) -> None:
+        delay = 0.002
+        while True:
+            self.peak = max(self.peak, _high_water_mark(self.pid))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def stop(self) -> int:
+        """Stop sampling (before the pid is reaped and can be reused) and give the peak seen."""
+        self._task.cancel()
+        return self.peak
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal the child's whole process group; it is gone already when that fails."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+class PipeCollector(asyncio.Protocol):
+    """Reads a child's pipe: keeps the first `cap` bytes (or, with `tail`, the last ones)."""
+
+    def __init__(self, cap: int, tail: bool = False, on_overflow: Callable[[], None] | None = None) -> None:
+        self.cap = cap
+        self.tail = tail
+        self.on_overflow = on_overflow
+        self.overflowed = False
+        self.total = 0
+        self._chunks = bytearray()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.total += len(data)
+        if self.tail:
+            self._chunks += data
+            if len(self._chunks) > 2 * self.cap:
+                del self._chunks[: len(self._chunks) - self.cap]
+            return
+        if self.overflowed:
+            return
+        room = self.cap - len(self._chunks)
+        self._chunks += data[:room]
+        if len(data) > room:
+            self.overflowed = True
+            if self.on_overflow is not None:
+                self.on_overflow()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    @property
+    def data(self) -> bytes:
+        return bytes(self._chunks[-self.cap :] if self.tail else self._chunks)
+
+
+async def collect(pipe: IO[bytes], collector: PipeCollector) -> PipeCollector:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_read_pipe(lambda: collector, pipe)
+    try:
+        await collector.closed
+    finally:
+        transport.close()
+    return collector

@@ -1,0 +1,268 @@
+"""The scheduler: per-task queues, concurrency limits, fairness, backpressure, retries.
+
+Accepted executions wait in one queue per task. Whenever a slot frees up, the next task in
+round-robin order that is under its own limit gets to start its oldest execution, so a flood on one
+task does not starve another. The pending total is bounded: past it, submit refuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from spearlet.config import Settings
+from spearlet.core.errors import ResourceExhausted
+from spearlet.core.lifecycle import Event, Lifecycle
+from spearlet.core.models import ExecutionRecord, Status, Task, now_ms
+from spearlet.core.values import classify_output
+from spearlet.runtimes.base import Invocation, Limits, Outcome, Runtime, StopRequest
+from spearlet.store.base import Store
+
+log = logging.getLogger(__name__)
+
+# Failures that another attempt cannot fix.
+NOT_RETRYABLE = frozenset({"INVALID_INPUT", "SPAWN_FAILED", "ARTIFACT_UNAVAILABLE", "OUTPUT_TOO_LARGE"})
+BACKOFF_BASE_S = 0.2
+BACKOFF_CAP_S = 10.0
+
+
+def backoff_s(attempt: int) -> float:
+    """Exponential backoff with full jitter before attempt number `attempt + 1`."""
+    return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
+
+
+def _int_setting(task: Task, key: str, default: int) -> int:
+    raw = task.metadata.get(key, "")
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        return default
+
+
+def limits_for(settings: Settings, task: Task, record: ExecutionRecord) -> Limits:
+    memory_mb = _int_setting(task, "memory_limit_mb", settings.memory_limit_mb)
+    return Limits(
+        timeout_ms=record.timeout_ms,
+        memory_bytes=memory_mb << 20,
+        cpu_seconds=_int_setting(task, "cpu_limit_s", settings.cpu_limit_s),
+        output_bytes=settings.output_limit_bytes,
+        log_bytes=settings.log_limit_bytes,
+        file_bytes=settings.file_limit_mb << 20,
+        open_files=settings.open_files,
+    )
+
+
+@dataclass(slots=True)
+class _Job:
+    record: ExecutionRecord
+    task: Task
+    stop: StopRequest = field(default_factory=StopRequest)
+    runner: asyncio.Task[None] | None = None
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, store: Store, runtimes: dict[str, Runtime], lifecycle: Lifecycle) -> None:
+        self.settings = settings
+        self.store = store
+        self.runtimes = runtimes
+        self.lifecycle = lifecycle
+        self._queues: dict[str, deque[_Job]] = {}
+        self._ring: deque[str] = deque()  # tasks with queued work, in service order
+        self._pending: dict[str, _Job] = {}
+        self._running: dict[str, _Job] = {}
+        self._running_per_task: dict[str, int] = {}
+        self._durations: dict[tuple[str, str], deque[int]] = {}
+        self._closing = False
+
+    # Figures for health, stats and estimates
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    def is_active(self, execution_id: str) -> bool:
+        return execution_id in self._pending or execution_id in self._running
+
+    def task_limit(self, task: Task) -> int:
+        return max(1, _int_setting(task, "max_concurrency", self.settings.max_concurrency))
+
+    def recent_duration_ms(self, task_id: str, function_name: str) -> float | None:
+        """Mean of the last completed durations of this task and function, or None without history."""
+        history = self._durations.get((task_id, function_name))
+        return sum(history) / len(history) if history else None
+
+    def queued_ahead(self, task_id: str) -> tuple[int, int]:
+        """(executions queued for this task, executions of it running now)."""
+        return len(self._queues.get(task_id, ())), self._running_per_task.get(task_id, 0)
+
+    # Submitting and cancelling
+
+    def ensure_room(self) -> None:
+        """Refuse new work once `max_pending` executions wait: backpressure, not unbounded memory."""
+        if len(self._pending) >= self.settings.max_pending:
+            raise ResourceExhausted(f"the node has {len(self._pending)} executions pending, its limit: try again later")
+
+    def submit(self, record: ExecutionRecord, task: Task) -> None:
+        """Queue an accepted execution (admission is `ensure_room`'s job, before it is stored)."""
+        job = _Job(record, task)
+        self._pending[record.execution_id] = job
+        queue = self._queues.get(task.task_id)
+        if queue is None:
+            queue = self._queues[task.task_id] = deque()
+            self._ring.append(task.task_id)
+        queue.append(job)
+        self._pump()
+
+    def request_stop(self, execution_id: str, force: bool, reason: str) -> bool:
+        """Stop a queued or running execution. False when this node does not hold it."""
+        job = self._pending.pop(execution_id, None)
+        if job is not None:
+            queue = self._queues.get(job.task.task_id)
+            if queue is not None and job in queue:
+                queue.remove(job)
+            job.stop.request(force, reason)
+            asyncio.get_running_loop().create_task(self._finish_unstarted(job, reason))
+            return True
+        job = self._running.get(execution_id)
+        if job is not None:
+            job.stop.request(force, reason)
+            return True
+        return False
+
+    async def close(self) -> None:
+        """Stop everything running; what is stopped by shutdown stays RUNNING or PENDING in the
+        store and is finished by the next start (recovery)."""
+        self._closing = True
+        runners = [job.runner for job in self._running.values() if job.runner is not None]
+        for runner in runners:
+            runner.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+
+    # Internals
+
+    def _pump(self) -> None:
+        """Start queued work while there is capacity, serving tasks round-robin."""
+        if self._closing:
+            return
+        scanned = 0
+        while self._ring and len(self._running) < self.settings.max_concurrency and scanned < len(self._ring):
+            task_id = self._ring[0]
+            self._ring.rotate(-1)
+            queue = self._queues[task_id]
+            if not queue:
+                self._ring.remove(task_id)
+                del self._queues[task_id]
+                continue
+            job = queue[0]
+            if self._running_per_task.get(task_id, 0) >= self.task_limit(job.task):
+                scanned += 1
+                continue
+            scanned = 0
+            queue.popleft()
+            if not queue:
+                self._ring.remove(task_id)
+                del self._queues[task_id]
+            del self._pending[job.record.execution_id]
+            self._running[job.record.execution_id] = job
+            self._running_per_task[task_id] = self._running_per_task.get(task_id, 0) + 1
+            job.runner = asyncio.get_running_loop().create_task(self._run(job))
+
+    async def _finish_unstarted(self, job: _Job, reason: str) -> None:
+        record = job.record
+        record.status = Status.CANCELLED
+        record.error_code = "CANCELLED"
+        record.error_message = f"cancelled before it started{': ' + reason if reason else ''}"
+        record.completed_at = now_ms()
+        await self._finalize(record)
+
+    async def _run(self, job: _Job) -> None:
+        record, task = job.record, job.task
+        try:
+            await self._attempts(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug, not a function failure: still end the record
+            log.exception("execution %s failed inside the node", record.execution_id)
+            record.status = Status.FAILED
+            record.error_code = "INTERNAL"
+            record.error_message = f"internal error: {exc}"
+            record.completed_at = now_ms()
+            await self._finalize(record)
+        finally:
+            self._running.pop(record.execution_id, None)
+            left = self._running_per_task.get(task.task_id, 1) - 1
+            if left > 0:
+                self._running_per_task[task.task_id] = left
+            else:
+                self._running_per_task.pop(task.task_id, None)
+            self._pump()
+
+    async def _attempts(self, job: _Job) -> None:
+        record, task = job.record, job.task
+        runtime = self.runtimes[task.artifact_type]
+        limits = limits_for(self.settings, task, record)
+        record.node = self.settings.node_id
+        while True:
+            record.status = Status.RUNNING
+            record.attempts += 1
+            record.started_at = record.started_at or now_ms()
+            record.metrics["attempts"] = str(record.attempts)
+            record.metrics["queue_wait_ms"] = str(record.queue_wait_ms)
+            if not await self.store.transition(record):
+                return  # cancelled (or finished elsewhere) before it could start
+            self.lifecycle.publish(Event.STARTED, record)
+            invocation = Invocation(
+                record.execution_id, record.function_name, record.params, record.environment, limits
+            )
+            outcome = await runtime.invoke(task, invocation, job.stop)
+            self._apply(record, outcome)
+            retry = (
+                outcome.status is Status.FAILED
+                and record.attempts <= record.max_retries
+                and outcome.error_code not in NOT_RETRYABLE
+                and not job.stop.requested
+            )
+            if not retry:
+                break
+            try:
+                await asyncio.wait_for(job.stop.wait(), backoff_s(record.attempts))
+            except TimeoutError:
+                continue
+            record.status = Status.CANCELLED
+            record.error_code = "CANCELLED"
+            record.error_message = f"cancelled between attempts{': ' + job.stop.reason if job.stop.reason else ''}"
+            break
+        record.completed_at = now_ms()
+        if record.status is Status.COMPLETED:
+            history = self._durations.setdefault((task.task_id, record.function_name), deque(maxlen=20))
+            history.append(record.execution_time_ms)
+        await self._finalize(record)
+
+    @staticmethod
+    def _apply(record: ExecutionRecord, outcome: Outcome) -> None:
+        record.status = outcome.status
+        record.output = outcome.output
+        record.output_kind = classify_output(outcome.output)
+        record.error_code = outcome.error_code
+        record.error_message = outcome.error_message
+        record.logs = outcome.logs
+        record.execution_time_ms = outcome.execution_time_ms
+        record.memory_used_bytes = max(record.memory_used_bytes, outcome.memory_used_bytes)
+        record.instance_id = outcome.instance_id or record.instance_id
+        record.metrics.update(outcome.metrics)
+
+    async def _finalize(self, record: ExecutionRecord) -> None:
+        if await self.store.transition(record):
+            self.lifecycle.publish(Event.FINISHED, record)
+            return
+        # Someone else ended it first (a cancel racing completion): theirs is the final state.
+        stored = await self.store.get_execution(record.execution_id)
+        if stored is not None and stored.done:
+            self.lifecycle.publish(Event.FINISHED, stored)

@@ -1,0 +1,97 @@
+"""The store interface. The embedded SQLite store is the default; a cluster swaps in another."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+from spearlet.core.models import ExecutionRecord, Status, Task
+
+
+@dataclass(slots=True)
+class TaskPage:
+    tasks: list[Task]
+    has_more: bool
+    next_start_after: str
+
+
+@dataclass(slots=True)
+class ExecutionPage:
+    executions: list[ExecutionRecord]
+    has_more: bool
+    next_start_after: str
+
+
+@dataclass(slots=True)
+class TaskSummary:
+    execution_count: int = 0
+    last_status: Status = Status.UNKNOWN
+
+
+@dataclass(slots=True)
+class Stats:
+    """Aggregates over executions created since a point in time."""
+
+    by_status: dict[Status, int] = field(default_factory=dict)
+    average_execution_time_ms: float = 0.0
+    by_function: dict[str, int] = field(default_factory=dict)
+    by_task: dict[str, int] = field(default_factory=dict)
+    total: int = 0
+
+
+class Store(abc.ABC):
+    """Durable tasks and execution records. Every method is safe to call from the event loop."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # Tasks
+    @abc.abstractmethod
+    async def put_task(self, task: Task) -> None:
+        """Insert or replace a task, keeping its original `created_at`."""
+
+    @abc.abstractmethod
+    async def get_task(self, task_id: str) -> Task | None: ...
+
+    @abc.abstractmethod
+    async def list_tasks(self, prefix: str, limit: int, start_after: str) -> TaskPage: ...
+
+    @abc.abstractmethod
+    async def delete_task(self, task_id: str, cleanup_executions: bool) -> tuple[bool, int]:
+        """Delete a task; returns (deleted, number of execution records removed)."""
+
+    @abc.abstractmethod
+    async def task_summaries(self, task_ids: list[str]) -> dict[str, TaskSummary]: ...
+
+    # Executions
+    @abc.abstractmethod
+    async def create_execution(self, record: ExecutionRecord) -> ExecutionRecord | None:
+        """Store a new PENDING record durably. If its id or idempotency key exists already,
+        store nothing and return the existing record."""
+
+    @abc.abstractmethod
+    async def transition(self, record: ExecutionRecord) -> bool:
+        """Write `record` if its status may follow the stored one (models.ALLOWED_FROM).
+
+        Returns False, writing nothing, when the stored record has moved on (for example it
+        was cancelled): the caller lost the race and must re-read."""
+
+    @abc.abstractmethod
+    async def get_execution(self, execution_id: str) -> ExecutionRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
+        """Newest first; empty `task_id` means every task, UNKNOWN status means every status."""
+
+    @abc.abstractmethod
+    async def unfinished(self) -> list[ExecutionRecord]:
+        """PENDING and RUNNING records, oldest first: what a restarted node must finish."""
+
+    @abc.abstractmethod
+    async def stats(self, since_ms: int) -> Stats: ...
+
+    @abc.abstractmethod
+    async def count_tasks(self) -> int: ...

@@ -1,0 +1,426 @@
+"""The embedded store: one SQLite file in WAL mode behind one thread with group commit.
+
+All statements run on a single thread that owns the connection. It takes every operation waiting
+in its queue, runs them in one transaction (each inside a savepoint, so one failure does not undo
+the others) and commits once: under load many writes share one fsync instead of paying one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task
+from spearlet.core.values import dump_params, load_params
+from spearlet.store.base import ExecutionPage, Stats, Store, TaskPage, TaskSummary
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    artifact_id TEXT NOT NULL,
+    artifact_type TEXT NOT NULL,
+    location TEXT NOT NULL,
+    version TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    local_path TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS executions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    execution_id TEXT NOT NULL UNIQUE,
+    task_id TEXT NOT NULL,
+    function_name TEXT NOT NULL,
+    mode INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    params TEXT NOT NULL,
+    timeout_ms INTEGER NOT NULL,
+    max_retries INTEGER NOT NULL,
+    environment TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    node TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    completed_at INTEGER NOT NULL,
+    execution_time_ms INTEGER NOT NULL,
+    memory_used_bytes INTEGER NOT NULL,
+    output BLOB NOT NULL,
+    output_kind INTEGER NOT NULL,
+    error_code TEXT NOT NULL,
+    error_message TEXT NOT NULL,
+    logs TEXT NOT NULL,
+    metrics TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS executions_task ON executions (task_id, seq);
+CREATE INDEX IF NOT EXISTS executions_status ON executions (status, seq);
+CREATE INDEX IF NOT EXISTS executions_created ON executions (created_at);
+"""
+
+_EXEC_COLUMNS = (
+    "execution_id, task_id, function_name, mode, status, params, timeout_ms, max_retries, environment, "
+    "metadata, idempotency_key, node, instance_id, attempts, created_at, started_at, completed_at, "
+    "execution_time_ms, memory_used_bytes, output, output_kind, error_code, error_message, logs, metrics"
+)
+_TASK_COLUMNS = (
+    "task_id, name, description, artifact_id, artifact_type, location, version, checksum, metadata, "
+    "local_path, digest, created_at, updated_at"
+)
+
+
+def _exec_row(r: ExecutionRecord) -> tuple[Any, ...]:
+    return (
+        r.execution_id, r.task_id, r.function_name, int(r.mode), int(r.status), dump_params(r.params),
+        r.timeout_ms, r.max_retries, json.dumps(r.environment), json.dumps(r.metadata), r.idempotency_key,
+        r.node, r.instance_id, r.attempts, r.created_at, r.started_at, r.completed_at,
+        r.execution_time_ms, r.memory_used_bytes, r.output, int(r.output_kind), r.error_code,
+        r.error_message, r.logs, json.dumps(r.metrics),
+    )  # fmt: skip
+
+
+def _exec_from_row(row: sqlite3.Row) -> ExecutionRecord:
+    return ExecutionRecord(
+        execution_id=row["execution_id"],
+        task_id=row["task_id"],
+        function_name=row["function_name"],
+        mode=Mode(row["mode"]),
+        status=Status(row["status"]),
+        params=load_params(row["params"]),
+        timeout_ms=row["timeout_ms"],
+        max_retries=row["max_retries"],
+        environment=json.loads(row["environment"]),
+        metadata=json.loads(row["metadata"]),
+        idempotency_key=row["idempotency_key"],
+        node=row["node"],
+        instance_id=row["instance_id"],
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        execution_time_ms=row["execution_time_ms"],
+        memory_used_bytes=row["memory_used_bytes"],
+        output=bytes(row["output"]),
+        output_kind=OutputKind(row["output_kind"]),
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+        logs=row["logs"],
+        metrics=json.loads(row["metrics"]),
+    )
+
+
+def _task_row(t: Task) -> tuple[Any, ...]:
+    return (
+        t.task_id, t.name, t.description, t.artifact_id, t.artifact_type, t.location, t.version,
+        t.checksum, json.dumps(t.metadata), t.local_path, t.digest, t.created_at, t.updated_at,
+    )  # fmt: skip
+
+
+def _task_from_row(row: sqlite3.Row) -> Task:
+    return Task(
+        task_id=row["task_id"],
+        name=row["name"],
+        description=row["description"],
+        artifact_id=row["artifact_id"],
+        artifact_type=row["artifact_type"],
+        location=row["location"],
+        version=row["version"],
+        checksum=row["checksum"],
+        metadata=json.loads(row["metadata"]),
+        local_path=row["local_path"],
+        digest=row["digest"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+_Op = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+
+
+class _DatabaseThread(threading.Thread):
+    """Owns the connection; runs queued operations in batches, one commit per batch."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="spearlet-sqlite", daemon=True)
+        self._path = path
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self.ready = threading.Event()
+        self.startup_error: BaseException | None = None
+
+    def submit(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put((op, future))
+        return future
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def run(self) -> None:
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(_SCHEMA)
+        except BaseException as exc:  # reported to open(), which raises it in the loop
+            self.startup_error = exc
+            self.ready.set()
+            return
+        self.ready.set()
+        try:
+            self._serve(conn)
+        finally:
+            conn.close()
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+            conn.execute("BEGIN IMMEDIATE")
+            for op, future in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    results.append((future, False, exc))
+                else:
+                    results.append((future, True, value))
+                conn.execute("RELEASE op")
+            try:
+                conn.execute("COMMIT")
+            except Exception as exc:
+                conn.execute("ROLLBACK")
+                results = [(future, False, exc) for future, _, _ in results]
+            # Only after the commit: a caller told "stored" can rely on it.
+            for future, ok, value in results:
+                future.get_loop().call_soon_threadsafe(_settle, future, ok, value)
+            if stop:
+                return
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+class SqliteStore(Store):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: _DatabaseThread | None = None
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = _DatabaseThread(self.path)
+        self._db.start()
+        await asyncio.get_running_loop().run_in_executor(None, self._db.ready.wait)
+        if self._db.startup_error is not None:
+            raise RuntimeError(f"cannot open store {self.path}: {self._db.startup_error}")
+
+    async def close(self) -> None:
+        if self._db is None:
+            return
+        self._db.stop()
+        await asyncio.get_running_loop().run_in_executor(None, self._db.join)
+        self._db = None
+
+    def _run(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db.submit(op)
+
+    # Tasks
+
+    async def put_task(self, task: Task) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT created_at FROM tasks WHERE task_id = ?", (task.task_id,)).fetchone()
+            if row is not None:
+                task.created_at = row["created_at"]
+            conn.execute(f"INSERT OR REPLACE INTO tasks ({_TASK_COLUMNS}) VALUES ({_marks(13)})", _task_row(task))
+
+        await self._run(op)
+
+    async def get_task(self, task_id: str) -> Task | None:
+        def op(conn: sqlite3.Connection) -> Task | None:
+            row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+            return _task_from_row(row) if row else None
+
+        return await self._run(op)
+
+    async def list_tasks(self, prefix: str, limit: int, start_after: str) -> TaskPage:
+        def op(conn: sqlite3.Connection) -> TaskPage:
+            rows = conn.execute(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id > ? AND substr(task_id, 1, ?) = ? "
+                "ORDER BY task_id LIMIT ?",
+                (start_after, len(prefix), prefix, limit + 1),
+            ).fetchall()
+            tasks = [_task_from_row(r) for r in rows[:limit]]
+            has_more = len(rows) > limit
+            return TaskPage(tasks, has_more, tasks[-1].task_id if has_more else "")
+
+        return await self._run(op)
+
+    async def delete_task(self, task_id: str, cleanup_executions: bool) -> tuple[bool, int]:
+        def op(conn: sqlite3.Connection) -> tuple[bool, int]:
+            deleted = conn.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,)).rowcount > 0
+            cleaned = 0
+            if deleted and cleanup_executions:
+                terminal = tuple(int(s) for s in Status if s.terminal)
+                cleaned = conn.execute(
+                    f"DELETE FROM executions WHERE task_id = ? AND status IN ({_marks(len(terminal))})",
+                    (task_id, *terminal),
+                ).rowcount
+            return deleted, cleaned
+
+        return await self._run(op)
+
+    async def task_summaries(self, task_ids: list[str]) -> dict[str, TaskSummary]:
+        def op(conn: sqlite3.Connection) -> dict[str, TaskSummary]:
+            out: dict[str, TaskSummary] = {}
+            for task_id in task_ids:
+                count = conn.execute("SELECT count(*) FROM executions WHERE task_id = ?", (task_id,)).fetchone()
+                last = conn.execute(
+                    "SELECT status FROM executions WHERE task_id = ? ORDER BY seq DESC LIMIT 1", (task_id,)
+                ).fetchone()
+                out[task_id] = TaskSummary(count[0], Status(last[0]) if last else Status.UNKNOWN)
+            return out
+
+        return await self._run(op)
+
+    async def count_tasks(self) -> int:
+        return await self._run(lambda conn: int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0]))
+
+    # Executions
+
+    async def create_execution(self, record: ExecutionRecord) -> ExecutionRecord | None:
+        def op(conn: sqlite3.Connection) -> ExecutionRecord | None:
+            row = conn.execute(
+                f"SELECT {_EXEC_COLUMNS} FROM executions WHERE execution_id = ? "
+                "OR (idempotency_key IS NOT NULL AND idempotency_key = ?)",
+                (record.execution_id, record.idempotency_key),
+            ).fetchone()
+            if row is not None:
+                return _exec_from_row(row)
+            conn.execute(f"INSERT INTO executions ({_EXEC_COLUMNS}) VALUES ({_marks(25)})", _exec_row(record))
+            return None
+
+        return await self._run(op)
+
+    async def transition(self, record: ExecutionRecord) -> bool:
+        allowed = tuple(int(s) for s in ALLOWED_FROM[record.status])
+        if not allowed:
+            return False
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = _exec_row(record)
+            cursor = conn.execute(
+                f"UPDATE executions SET ({_EXEC_COLUMNS}) = ({_marks(25)}) "
+                f"WHERE execution_id = ? AND status IN ({_marks(len(allowed))})",
+                (*row, record.execution_id, *allowed),
+            )
+            return cursor.rowcount > 0
+
+        return await self._run(op)
+
+    async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        def op(conn: sqlite3.Connection) -> ExecutionRecord | None:
+            row = conn.execute(
+                f"SELECT {_EXEC_COLUMNS} FROM executions WHERE execution_id = ?", (execution_id,)
+            ).fetchone()
+            return _exec_from_row(row) if row else None
+
+        return await self._run(op)
+
+    async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
+        def op(conn: sqlite3.Connection) -> ExecutionPage:
+            where: list[str] = []
+            args: list[Any] = []
+            if task_id:
+                where.append("task_id = ?")
+                args.append(task_id)
+            if status is not Status.UNKNOWN:
+                where.append("status = ?")
+                args.append(int(status))
+            if start_after:
+                where.append("seq < (SELECT seq FROM executions WHERE execution_id = ?)")
+                args.append(start_after)
+            clause = f"WHERE {' AND '.join(where)}" if where else ""
+            rows = conn.execute(
+                f"SELECT {_EXEC_COLUMNS} FROM executions {clause} ORDER BY seq DESC LIMIT ?",
+                (*args, limit + 1),
+            ).fetchall()
+            records = [_exec_from_row(r) for r in rows[:limit]]
+            has_more = len(rows) > limit
+            return ExecutionPage(records, has_more, records[-1].execution_id if has_more else "")
+
+        return await self._run(op)
+
+    async def unfinished(self) -> list[ExecutionRecord]:
+        def op(conn: sqlite3.Connection) -> list[ExecutionRecord]:
+            rows = conn.execute(
+                f"SELECT {_EXEC_COLUMNS} FROM executions WHERE status IN (?, ?) ORDER BY seq",
+                (int(Status.PENDING), int(Status.RUNNING)),
+            ).fetchall()
+            return [_exec_from_row(r) for r in rows]
+
+        return await self._run(op)
+
+    async def stats(self, since_ms: int) -> Stats:
+        def op(conn: sqlite3.Connection) -> Stats:
+            stats = Stats()
+            for status, count in conn.execute(
+                "SELECT status, count(*) FROM executions WHERE created_at >= ? GROUP BY status", (since_ms,)
+            ):
+                stats.by_status[Status(status)] = count
+                stats.total += count
+            avg = conn.execute(
+                "SELECT avg(execution_time_ms) FROM executions WHERE created_at >= ? AND status = ?",
+                (since_ms, int(Status.COMPLETED)),
+            ).fetchone()[0]
+            stats.average_execution_time_ms = float(avg or 0.0)
+            for task_id, function_name, count in conn.execute(
+                "SELECT task_id, function_name, count(*) FROM executions WHERE created_at >= ? "
+                "GROUP BY task_id, function_name",
+                (since_ms,),
+            ):
+                key = f"{task_id}/{function_name}" if function_name else task_id
+                stats.by_function[key] = count
+                stats.by_task[task_id] = stats.by_task.get(task_id, 0) + count
+            return stats
+
+        return await self._run(op)
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
