@@ -21,9 +21,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
 def no_orphans() -> Iterator[None]:
     """No test may leave function processes behind."""
     yield
-    leftovers = [
-        p for p in psutil.Process(os.getpid()).children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE
-    ]
+    leftovers = [p for p in psutil.Process(os.getpid()).children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
     assert not leftovers, f"processes left behind: {[p.cmdline() for p in leftovers]}"
 
 

@@ -58,7 +58,11 @@ def unpack(packed: any_pb2.Any) -> Any:
 def existing(task_id: str, mode: int = pb.EXECUTION_MODE_SYNC, **kwargs: Any) -> pb.InvokeFunctionRequest:
     context = kwargs.pop("context", None)
     return pb.InvokeFunctionRequest(
-        invocation_type=pb.INVOCATION_TYPE_EXISTING_TASK, task_id=task_id, execution_mode=mode, context=context, **kwargs
+        invocation_type=pb.INVOCATION_TYPE_EXISTING_TASK,
+        task_id=task_id,
+        execution_mode=mode,
+        context=context,
+        **kwargs,
     )
 
 

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     open_files: int = Field(1024, ge=0)
     max_retries_cap: int = Field(10, ge=0)
 
+    # Terminal execution records are kept this long, and at most this many.
+    retention_hours: float = Field(24.0, gt=0)
+    retention_max_records: int = Field(100_000, ge=1)
+    retention_interval_s: float = Field(60.0, gt=0)
+
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
         """Settings from `config_file` (TOML, top-level keys or a [spearlet] table), the environment

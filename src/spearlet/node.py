@@ -79,12 +79,14 @@ class Node:
         self._grpc: grpc.aio.Server | None = None
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
         await self._register_start_tasks()
+        await self.invoker.expire_records()
         resubmitted, failed = await self.invoker.recover()
         if resubmitted or failed:
             log.warning("recovered unfinished executions: %d resubmitted, %d failed", resubmitted, failed)
@@ -100,6 +102,18 @@ class Node:
             if self._http_task.done():
                 self._http_task.result()
             await asyncio.sleep(0.01)
+        self._housekeeping = asyncio.get_running_loop().create_task(self._expire_periodically())
+
+    async def _expire_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.retention_interval_s)
+            try:
+                removed = await self.invoker.expire_records()
+            except Exception:
+                log.exception("applying the retention failed")
+            else:
+                if removed:
+                    log.info("retention: %d finished execution records expired", removed)
 
     async def _register_start_tasks(self) -> None:
         choice = self.settings.tasks
@@ -110,6 +124,8 @@ class Node:
             await self.tasks.register(name, spec, description)
 
     async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         if self._http is not None and self._http_task is not None:

@@ -171,7 +171,9 @@ def test_new_task_registers_and_runs_then_existing_task_reuses_it(node: NodeProc
 
 
 def test_create_if_not_exists_registers_on_first_use(node: NodeProcess) -> None:
-    spec = pb.ArtifactSpec(artifact_type="process", location=str(Path(__file__).parents[2] / "src/spearlet/examples/echo.sh"))
+    spec = pb.ArtifactSpec(
+        artifact_type="process", location=str(Path(__file__).parents[2] / "src/spearlet/examples/echo.sh")
+    )
     request = existing("echo-lazy", create_if_not_exists=True, artifact_spec=spec, parameters=params(k=1))
     response = node.stub().InvokeFunction(request)
     assert unpack(response.result.result) == {"k": 1}
@@ -237,7 +239,9 @@ def test_bad_artifacts_are_refused_clearly(node: NodeProcess, tmp_path: Path) ->
         spec = pb.ArtifactSpec(artifact_type="process", location=location)
         with pytest.raises(grpc.RpcError) as err:
             node.stub().InvokeFunction(
-                pb.InvokeFunctionRequest(invocation_type=pb.INVOCATION_TYPE_NEW_TASK, task_name="bad", artifact_spec=spec)
+                pb.InvokeFunctionRequest(
+                    invocation_type=pb.INVOCATION_TYPE_NEW_TASK, task_name="bad", artifact_spec=spec
+                )
             )
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert words in err.value.details()

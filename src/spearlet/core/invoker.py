@@ -8,6 +8,7 @@ estimate measured on this node.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,11 +20,18 @@ from spearlet.core.ids import check_client_execution_id, new_execution_id
 from spearlet.core.lifecycle import Event, Lifecycle
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Task, now_ms
 from spearlet.core.tasks import TaskRegistry, page_limit
+from spearlet.core.values import dump_params
 from spearlet.scheduler import Scheduler
 from spearlet.store.base import ExecutionPage, Stats, Store
 
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 IDEMPOTENCY_KEY = "idempotency_key"
+
+
+def cache_key(task: Task, function_name: str, params: dict[str, Any]) -> str:
+    """Identical calls (same task code, function and parameters) share a key."""
+    text = dump_params({"t": task.task_id, "d": task.digest, "f": function_name, "p": params})
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class InvocationType:
@@ -101,6 +109,9 @@ class Invoker:
             raise InvalidArgument("execution_mode STREAM is served by the StreamFunction RPC, not InvokeFunction")
         task = await self._resolve_task(req)
         record = self._new_record(req, task)
+        cached = await self._from_cache(record, task)
+        if cached is not None:
+            return cached
         self.scheduler.ensure_room()
         existing = await self.store.create_execution(record)
         if existing is not None:
@@ -113,6 +124,29 @@ class Invoker:
             record.metrics["estimate"] = note
             return InvokeResult(record, self.status_endpoint(record.execution_id), estimate, "accepted")
         return await self._wait(record, waiter)
+
+    async def _from_cache(self, record: ExecutionRecord, task: Task) -> InvokeResult | None:
+        """With the task's `cache_ttl_s`, answer an identical call from a recent success, recorded
+        as its own COMPLETED execution so that its id serves status queries like any other."""
+        ttl_s = int(task.metadata.get("cache_ttl_s") or 0)
+        if not ttl_s:
+            return None
+        record.cache_key = cache_key(task, record.function_name, record.params)
+        hit = await self.store.cached_result(record.cache_key, record.created_at - ttl_s * 1000)
+        if hit is None:
+            return None
+        record.status = Status.COMPLETED
+        record.output, record.output_kind = hit.output, hit.output_kind
+        record.execution_time_ms, record.memory_used_bytes = hit.execution_time_ms, hit.memory_used_bytes
+        record.started_at = record.completed_at = now_ms()
+        record.node = self.settings.node_id
+        record.metrics.update({"cache_hit": "true", "cached_from": hit.execution_id})
+        existing = await self.store.create_execution(record)
+        if existing is not None:
+            return await self._answer(existing, record.mode, "an execution with this id or idempotency key exists")
+        self.lifecycle.publish(Event.ACCEPTED, record)
+        self.lifecycle.publish(Event.FINISHED, record)
+        return InvokeResult(record, "", 0, "answered from the result cache")
 
     async def _answer(self, record: ExecutionRecord, mode: Mode, message: str) -> InvokeResult:
         if mode is Mode.ASYNC or record.done:
@@ -281,6 +315,12 @@ class Invoker:
             raise InvalidArgument(f"time_range_hours must not be negative, got {time_range_hours}")
         since = now_ms() - time_range_hours * 3_600_000 if time_range_hours else 0
         return await self.store.stats(since)
+
+    async def expire_records(self) -> int:
+        """Apply the retention: terminal records older than `retention_hours` or beyond
+        `retention_max_records` go; unfinished ones stay."""
+        before = now_ms() - int(self.settings.retention_hours * 3_600_000)
+        return await self.store.expire(before, self.settings.retention_max_records)
 
     # Recovery
 

@@ -100,6 +100,8 @@ class ExecutionRecord:
     environment: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
+    # Same task, function, artifact and parameters give the same key (the result cache's).
+    cache_key: str = ""
     node: str = ""
     instance_id: str = ""
     attempts: int = 0

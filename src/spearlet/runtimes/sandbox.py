@@ -24,13 +24,18 @@ from spearlet.runtimes.base import Limits
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 PRLIMIT = shutil.which("prlimit", path=SYSTEM_PATH)
+SETPRIV = shutil.which("setpriv", path=SYSTEM_PATH)
 
 
 def limited_argv(argv: list[str], limits: Limits) -> list[str]:
-    """Prefix `argv` so that it execs under the resource limits."""
-    if PRLIMIT is None:
-        raise RuntimeError("the prlimit command (util-linux) is required to apply resource limits")
-    prefix = [PRLIMIT]
+    """Prefix `argv` so that it execs under the resource limits, and dies with the node.
+
+    `setpriv --pdeathsig KILL` makes the kernel kill the child if the node itself dies (even by
+    SIGKILL), so a crashed node leaves no function running unsupervised.
+    """
+    if PRLIMIT is None or SETPRIV is None:
+        raise RuntimeError("the prlimit and setpriv commands (util-linux) are required to sandbox functions")
+    prefix = [SETPRIV, "--pdeathsig", "KILL", "--", PRLIMIT]
     if limits.memory_bytes > 0:
         prefix.append(f"--as={limits.memory_bytes}")
     if limits.cpu_seconds > 0:

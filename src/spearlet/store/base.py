@@ -87,6 +87,15 @@ class Store(abc.ABC):
         """Newest first; empty `task_id` means every task, UNKNOWN status means every status."""
 
     @abc.abstractmethod
+    async def cached_result(self, cache_key: str, since_ms: int) -> ExecutionRecord | None:
+        """The newest COMPLETED record with this cache key that completed at or after `since_ms`."""
+
+    @abc.abstractmethod
+    async def expire(self, before_ms: int, keep: int) -> int:
+        """Delete terminal records completed before `before_ms`, and all but the newest `keep`
+        terminal records. PENDING and RUNNING records never expire. Returns how many went."""
+
+    @abc.abstractmethod
     async def unfinished(self) -> list[ExecutionRecord]:
         """PENDING and RUNNING records, oldest first: what a restarted node must finish."""
 

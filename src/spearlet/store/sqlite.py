@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS executions (
     environment TEXT NOT NULL,
     metadata TEXT NOT NULL,
     idempotency_key TEXT UNIQUE,
+    cache_key TEXT NOT NULL,
     node TEXT NOT NULL,
     instance_id TEXT NOT NULL,
     attempts INTEGER NOT NULL,
@@ -69,11 +70,12 @@ CREATE TABLE IF NOT EXISTS executions (
 CREATE INDEX IF NOT EXISTS executions_task ON executions (task_id, seq);
 CREATE INDEX IF NOT EXISTS executions_status ON executions (status, seq);
 CREATE INDEX IF NOT EXISTS executions_created ON executions (created_at);
+CREATE INDEX IF NOT EXISTS executions_cache ON executions (cache_key, completed_at) WHERE cache_key != '';
 """
 
 _EXEC_COLUMNS = (
     "execution_id, task_id, function_name, mode, status, params, timeout_ms, max_retries, environment, "
-    "metadata, idempotency_key, node, instance_id, attempts, created_at, started_at, completed_at, "
+    "metadata, idempotency_key, cache_key, node, instance_id, attempts, created_at, started_at, completed_at, "
     "execution_time_ms, memory_used_bytes, output, output_kind, error_code, error_message, logs, metrics"
 )
 _TASK_COLUMNS = (
@@ -86,7 +88,7 @@ def _exec_row(r: ExecutionRecord) -> tuple[Any, ...]:
     return (
         r.execution_id, r.task_id, r.function_name, int(r.mode), int(r.status), dump_params(r.params),
         r.timeout_ms, r.max_retries, json.dumps(r.environment), json.dumps(r.metadata), r.idempotency_key,
-        r.node, r.instance_id, r.attempts, r.created_at, r.started_at, r.completed_at,
+        r.cache_key, r.node, r.instance_id, r.attempts, r.created_at, r.started_at, r.completed_at,
         r.execution_time_ms, r.memory_used_bytes, r.output, int(r.output_kind), r.error_code,
         r.error_message, r.logs, json.dumps(r.metrics),
     )  # fmt: skip
@@ -105,6 +107,7 @@ def _exec_from_row(row: sqlite3.Row) -> ExecutionRecord:
         environment=json.loads(row["environment"]),
         metadata=json.loads(row["metadata"]),
         idempotency_key=row["idempotency_key"],
+        cache_key=row["cache_key"],
         node=row["node"],
         instance_id=row["instance_id"],
         attempts=row["attempts"],
@@ -332,7 +335,7 @@ class SqliteStore(Store):
             ).fetchone()
             if row is not None:
                 return _exec_from_row(row)
-            conn.execute(f"INSERT INTO executions ({_EXEC_COLUMNS}) VALUES ({_marks(25)})", _exec_row(record))
+            conn.execute(f"INSERT INTO executions ({_EXEC_COLUMNS}) VALUES ({_marks(26)})", _exec_row(record))
             return None
 
         return await self._run(op)
@@ -345,7 +348,7 @@ class SqliteStore(Store):
         def op(conn: sqlite3.Connection) -> bool:
             row = _exec_row(record)
             cursor = conn.execute(
-                f"UPDATE executions SET ({_EXEC_COLUMNS}) = ({_marks(25)}) "
+                f"UPDATE executions SET ({_EXEC_COLUMNS}) = ({_marks(26)}) "
                 f"WHERE execution_id = ? AND status IN ({_marks(len(allowed))})",
                 (*row, record.execution_id, *allowed),
             )
@@ -383,6 +386,34 @@ class SqliteStore(Store):
             records = [_exec_from_row(r) for r in rows[:limit]]
             has_more = len(rows) > limit
             return ExecutionPage(records, has_more, records[-1].execution_id if has_more else "")
+
+        return await self._run(op)
+
+    async def cached_result(self, cache_key: str, since_ms: int) -> ExecutionRecord | None:
+        def op(conn: sqlite3.Connection) -> ExecutionRecord | None:
+            row = conn.execute(
+                f"SELECT {_EXEC_COLUMNS} FROM executions WHERE cache_key = ? AND completed_at >= ? AND status = ? "
+                "ORDER BY completed_at DESC LIMIT 1",
+                (cache_key, since_ms, int(Status.COMPLETED)),
+            ).fetchone()
+            return _exec_from_row(row) if row else None
+
+        return await self._run(op)
+
+    async def expire(self, before_ms: int, keep: int) -> int:
+        terminal = tuple(int(s) for s in Status if s.terminal)
+        marks = _marks(len(terminal))
+
+        def op(conn: sqlite3.Connection) -> int:
+            removed = conn.execute(
+                f"DELETE FROM executions WHERE status IN ({marks}) AND completed_at < ?", (*terminal, before_ms)
+            ).rowcount
+            removed += conn.execute(
+                f"DELETE FROM executions WHERE status IN ({marks}) AND seq <= ("
+                f"SELECT seq FROM executions WHERE status IN ({marks}) ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (*terminal, *terminal, keep),
+            ).rowcount
+            return removed
 
         return await self._run(op)
 

@@ -1,0 +1,295 @@
+"""ArtifactFetcher: local paths, file:// and http:// locations, sha256 checksums, the digest-named cache."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spearlet.artifacts.fetch import ArtifactFetcher, parse_checksum
+from spearlet.core.errors import InvalidArgument
+
+pytestmark = pytest.mark.timeout(60)
+
+CONTENT = b"#!/bin/sh\necho hello\n"
+DIGEST = hashlib.sha256(CONTENT).hexdigest()
+OTHER_DIGEST = hashlib.sha256(b"something else").hexdigest()
+
+
+@dataclass
+class FileServer:
+    """A real HTTP server on 127.0.0.1 serving `root`; `requests` lists every GET path it received."""
+
+    base_url: str
+    root: Path
+    requests: list[str] = field(default_factory=list)
+
+    def url(self, name: str) -> str:
+        return f"{self.base_url}/{name}"
+
+    def publish(self, name: str, content: bytes) -> str:
+        (self.root / name).write_bytes(content)
+        return self.url(name)
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServer]:
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    root = tmp_path / "www"
+    root.mkdir()
+    requests: list[str] = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield FileServer(f"http://127.0.0.1:{httpd.server_address[1]}", root, requests)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def fetcher(cache_dir: Path) -> ArtifactFetcher:
+    return ArtifactFetcher(cache_dir)
+
+
+@pytest.fixture
+def artifact(tmp_path: Path) -> Path:
+    path = tmp_path / "src" / "tool.sh"
+    path.parent.mkdir()
+    path.write_bytes(CONTENT)
+    return path
+
+
+def cache_entries(cache_dir: Path) -> list[str]:
+    return sorted(p.name for p in cache_dir.iterdir()) if cache_dir.exists() else []
+
+
+# Local files
+
+
+async def test_local_absolute_path_is_used_in_place(fetcher: ArtifactFetcher, artifact: Path, cache_dir: Path) -> None:
+    got = await fetcher.fetch(str(artifact))
+    assert got.path == artifact
+    assert got.digest == DIGEST
+    assert cache_entries(cache_dir) == []
+
+
+async def test_file_url_is_used_in_place_with_percent_decoding(fetcher: ArtifactFetcher, tmp_path: Path) -> None:
+    path = tmp_path / "my tool.sh"
+    path.write_bytes(CONTENT)
+    url = path.as_uri()
+    assert "%20" in url
+    got = await fetcher.fetch(url)
+    assert got.path == path
+    assert got.digest == DIGEST
+
+
+async def test_relative_path_is_resolved_against_the_working_directory(
+    fetcher: ArtifactFetcher, artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(artifact.parent.parent)
+    got = await fetcher.fetch("src/tool.sh")
+    assert got.path.is_absolute()
+    assert got.path == artifact.resolve()
+    assert got.digest == DIGEST
+
+
+async def test_home_relative_path_is_expanded(
+    fetcher: ArtifactFetcher, artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(artifact.parent))
+    got = await fetcher.fetch("~/tool.sh")
+    assert got.path == artifact
+
+
+@pytest.mark.parametrize(
+    "checksum",
+    [f"sha256:{DIGEST}", DIGEST, DIGEST.upper(), f"sha256:{DIGEST.upper()}", f"  sha256:{DIGEST}\n"],
+    ids=["prefixed", "bare", "upper", "prefixed-upper", "padded"],
+)
+async def test_matching_checksum_is_accepted(fetcher: ArtifactFetcher, artifact: Path, checksum: str) -> None:
+    got = await fetcher.fetch(str(artifact), checksum)
+    assert got.digest == DIGEST
+    assert parse_checksum(checksum) == DIGEST
+
+
+def test_empty_checksum_means_not_given() -> None:
+    assert parse_checksum("") == ""
+
+
+async def test_checksum_mismatch_names_both_digests(fetcher: ArtifactFetcher, artifact: Path) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        await fetcher.fetch(str(artifact), f"sha256:{OTHER_DIGEST}")
+    message = str(caught.value)
+    assert OTHER_DIGEST in message
+    assert DIGEST in message
+    assert "mismatch" in message
+
+
+@pytest.mark.parametrize(
+    "checksum",
+    [
+        "md5:" + hashlib.md5(CONTENT).hexdigest(),
+        "sha1:" + DIGEST,
+        "sha512:" + DIGEST,
+        "sha256:" + DIGEST[:63],
+        DIGEST[:40],
+        DIGEST + "0",
+        "sha256:" + "g" * 64,
+        "sha256:sha256:" + DIGEST,
+        "sha256:",
+    ],
+    ids=["md5", "sha1-label", "sha512-label", "short", "short-bare", "long", "not-hex", "double-prefix", "no-digest"],
+)
+async def test_malformed_checksum_is_refused(fetcher: ArtifactFetcher, artifact: Path, checksum: str) -> None:
+    with pytest.raises(InvalidArgument, match="checksum"):
+        parse_checksum(checksum)
+    with pytest.raises(InvalidArgument, match="checksum"):
+        await fetcher.fetch(str(artifact), checksum)
+
+
+async def test_missing_file_is_refused(fetcher: ArtifactFetcher, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="does not exist"):
+        await fetcher.fetch(str(tmp_path / "nope.sh"))
+    with pytest.raises(InvalidArgument, match="does not exist"):
+        await fetcher.fetch((tmp_path / "nope.sh").as_uri())
+
+
+async def test_empty_location_is_refused(fetcher: ArtifactFetcher) -> None:
+    with pytest.raises(InvalidArgument, match="location is required"):
+        await fetcher.fetch("")
+
+
+@pytest.mark.parametrize("location", ["ftp://example.com/tool.sh", "s3://bucket/tool.sh"])
+async def test_unsupported_scheme_is_refused(fetcher: ArtifactFetcher, location: str) -> None:
+    scheme = location.split(":", 1)[0]
+    with pytest.raises(InvalidArgument, match=f"unsupported scheme '{scheme}'"):
+        await fetcher.fetch(location)
+
+
+async def test_directory_is_accepted_without_checksum_and_has_no_digest(
+    fetcher: ArtifactFetcher, tmp_path: Path
+) -> None:
+    package = tmp_path / "package"
+    package.mkdir()
+    got = await fetcher.fetch(str(package))
+    assert got.path == package
+    assert got.digest == ""
+
+
+async def test_directory_with_checksum_is_refused(fetcher: ArtifactFetcher, tmp_path: Path) -> None:
+    package = tmp_path / "package"
+    package.mkdir()
+    with pytest.raises(InvalidArgument, match="is a directory"):
+        await fetcher.fetch(str(package), DIGEST)
+
+
+# HTTP downloads
+
+
+async def test_download_lands_in_cache_named_by_digest_and_executable(
+    fetcher: ArtifactFetcher, server: FileServer, cache_dir: Path
+) -> None:
+    url = server.publish("tool.sh", CONTENT)
+    got = await fetcher.fetch(url, f"sha256:{DIGEST}")
+    assert got.path == cache_dir / DIGEST
+    assert got.digest == DIGEST
+    assert got.path.read_bytes() == CONTENT
+    assert got.path.stat().st_mode & 0o777 == 0o755
+    assert cache_entries(cache_dir) == [DIGEST]
+    assert server.requests == ["/tool.sh"]
+
+
+async def test_download_without_checksum_is_cached_by_its_digest(
+    fetcher: ArtifactFetcher, server: FileServer, cache_dir: Path
+) -> None:
+    got = await fetcher.fetch(server.publish("tool.sh", CONTENT))
+    assert got.path == cache_dir / DIGEST
+    assert got.digest == DIGEST
+    assert cache_entries(cache_dir) == [DIGEST]
+
+
+async def test_second_fetch_with_checksum_reuses_the_cache_without_a_request(
+    fetcher: ArtifactFetcher, server: FileServer
+) -> None:
+    url = server.publish("tool.sh", CONTENT)
+    first = await fetcher.fetch(url, DIGEST)
+    assert len(server.requests) == 1
+    (server.root / "tool.sh").unlink()  # a request now would fail with 404
+
+    again = await fetcher.fetch(url, f"sha256:{DIGEST}")
+    assert again == first
+    assert len(server.requests) == 1
+
+
+async def test_download_checksum_mismatch_is_refused_and_caches_nothing(
+    fetcher: ArtifactFetcher, server: FileServer, cache_dir: Path
+) -> None:
+    url = server.publish("tool.sh", CONTENT)
+    with pytest.raises(InvalidArgument) as caught:
+        await fetcher.fetch(url, OTHER_DIGEST)
+    assert OTHER_DIGEST in str(caught.value) and DIGEST in str(caught.value)
+    assert cache_entries(cache_dir) == []
+
+
+async def test_http_404_is_refused_with_the_status(
+    fetcher: ArtifactFetcher, server: FileServer, cache_dir: Path
+) -> None:
+    with pytest.raises(InvalidArgument, match="HTTP 404"):
+        await fetcher.fetch(server.url("missing.sh"))
+    assert server.requests == ["/missing.sh"]
+    assert cache_entries(cache_dir) == []
+
+
+async def test_download_larger_than_max_bytes_is_refused_and_leaves_no_temp_file(
+    server: FileServer, cache_dir: Path
+) -> None:
+    fetcher = ArtifactFetcher(cache_dir, max_bytes=1000)
+    url = server.publish("big.bin", b"x" * 300_000)
+    with pytest.raises(InvalidArgument, match="larger than 1000 bytes"):
+        await fetcher.fetch(url)
+    assert cache_entries(cache_dir) == []
+
+
+async def test_download_of_exactly_max_bytes_is_accepted(server: FileServer, cache_dir: Path) -> None:
+    content = b"y" * 1000
+    fetcher = ArtifactFetcher(cache_dir, max_bytes=1000)
+    got = await fetcher.fetch(server.publish("edge.bin", content))
+    assert got.path.read_bytes() == content
+
+
+async def test_unreachable_server_is_refused(fetcher: ArtifactFetcher, cache_dir: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Nothing listens on the port any more.
+    with pytest.raises(InvalidArgument, match="failed"):
+        await fetcher.fetch(f"http://127.0.0.1:{port}/tool.sh")
+    assert cache_entries(cache_dir) == []
