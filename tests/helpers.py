@@ -19,6 +19,7 @@ from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
 
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
+from spearlet.api.grpc.convert import tidy_numbers
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "spearlet" / "examples"
 
@@ -46,9 +47,11 @@ def params(**kwargs: Any) -> list[pb.FunctionParameter]:
 
 
 def unpack(packed: any_pb2.Any) -> Any:
+    if not packed.type_url:
+        return None
     v = struct_pb2.Value()
     if packed.Unpack(v):
-        return json_format.MessageToDict(v)
+        return tidy_numbers(json_format.MessageToDict(v))
     for wrapper in (wrappers_pb2.StringValue(), wrappers_pb2.BytesValue()):
         if packed.Unpack(wrapper):
             return wrapper.value

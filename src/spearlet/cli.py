@@ -23,6 +23,7 @@ from rich.table import Table
 
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
+from spearlet.api.grpc.convert import tidy_numbers
 from spearlet.config import Settings
 
 app = typer.Typer(help="spearlet: a function-execution node for SPEAR.", no_args_is_help=True)
@@ -130,7 +131,7 @@ def _plain_result(result: pb.ExecutionResult) -> Any:
         return None
     value = struct_pb2.Value()
     if result.result.Unpack(value):
-        return json_format.MessageToDict(value)
+        return tidy_numbers(json_format.MessageToDict(value))
     for wrapper in (wrappers_pb2.StringValue(), wrappers_pb2.BytesValue()):
         if result.result.Unpack(wrapper):
             return wrapper.value

@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     default_timeout_ms: int = Field(300_000, ge=1)
     memory_limit_mb: int = Field(512, ge=0)
     cpu_limit_s: int = Field(0, ge=0)
-    output_limit_bytes: int = Field(16 << 20, ge=1)
+    # Under gRPC clients' default 4 MiB receive limit, with room for the envelope.
+    output_limit_bytes: int = Field(4_000_000, ge=1)
     log_limit_bytes: int = Field(64 << 10, ge=1024)
     file_limit_mb: int = Field(1024, ge=0)
     open_files: int = Field(1024, ge=0)

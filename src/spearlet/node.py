@@ -27,6 +27,7 @@ from spearlet.core.models import ArtifactSpec
 from spearlet.core.tasks import TaskRegistry
 from spearlet.runtimes.base import Runtime
 from spearlet.runtimes.process import ProcessRuntime
+from spearlet.runtimes.python import PythonRuntime
 from spearlet.scheduler import Scheduler
 from spearlet.store.sqlite import SqliteStore
 
@@ -69,7 +70,7 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = SqliteStore(settings.db_path)
-        self.runtimes: dict[str, Runtime] = {"process": ProcessRuntime()}
+        self.runtimes: dict[str, Runtime] = {"process": ProcessRuntime(), "python": PythonRuntime(settings)}
         self.lifecycle = Lifecycle()
         self.tasks = TaskRegistry(self.store, ArtifactFetcher(settings.cache_dir), self.runtimes)
         self.scheduler = Scheduler(settings, self.store, self.runtimes, self.lifecycle)
@@ -86,6 +87,7 @@ class Node:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
         await self._register_start_tasks()
+        await self.tasks.warm_all()
         await self.invoker.expire_records()
         resubmitted, failed = await self.invoker.recover()
         if resubmitted or failed:

@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from spearlet.config import Settings
+from spearlet.core.background import Background
 from spearlet.core.errors import ResourceExhausted
 from spearlet.core.lifecycle import Event, Lifecycle
 from spearlet.core.models import ExecutionRecord, Status, Task, now_ms
@@ -32,27 +33,6 @@ BACKOFF_CAP_S = 10.0
 def backoff_s(attempt: int) -> float:
     """Exponential backoff with full jitter before attempt number `attempt + 1`."""
     return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
-
-
-def _int_setting(task: Task, key: str, default: int) -> int:
-    raw = task.metadata.get(key, "")
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        return default
-
-
-def limits_for(settings: Settings, task: Task, record: ExecutionRecord) -> Limits:
-    memory_mb = _int_setting(task, "memory_limit_mb", settings.memory_limit_mb)
-    return Limits(
-        timeout_ms=record.timeout_ms,
-        memory_bytes=memory_mb << 20,
-        cpu_seconds=_int_setting(task, "cpu_limit_s", settings.cpu_limit_s),
-        output_bytes=settings.output_limit_bytes,
-        log_bytes=settings.log_limit_bytes,
-        file_bytes=settings.file_limit_mb << 20,
-        open_files=settings.open_files,
-    )
 
 
 @dataclass(slots=True)
@@ -76,6 +56,7 @@ class Scheduler:
         self._running_per_task: dict[str, int] = {}
         self._durations: dict[tuple[str, str], deque[int]] = {}
         self._closing = False
+        self._background = Background()
 
     # Figures for health, stats and estimates
 
@@ -91,7 +72,9 @@ class Scheduler:
         return execution_id in self._pending or execution_id in self._running
 
     def task_limit(self, task: Task) -> int:
-        return max(1, _int_setting(task, "max_concurrency", self.settings.max_concurrency))
+        """Calls of this task at once: its `max_concurrency`, and no more than its `max_instances`."""
+        limit = task.int_setting("max_concurrency", self.settings.max_concurrency)
+        return max(1, min(limit, task.int_setting("max_instances", limit)))
 
     def recent_duration_ms(self, task_id: str, function_name: str) -> float | None:
         """Mean of the last completed durations of this task and function, or None without history."""
@@ -128,7 +111,7 @@ class Scheduler:
             if queue is not None and job in queue:
                 queue.remove(job)
             job.stop.request(force, reason)
-            asyncio.get_running_loop().create_task(self._finish_unstarted(job, reason))
+            self._background.spawn(self._finish_unstarted(job, reason))
             return True
         job = self._running.get(execution_id)
         if job is not None:
@@ -144,6 +127,7 @@ class Scheduler:
         for runner in runners:
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
+        await self._background.wait()
 
     # Internals
 
@@ -207,7 +191,7 @@ class Scheduler:
     async def _attempts(self, job: _Job) -> None:
         record, task = job.record, job.task
         runtime = self.runtimes[task.artifact_type]
-        limits = limits_for(self.settings, task, record)
+        limits = Limits.for_task(self.settings, task, record.timeout_ms)
         record.node = self.settings.node_id
         while True:
             record.status = Status.RUNNING
@@ -219,7 +203,12 @@ class Scheduler:
                 return  # cancelled (or finished elsewhere) before it could start
             self.lifecycle.publish(Event.STARTED, record)
             invocation = Invocation(
-                record.execution_id, record.function_name, record.params, record.environment, limits
+                record.execution_id,
+                record.function_name,
+                record.params,
+                record.environment,
+                limits,
+                force_new_instance=record.force_new_instance,
             )
             outcome = await runtime.invoke(task, invocation, job.stop)
             self._apply(record, outcome)

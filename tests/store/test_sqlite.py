@@ -492,7 +492,7 @@ async def test_failing_operation_in_a_batch_does_not_undo_the_others(store: Sqli
         raise sqlite3.IntegrityError("boom")
 
     release, held = await hold_writer(store)
-    tasks = [
+    tasks: list[asyncio.Future[Any]] = [
         asyncio.ensure_future(store.create_execution(before)),
         asyncio.ensure_future(store._run(bad)),
         asyncio.ensure_future(store.put_task(make_task("good"))),
@@ -512,3 +512,26 @@ async def test_failing_operation_in_a_batch_does_not_undo_the_others(store: Sqli
     # The writer keeps serving after the failure.
     await store.put_task(make_task("later"))
     assert await store.get_task("later") is not None
+
+
+async def test_a_store_from_before_the_result_cache_opens_and_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE executions (seq INTEGER PRIMARY KEY AUTOINCREMENT, execution_id TEXT NOT NULL UNIQUE, "
+            "task_id TEXT NOT NULL, function_name TEXT NOT NULL, mode INTEGER NOT NULL, status INTEGER NOT NULL, "
+            "params TEXT NOT NULL, timeout_ms INTEGER NOT NULL, max_retries INTEGER NOT NULL, environment TEXT NOT NULL, "
+            "metadata TEXT NOT NULL, idempotency_key TEXT UNIQUE, node TEXT NOT NULL, instance_id TEXT NOT NULL, "
+            "attempts INTEGER NOT NULL, created_at INTEGER NOT NULL, started_at INTEGER NOT NULL, "
+            "completed_at INTEGER NOT NULL, execution_time_ms INTEGER NOT NULL, memory_used_bytes INTEGER NOT NULL, "
+            "output BLOB NOT NULL, output_kind INTEGER NOT NULL, error_code TEXT NOT NULL, error_message TEXT NOT NULL, "
+            "logs TEXT NOT NULL, metrics TEXT NOT NULL)"
+        )
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        record = ExecutionRecord(new_execution_id(), "t", "", Mode.ASYNC, created_at=1)
+        assert await store.create_execution(record) is None
+        assert (await store.get_execution(record.execution_id)) is not None
+    finally:
+        await store.close()

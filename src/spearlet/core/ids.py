@@ -9,8 +9,8 @@ import uuid
 
 from spearlet.core.errors import InvalidArgument
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def new_execution_id() -> str:
@@ -23,7 +23,7 @@ def new_execution_id() -> str:
 
 
 def check_task_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidArgument(
             f"task name {name!r} is invalid: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -32,7 +32,7 @@ def check_task_name(name: str) -> str:
 
 
 def check_client_execution_id(value: str) -> str:
-    if not _CLIENT_ID.match(value):
+    if not _CLIENT_ID.fullmatch(value):
         raise InvalidArgument(
             f"context.execution_id {value[:140]!r} is invalid: use 1-128 letters, digits, '.', '_', ':' or '-'"
         )

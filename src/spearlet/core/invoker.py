@@ -223,6 +223,7 @@ class Invoker:
             environment=dict(req.environment),
             metadata=dict(req.metadata),
             idempotency_key=f"{task.task_id}:{key}" if key else None,
+            force_new_instance=req.force_new_instance,
             created_at=now_ms(),
         )
 

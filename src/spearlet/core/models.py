@@ -84,6 +84,11 @@ class Task:
     created_at: int = 0
     updated_at: int = 0
 
+    def int_setting(self, key: str, default: int) -> int:
+        """An integer setting of the metadata (validated at registration), else `default`."""
+        raw = self.metadata.get(key, "")
+        return int(raw) if raw else default
+
 
 @dataclass(slots=True)
 class ExecutionRecord:
@@ -102,6 +107,8 @@ class ExecutionRecord:
     idempotency_key: str | None = None
     # Same task, function, artifact and parameters give the same key (the result cache's).
     cache_key: str = ""
+    # Not stored: a recovered execution may run on any instance.
+    force_new_instance: bool = False
     node: str = ""
     instance_id: str = ""
     attempts: int = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from spearlet.artifacts import ArtifactFetcher
 from spearlet.core.errors import InvalidArgument, NotFound
 from spearlet.core.ids import check_task_name
@@ -18,6 +20,7 @@ INT_SETTINGS = frozenset(
     }
 )  # fmt: skip
 MAX_PAGE = 1000
+log = logging.getLogger(__name__)
 
 
 def page_limit(limit: int, default: int = 100) -> int:
@@ -97,5 +100,23 @@ class TaskRegistry:
     async def delete(self, task_id: str, cleanup_executions: bool) -> tuple[bool, int]:
         if not task_id:
             raise InvalidArgument("task_id is required")
+        task = await self.find(task_id)
         self._cache.pop(task_id, None)
+        if task is not None:
+            await self.runtimes[task.artifact_type].forget(task_id)
         return await self.store.delete_task(task_id, cleanup_executions)
+
+    async def warm_all(self) -> None:
+        """At node start: let each runtime get its stored tasks ready (e.g. pre-warmed instances)."""
+        start_after = ""
+        while True:
+            page = await self.store.list_tasks("", MAX_PAGE, start_after)
+            for task in page.tasks:
+                self._cache[task.task_id] = task
+                try:
+                    await self.runtimes[task.artifact_type].warm(task)
+                except Exception as exc:
+                    log.warning("task %s could not be warmed: %s", task.task_id, exc)
+            if not page.has_more:
+                return
+            start_after = page.next_start_after

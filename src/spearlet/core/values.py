@@ -15,35 +15,48 @@ from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import OutputKind
 
 _BYTES_TAG = "$bytes"
+# A user's own one-key object {"$bytes": ...} or {"$object": ...} is wrapped so it is not mistaken
+# for a tag. (python_worker.py mirrors these two functions: the worker imports nothing of the node.)
+_OBJECT_TAG = "$object"
 
 
-def _tag_bytes(value: Any) -> Any:
+def tag_bytes(value: Any) -> Any:
+    """Bytes anywhere in a JSON-like value as {"$bytes": base64}, the form stored and sent to workers."""
     if isinstance(value, bytes):
         return {_BYTES_TAG: base64.b64encode(value).decode("ascii")}
     if isinstance(value, dict):
-        return {k: _tag_bytes(v) for k, v in value.items()}
+        tagged = {k: tag_bytes(v) for k, v in value.items()}
+        if len(value) == 1 and (_BYTES_TAG in value or _OBJECT_TAG in value):
+            return {_OBJECT_TAG: tagged}
+        return tagged
     if isinstance(value, list):
-        return [_tag_bytes(v) for v in value]
+        return [tag_bytes(v) for v in value]
     return value
 
 
-def _untag_bytes(value: Any) -> Any:
+def untag_bytes(value: Any) -> Any:
     if isinstance(value, dict):
         if len(value) == 1 and _BYTES_TAG in value:
             return base64.b64decode(value[_BYTES_TAG])
-        return {k: _untag_bytes(v) for k, v in value.items()}
+        if len(value) == 1 and _OBJECT_TAG in value:
+            return {k: untag_bytes(v) for k, v in value[_OBJECT_TAG].items()}
+        return {k: untag_bytes(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_untag_bytes(v) for v in value]
+        return [untag_bytes(v) for v in value]
     return value
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def dump_params(params: dict[str, Any]) -> str:
     """Serialize parameters for storage, losslessly (bytes stay bytes)."""
-    return json.dumps(_tag_bytes(params), separators=(",", ":"))
+    return json.dumps(tag_bytes(params), separators=(",", ":"))
 
 
 def load_params(text: str) -> dict[str, Any]:
-    loaded = _untag_bytes(json.loads(text))
+    loaded = untag_bytes(json.loads(text))
     if not isinstance(loaded, dict):
         raise ValueError("stored parameters are not an object")
     return loaded
@@ -82,7 +95,7 @@ def classify_output(raw: bytes) -> OutputKind:
     except UnicodeDecodeError:
         return OutputKind.BYTES
     try:
-        json.loads(text)
+        json.loads(text, parse_constant=_no_constants)  # NaN and Infinity are not JSON
     except ValueError:
         return OutputKind.TEXT
     return OutputKind.JSON

@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from spearlet.config import Settings
 from spearlet.core.models import Status, Task
 
 
@@ -20,6 +21,19 @@ class Limits:
     file_bytes: int
     open_files: int
 
+    @classmethod
+    def for_task(cls, settings: Settings, task: Task, timeout_ms: int) -> Limits:
+        """The node's limits, as the task's metadata adjusts them."""
+        return cls(
+            timeout_ms=timeout_ms,
+            memory_bytes=task.int_setting("memory_limit_mb", settings.memory_limit_mb) << 20,
+            cpu_seconds=task.int_setting("cpu_limit_s", settings.cpu_limit_s),
+            output_bytes=settings.output_limit_bytes,
+            log_bytes=settings.log_limit_bytes,
+            file_bytes=settings.file_limit_mb << 20,
+            open_files=settings.open_files,
+        )
+
 
 @dataclass(slots=True)
 class Invocation:
@@ -28,6 +42,7 @@ class Invocation:
     params: dict[str, Any]
     environment: dict[str, str]
     limits: Limits
+    force_new_instance: bool = False
 
 
 @dataclass(slots=True)
@@ -78,5 +93,11 @@ class Runtime(abc.ABC):
         """Run one call to its end, honouring the limits and `stop`. Never raises for a
         failure of the function itself: that is an Outcome with status FAILED."""
 
-    async def close(self) -> None:  # noqa: B027 - most runtimes hold nothing
+    async def warm(self, task: Task) -> None:  # noqa: B027 - most runtimes keep nothing warm
+        """Get a registered task ready to serve (at node start, after registration)."""
+
+    async def forget(self, task_id: str) -> None:  # noqa: B027
+        """The task was replaced or deleted: drop what is kept for it."""
+
+    async def close(self) -> None:  # noqa: B027
         """Release what the runtime holds (warm instances, compiled modules)."""

@@ -178,6 +178,7 @@ class _DatabaseThread(threading.Thread):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
+            _migrate(conn)
             conn.executescript(_SCHEMA)
         except BaseException as exc:  # reported to open(), which raises it in the loop
             self.startup_error = exc
@@ -451,6 +452,13 @@ class SqliteStore(Store):
             return stats
 
         return await self._run(op)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a store written by an earlier version up to the current schema."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(executions)")}
+    if columns and "cache_key" not in columns:
+        conn.execute("ALTER TABLE executions ADD COLUMN cache_key TEXT NOT NULL DEFAULT ''")
 
 
 def _marks(n: int) -> str:

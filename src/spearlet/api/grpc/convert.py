@@ -28,14 +28,14 @@ _JSON_TYPES: dict[str, type[Message]] = {
 _MAX_SAFE_INT = 2**53
 
 
-def _tidy_numbers(value: Any) -> Any:
+def tidy_numbers(value: Any) -> Any:
     """JSON numbers arrive as doubles; give whole ones back as ints, as a user wrote them."""
     if isinstance(value, float) and value.is_integer() and abs(value) <= _MAX_SAFE_INT:
         return int(value)
     if isinstance(value, dict):
-        return {k: _tidy_numbers(v) for k, v in value.items()}
+        return {k: tidy_numbers(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_tidy_numbers(v) for v in value]
+        return [tidy_numbers(v) for v in value]
     return value
 
 
@@ -56,7 +56,7 @@ def unpack_value(name: str, value: any_pb2.Any, present: bool) -> Any:
     except (DecodeError, RecursionError) as exc:
         raise InvalidArgument(f"parameter {name!r}: value is not a valid {full_name}: {exc}") from exc
     if full_name in _JSON_TYPES:
-        return _tidy_numbers(json_format.MessageToDict(message))
+        return tidy_numbers(json_format.MessageToDict(message))
     plain = message.value  # type: ignore[attr-defined]
     if isinstance(plain, float):
         check_number(name, plain)

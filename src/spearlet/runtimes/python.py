@@ -1,0 +1,301 @@
+"""The `python` runtime: warm worker subprocesses that import the task's code once.
+
+The artifact is a `.py` file, a package directory or a `.zip`; `metadata.entry` is `module:function`
+(default: the file or directory name, function `handler`). A call with an empty `function_name` runs
+the entry function, otherwise the module's function of that name. The worker program is
+`python_worker.py`, which documents the protocol and how parameters reach the function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from spearlet.config import Settings
+from spearlet.core.errors import InvalidArgument
+from spearlet.core.models import Status, Task
+from spearlet.core.values import tag_bytes, untag_bytes
+from spearlet.pool import Instance, Pool, PoolSettings
+from spearlet.runtimes.base import Invocation, Limits, Outcome, Runtime, StopRequest
+from spearlet.runtimes.process import task_environment
+from spearlet.runtimes.sandbox import (
+    PeakMemory,
+    PipeCollector,
+    collect,
+    function_environment,
+    kill_group,
+    limited_argv,
+    spawn,
+    wait_exit,
+)
+
+WORKER = Path(__file__).with_name("python_worker.py")
+_HEADER = struct.Struct(">I")
+START_TIMEOUT_S = 60.0
+
+
+class WorkerGone(Exception):
+    """The worker died or broke the protocol."""
+
+
+class WorkerStartFailed(Exception):
+    pass
+
+
+def code_location(task: Task) -> tuple[str, str]:
+    """(sys.path entry, `module:function`) of a python task."""
+    path = Path(task.local_path)
+    entry = task.metadata.get("entry", "")
+    module, _, function = entry.rpartition(":") if ":" in entry else ("", "", entry)
+    if path.is_dir():
+        return str(path.parent), f"{module or path.name}:{function or 'handler'}"
+    if path.suffix == ".zip":
+        if not module:
+            raise InvalidArgument(
+                f"python task {task.task_id!r}: a .zip artifact needs metadata entry 'module:function'"
+            )
+        return str(path), f"{module}:{function or 'handler'}"
+    if path.suffix == ".py":
+        return str(path.parent), f"{module or path.stem}:{function or 'handler'}"
+    raise InvalidArgument(f"python artifact {task.location!r} must be a .py file, a package directory or a .zip")
+
+
+def output_bytes(value: Any) -> bytes:
+    """A return value as output: bytes as they are, text as UTF-8, anything else as JSON."""
+    value = untag_bytes(value)
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+class PythonWorker(Instance):
+    def __init__(self, instance_id: str, proc: subprocess.Popen[bytes], workdir: str) -> None:
+        super().__init__(instance_id)
+        self.proc = proc
+        self.pid = proc.pid
+        self.workdir = workdir
+        self.exited = asyncio.ensure_future(wait_exit(self.pid))
+        self.memory = PeakMemory(self.pid)
+        self.stderr = PipeCollector(16 << 10, tail=True)
+        self._stderr_task = asyncio.ensure_future(collect(proc.stderr, self.stderr))  # type: ignore[arg-type]
+        self._reader = asyncio.StreamReader(limit=1 << 30)
+        self._writer: asyncio.WriteTransport | None = None
+        self.broken = False
+
+    @property
+    def alive(self) -> bool:
+        return not self.broken and not self.exited.done()
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = self._reader
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), self.proc.stdout)
+        self._writer, _ = await loop.connect_write_pipe(asyncio.Protocol, self.proc.stdin)
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self._writer is not None
+        data = json.dumps(message, separators=(",", ":")).encode()
+        self._writer.write(_HEADER.pack(len(data)) + data)
+
+    async def receive(self, max_bytes: int) -> dict[str, Any]:
+        try:
+            header = await self._reader.readexactly(_HEADER.size)
+            (length,) = _HEADER.unpack(header)
+            if length > max_bytes:
+                self.broken = True
+                raise WorkerGone(f"OUTPUT_TOO_LARGE:{length}")
+            message: dict[str, Any] = json.loads(await self._reader.readexactly(length))
+            return message
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            self.broken = True
+            raise WorkerGone(str(exc)) from exc
+
+    def crash_report(self) -> str:
+        code = self.exited.result().returncode if self.exited.done() else None
+        tail = self.stderr.data.decode("utf-8", errors="replace").strip()
+        return f"the instance died (exit {code}){': ' + tail[-2000:] if tail else ''}"
+
+    async def stop(self) -> None:
+        self.broken = True
+        kill_group(self.pid)
+        await asyncio.shield(self.exited)
+        kill_group(self.pid)  # whatever it left in its group
+        if self._writer is not None:
+            self._writer.close()
+        await self._stderr_task
+        self.memory.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class PythonRuntime(Runtime):
+    name = "python"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pool = Pool(self._start, default_max=settings.max_concurrency)
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def _start(self, task: Task, instance_id: str) -> Instance:
+        path, entry = code_location(task)
+        workdir = tempfile.mkdtemp(prefix="spearlet-py-")
+        env = function_environment(workdir, {**task_environment(task), "SPEAR_TASK_ID": task.task_id})
+        argv = limited_argv(
+            [sys.executable, "-I", "-u", str(WORKER), path, entry], Limits.for_task(self.settings, task, timeout_ms=0)
+        )
+        try:
+            proc = spawn(argv, cwd=workdir, env=env, stdin=subprocess.PIPE)
+        except OSError as exc:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise WorkerStartFailed(f"cannot start a worker: {exc}") from exc
+        worker = PythonWorker(instance_id, proc, workdir)
+        try:
+            await worker.connect()
+            hello = await asyncio.wait_for(worker.receive(1 << 20), START_TIMEOUT_S)
+        except (WorkerGone, TimeoutError) as exc:
+            await worker.stop()
+            raise WorkerStartFailed(worker.crash_report() if not isinstance(exc, TimeoutError) else
+                                    f"the worker did not start within {START_TIMEOUT_S:g} s") from exc  # fmt: skip
+        if hello.get("type") != "ready":
+            await worker.stop()
+            raise WorkerStartFailed(f"{hello.get('message', hello)}\n{hello.get('traceback', '')}".strip())
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self.pool.run_reaper())
+        return worker
+
+    async def prepare(self, task: Task) -> None:
+        path = Path(task.local_path)
+        if path.suffix == ".zip" and not zipfile.is_zipfile(path):
+            raise InvalidArgument(f"python artifact {task.location!r} is not a valid zip file")
+        code_location(task)
+        PoolSettings.of(task, self.settings.max_concurrency)
+        await self.pool.forget(task.task_id)
+        # Import the code now: a broken module is a registration error, not a failure per call.
+        try:
+            await self.pool.prewarm(task, at_least=1)
+        except WorkerStartFailed as exc:
+            await self.pool.forget(task.task_id)
+            raise InvalidArgument(f"python task {task.task_id!r} does not load: {exc}") from exc
+
+    async def warm(self, task: Task) -> None:
+        await self.pool.prewarm(task)
+
+    async def forget(self, task_id: str) -> None:
+        await self.pool.forget(task_id)
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        await self.pool.close()
+
+    async def invoke(self, task: Task, invocation: Invocation, stop: StopRequest) -> Outcome:
+        limits = invocation.limits
+        try:
+            worker = await self.pool.acquire(task, invocation.force_new_instance)
+        except WorkerStartFailed as exc:
+            return Outcome(Status.FAILED, error_code="INSTANCE_START_FAILED", error_message=str(exc))
+        assert isinstance(worker, PythonWorker)
+        started = time.monotonic()
+        logs: list[str] = []
+        call = asyncio.ensure_future(self._call(worker, invocation, logs))
+        stopped = asyncio.ensure_future(stop.wait())
+        timeout = limits.timeout_ms / 1000 if limits.timeout_ms > 0 else None
+        healthy = True
+        outcome: Outcome
+        try:
+            done, _ = await asyncio.wait({call, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if call in done:
+                outcome = call.result()
+                healthy = worker.alive
+            else:
+                call.cancel()
+                healthy = False
+                await worker.stop()  # a call cannot be interrupted inside the worker: replace it
+                if stopped in done:
+                    reason = f": {stop.reason}" if stop.reason else ""
+                    outcome = Outcome(Status.CANCELLED, error_code="CANCELLED", error_message=f"cancelled{reason}")
+                else:
+                    outcome = Outcome(
+                        Status.TIMEOUT,
+                        error_code="TIMEOUT",
+                        error_message=f"the function did not finish within {limits.timeout_ms} ms",
+                    )
+        except BaseException:
+            healthy = False
+            call.cancel()
+            await asyncio.shield(worker.stop())
+            raise
+        finally:
+            stopped.cancel()
+            elapsed_ms = (time.monotonic() - started) * 1000
+            self.pool.release(task, worker, elapsed_ms, healthy)
+        outcome.execution_time_ms = round(elapsed_ms)
+        outcome.memory_used_bytes = worker.memory.peak
+        outcome.instance_id = worker.instance_id
+        outcome.logs = _bounded("\n".join(logs), limits.log_bytes)
+        return outcome
+
+    async def _call(self, worker: PythonWorker, invocation: Invocation, logs: list[str]) -> Outcome:
+        limits = invocation.limits
+        deadline = time.time() + limits.timeout_ms / 1000 if limits.timeout_ms > 0 else 0
+        worker.send(
+            {
+                "id": invocation.execution_id,
+                "function": invocation.function_name,
+                "params": tag_bytes(invocation.params),
+                "environment": invocation.environment,
+                "deadline": deadline,
+            }
+        )
+        try:
+            while True:
+                message = await worker.receive(limits.output_bytes + 4096)
+                kind = message.get("type")
+                if kind == "log":
+                    logs.append(str(message.get("line", "")))
+                elif kind == "chunk":
+                    continue
+                elif kind == "result":
+                    output = output_bytes(message.get("value"))
+                    if len(output) > limits.output_bytes:
+                        return _too_large(limits)
+                    return Outcome(Status.COMPLETED, output=output)
+                elif kind == "error":
+                    logs.extend(str(message.get("traceback", "")).rstrip("\n").splitlines())
+                    error_type = str(message.get("error_type", "Exception"))
+                    code = "OUT_OF_MEMORY" if error_type == "MemoryError" else "FUNCTION_ERROR"
+                    return Outcome(
+                        Status.FAILED, error_code=code, error_message=f"{error_type}: {message.get('message', '')}"
+                    )
+                else:
+                    raise WorkerGone(f"unexpected frame {kind!r}")
+        except WorkerGone as exc:
+            if str(exc).startswith("OUTPUT_TOO_LARGE"):
+                await worker.stop()
+                return _too_large(limits)
+            await asyncio.wait({worker.exited}, timeout=1.0)
+            return Outcome(Status.FAILED, error_code="INSTANCE_CRASHED", error_message=worker.crash_report())
+
+
+def _too_large(limits: Limits) -> Outcome:
+    return Outcome(
+        Status.FAILED,
+        error_code="OUTPUT_TOO_LARGE",
+        error_message=f"the function returned more than {limits.output_bytes} bytes",
+    )
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[-limit:]

@@ -1,0 +1,226 @@
+"""A warm Python worker: imports the task's code once, then serves calls over a pipe.
+
+Started by the node as `python -I -u python_worker.py PATH ENTRY`; stdlib only, so it starts fast
+and never imports the node. Frames in both directions are a 4-byte big-endian length and a JSON
+object; bytes travel as {"$bytes": base64} so they stay bytes.
+
+node -> worker  {"id", "function", "params", "deadline"}       one call at a time
+worker -> node  {"type": "ready"} once imported, or {"type": "fatal", "message"}
+                {"type": "log", "line"}                       print(), logging, context.logger
+                {"type": "chunk", "value"}                    each value a generator yields
+                {"type": "result", "value"} | {"type": "error", "error_type", "message", "traceback"}
+
+User code cannot corrupt the protocol: the frames use private duplicates of fds 0 and 1, fd 1 is
+pointed at stderr and fd 0 at /dev/null, and sys.stdout/sys.stderr forward lines as log frames.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import inspect
+import json
+import logging
+import os
+import struct
+import sys
+import time
+import traceback
+import zipimport  # noqa: F401 - makes .zip artifacts importable from sys.path
+from typing import Any
+
+_HEADER = struct.Struct(">I")
+_BYTES = "$bytes"
+_OBJECT = "$object"
+
+
+# These two mirror spearlet.core.values.tag_bytes/untag_bytes (this program imports nothing of the node).
+def _encode(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {_BYTES: base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, dict):
+        tagged = {str(k): _encode(v) for k, v in value.items()}
+        return {_OBJECT: tagged} if len(value) == 1 and (_BYTES in value or _OBJECT in value) else tagged
+    if isinstance(value, list | tuple):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and _BYTES in value:
+            return base64.b64decode(value[_BYTES])
+        if len(value) == 1 and _OBJECT in value:
+            return {k: _decode(v) for k, v in value[_OBJECT].items()}
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+class Channel:
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self._in = os.fdopen(read_fd, "rb", buffering=0)
+        self._out = os.fdopen(write_fd, "wb", buffering=0)
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+        self._out.write(_HEADER.pack(len(data)) + data)
+
+    def receive(self) -> dict[str, Any] | None:
+        header = self._read(_HEADER.size)
+        if header is None:
+            return None
+        body = self._read(_HEADER.unpack(header)[0])
+        if body is None:
+            return None
+        message: dict[str, Any] = json.loads(body)
+        return message
+
+    def _read(self, n: int) -> bytes | None:
+        chunks = bytearray()
+        while len(chunks) < n:
+            chunk = self._in.read(n - len(chunks))
+            if not chunk:
+                return None
+            chunks += chunk
+        return bytes(chunks)
+
+
+class LogForwarder:
+    """A text stream whose complete lines become log frames."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        self._partial += text
+        while "\n" in self._partial:
+            line, self._partial = self._partial.split("\n", 1)
+            self._channel.send({"type": "log", "line": line})
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            self._channel.send({"type": "log", "line": self._partial})
+            self._partial = ""
+
+    def isatty(self) -> bool:
+        return False
+
+
+class Context:
+    """What a function may ask of its call: who it is, how long it has, where to log."""
+
+    def __init__(self, execution_id: str, function_name: str, deadline: float, logger: logging.Logger) -> None:
+        self.execution_id = execution_id
+        self.function_name = function_name
+        self.deadline = deadline  # seconds since the epoch; 0 means none
+        self.logger = logger
+
+    def remaining_s(self) -> float | None:
+        return max(0.0, self.deadline - time.time()) if self.deadline else None
+
+
+def _call(function: Any, params: dict[str, Any], context: Context) -> Any:
+    """Keyword arguments when the signature takes them, else the parameters as one dict; a
+    parameter named `context` receives the Context."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return function(**params)
+    kwargs = dict(params)
+    if "context" in signature.parameters:
+        kwargs["context"] = context
+    try:
+        signature.bind(**kwargs)
+    except TypeError:
+        positional = [
+            p
+            for p in signature.parameters.values()
+            if p.name != "context" and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        if len(positional) == 1:
+            extra = {"context": context} if "context" in signature.parameters else {}
+            return function(params, **extra)
+        raise
+    return function(**kwargs)
+
+
+def serve(path: str, entry: str) -> None:
+    proto_in, proto_out = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    channel = Channel(proto_in, proto_out)
+    forwarder = LogForwarder(channel)
+    sys.stdout = sys.stderr = forwarder
+    logger = logging.getLogger("function")
+    handler = logging.StreamHandler(forwarder)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+    module_name, _, default_name = entry.partition(":")
+    try:
+        sys.path.insert(0, path)
+        module = importlib.import_module(module_name)
+        default = getattr(module, default_name or "handler")
+    except BaseException as exc:
+        forwarder.flush()
+        channel.send({"type": "fatal", "message": f"cannot load {entry!r}: {type(exc).__name__}: {exc}",
+                      "traceback": traceback.format_exc()})  # fmt: skip
+        return
+    loop = None
+    channel.send({"type": "ready"})
+    while True:
+        request = channel.receive()
+        if request is None:
+            return
+        name = request.get("function") or ""
+        context = Context(request["id"], name, request.get("deadline", 0), logger)
+        environment: dict[str, str] = request.get("environment") or {}
+        saved = {key: os.environ.get(key) for key in environment}
+        os.environ.update(environment)
+        try:
+            function = default if not name else getattr(module, name, None)
+            if function is None or name.startswith("_") or not callable(function):
+                raise LookupError(f"function {name!r} is not defined in module {module_name!r}")
+            value = _call(function, _decode(request.get("params") or {}), context)
+            if inspect.isawaitable(value):
+                if loop is None:
+                    import asyncio
+
+                    loop = asyncio.new_event_loop()
+                value = loop.run_until_complete(value)
+            if inspect.isgenerator(value):
+                chunks = []
+                for chunk in value:
+                    forwarder.flush()
+                    channel.send({"type": "chunk", "value": _encode(chunk)})
+                    chunks.append(chunk)
+                value = chunks
+            forwarder.flush()
+            try:
+                channel.send({"type": "result", "value": _encode(value)})
+            except (TypeError, ValueError) as exc:
+                channel.send(
+                    {"type": "error", "error_type": "ResultNotSerializable", "message": str(exc), "traceback": ""}
+                )
+        except BaseException as exc:
+            forwarder.flush()
+            channel.send({"type": "error", "error_type": type(exc).__name__, "message": str(exc),
+                          "traceback": traceback.format_exc()})  # fmt: skip
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                return
+        finally:
+            for key, old in saved.items():  # the call's environment does not outlive the call
+                if old is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = old
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], sys.argv[2])

@@ -1,0 +1,271 @@
+"""The warm `python` runtime through a real node: code forms, calling conventions, failures, instances."""
+
+from __future__ import annotations
+
+import os
+import time
+import zipfile
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+
+from spearlet.api.grpc import spearlet_pb2 as pb
+from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
+from tests.e2e.test_async import wait_done
+from tests.helpers import NodeProcess, existing, params, unpack
+
+pytestmark = pytest.mark.timeout(60)
+
+MODULE = """
+import os, sys, time
+
+def handler(name="world", context=None):
+    if context is not None:
+        context.logger.info("hello from %s", context.execution_id)
+    print("printed line")
+    return {"greeting": f"Hi {name}", "pid": os.getpid()}
+
+def whole(params):
+    return sorted(params)
+
+def raw(data):
+    assert isinstance(data, bytes), type(data)
+    return data[::-1]
+
+def text():
+    return "plain text"
+
+def boom():
+    raise ValueError("bad value")
+
+def die():
+    os._exit(3)
+
+def slow(seconds=30):
+    time.sleep(seconds)
+
+def chunks(n=3):
+    for i in range(n):
+        yield {"i": i}
+
+async def later(x=1):
+    import asyncio
+    await asyncio.sleep(0.01)
+    return x * 2
+
+def env(name):
+    return os.environ.get(name)
+
+def deadline(context):
+    return context.remaining_s() is not None and context.remaining_s() > 0
+
+def big():
+    return "x" * 5_000_000
+"""
+
+
+def register(node: NodeProcess, name: str, location: Path, **metadata: str) -> pb.RegisterTaskResponse:
+    tasks = pb_grpc.TaskServiceStub(grpc.insecure_channel(node.grpc_target))
+    spec = pb.ArtifactSpec(artifact_type="python", location=str(location), metadata=metadata)
+    return tasks.RegisterTask(pb.RegisterTaskRequest(task_name=name, artifact_spec=spec, replace=True))
+
+
+@pytest.fixture(scope="module")
+def module_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("code") / "fns.py"
+    path.write_text(MODULE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fns(node: NodeProcess, module_file: Path) -> str:
+    register(node, "fns", module_file, entry="fns:handler")
+    return "fns"
+
+
+def call(node: NodeProcess, task: str, function: str = "", **kwargs: object) -> pb.InvokeFunctionResponse:
+    return node.stub().InvokeFunction(existing(task, function_name=function, parameters=params(**kwargs)))
+
+
+def test_keyword_parameters_context_logger_and_print_become_the_log(node: NodeProcess, fns: str) -> None:
+    response = call(node, fns, name="Ada")
+    assert response.success
+    assert unpack(response.result.result)["greeting"] == "Hi Ada"
+    assert response.instance_id.startswith("fns/")
+    logs = (
+        node.stub()
+        .GetExecutionStatus(pb.GetExecutionStatusRequest(execution_id=response.execution_id, include_logs=True))
+        .logs
+    )
+    assert f"INFO hello from {response.execution_id}" in logs and "printed line" in logs
+
+
+def test_a_function_taking_one_argument_gets_the_parameters_dict(node: NodeProcess, fns: str) -> None:
+    assert unpack(call(node, fns, "whole", b=1, a=2).result.result) == ["a", "b"]
+
+
+def test_bytes_stay_bytes_both_ways(node: NodeProcess, fns: str) -> None:
+    assert unpack(call(node, fns, "raw", data=b"\x00\x01\xff").result.result) == b"\xff\x01\x00"
+
+
+def test_text_return_is_a_string_result(node: NodeProcess, fns: str) -> None:
+    assert unpack(call(node, fns, "text").result.result) == "plain text"
+
+
+def test_async_functions_and_generators_work(node: NodeProcess, fns: str) -> None:
+    assert unpack(call(node, fns, "later", x=21).result.result) == 42
+    assert unpack(call(node, fns, "chunks", n=3).result.result) == [{"i": 0}, {"i": 1}, {"i": 2}]
+
+
+def test_context_environment_and_deadline_reach_the_function(node: NodeProcess, fns: str) -> None:
+    request = existing(fns, function_name="env", parameters=params(name="GREETING"),
+                       context=pb.ExecutionContext(environment={"GREETING": "hej"}))  # fmt: skip
+    assert unpack(node.stub().InvokeFunction(request).result.result) == "hej"
+    assert unpack(call(node, fns, "env", name="GREETING").result.result) is None  # not left behind
+    assert unpack(call(node, fns, "deadline").result.result) is True
+
+
+def test_an_exception_fails_with_type_message_and_traceback_in_the_log(node: NodeProcess, fns: str) -> None:
+    response = call(node, fns, "boom")
+    assert response.result.status == pb.EXECUTION_STATUS_FAILED
+    assert response.result.error_code == "FUNCTION_ERROR"
+    assert response.result.error_message == "ValueError: bad value"
+    logs = (
+        node.stub()
+        .GetExecutionStatus(pb.GetExecutionStatusRequest(execution_id=response.execution_id, include_logs=True))
+        .logs
+    )
+    assert any("Traceback" in line for line in logs) and any("in boom" in line for line in logs)
+    assert call(node, fns).success  # the worker survives an exception
+
+
+def test_unknown_function_fails_clearly(node: NodeProcess, fns: str) -> None:
+    response = call(node, fns, "missing")
+    assert response.result.error_code == "FUNCTION_ERROR"
+    assert "missing" in response.result.error_message
+
+
+def test_a_dying_worker_gives_instance_crashed_and_a_fresh_worker(node: NodeProcess, fns: str) -> None:
+    before = unpack(call(node, fns).result.result)["pid"]
+    response = call(node, fns, "die")
+    assert response.result.status == pb.EXECUTION_STATUS_FAILED
+    assert response.result.error_code == "INSTANCE_CRASHED"
+    assert "exit 3" in response.result.error_message
+    after = unpack(call(node, fns).result.result)["pid"]
+    assert after != before
+    assert not psutil.pid_exists(before) or psutil.Process(before).status() == psutil.STATUS_ZOMBIE
+
+
+def test_warm_calls_reuse_one_worker(node: NodeProcess, fns: str) -> None:
+    pids = {unpack(call(node, fns).result.result)["pid"] for _ in range(10)}
+    assert len(pids) == 1
+
+
+def test_timeout_kills_the_worker_and_replaces_it(node: NodeProcess, fns: str) -> None:
+    pid = unpack(call(node, fns).result.result)["pid"]
+    request = existing(fns, function_name="slow", context=pb.ExecutionContext(timeout_ms=300))
+    started = time.perf_counter()
+    response = node.stub().InvokeFunction(request)
+    assert time.perf_counter() - started < 2
+    assert response.result.status == pb.EXECUTION_STATUS_TIMEOUT
+    time.sleep(0.2)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert call(node, fns).success
+
+
+def test_cancel_of_a_running_call_replaces_the_worker(node: NodeProcess, fns: str) -> None:
+    stub = node.stub()
+    accepted = stub.InvokeFunction(existing(fns, mode=pb.EXECUTION_MODE_ASYNC, function_name="slow"))
+    deadline = time.monotonic() + 10
+    while (
+        stub.GetExecutionStatus(pb.GetExecutionStatusRequest(execution_id=accepted.execution_id)).result.status
+        != pb.EXECUTION_STATUS_RUNNING
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    started = time.perf_counter()
+    cancel = stub.CancelExecution(pb.CancelExecutionRequest(execution_id=accepted.execution_id))
+    assert cancel.success and time.perf_counter() - started < 1.0
+    assert wait_done(stub, accepted.execution_id).result.status == pb.EXECUTION_STATUS_CANCELLED
+    assert call(node, fns).success
+
+
+def test_output_over_the_limit_fails_and_the_node_keeps_serving(node: NodeProcess, fns: str) -> None:
+    response = call(node, fns, "big")  # 5 MB, over the default 4,000,000-byte output limit
+    assert response.result.status == pb.EXECUTION_STATUS_FAILED
+    assert response.result.error_code == "OUTPUT_TOO_LARGE"
+    assert call(node, fns).success
+
+
+def test_package_directory_and_zip_artifacts(node: NodeProcess, tmp_path: Path) -> None:
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from .impl import handler\n")
+    (package / "impl.py").write_text("def handler(x=0):\n    return {'pkg': x}\n")
+    register(node, "pkg", package)
+    assert unpack(call(node, "pkg", x=5).result.result) == {"pkg": 5}
+
+    archive = tmp_path / "code.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("zipped.py", "def run(y=0):\n    return {'zip': y}\n")
+    register(node, "zipped", archive, entry="zipped:run")
+    assert unpack(call(node, "zipped", y=7).result.result) == {"zip": 7}
+
+
+def test_broken_code_is_refused_at_registration(node: NodeProcess, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_module_here\n")
+    with pytest.raises(grpc.RpcError) as err:
+        register(node, "broken", broken)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "no_such_module_here" in err.value.details()
+    zip_without_entry = tmp_path / "x.zip"
+    with zipfile.ZipFile(zip_without_entry, "w") as z:
+        z.writestr("m.py", "def handler():\n    pass\n")
+    with pytest.raises(grpc.RpcError) as err:
+        register(node, "noentry", zip_without_entry)
+    assert "entry" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        register(node, "badstrategy", tmp_path / "broken.py", strategy="fastest")
+    assert "strategy" in err.value.details()
+
+
+def test_min_instances_are_started_at_registration(node: NodeProcess, module_file: Path) -> None:
+    register(node, "warm3", module_file, entry="fns:handler", min_instances="3")
+    assert len(workers_of(node, "warm3")) == 3
+
+
+def workers_of(node: NodeProcess, task_id: str) -> list[psutil.Process]:
+    return [
+        p for p in psutil.Process(node.proc.pid).children(recursive=True) if p.environ().get("SPEAR_TASK_ID") == task_id
+    ]
+
+
+def test_force_new_instance_uses_a_fresh_worker(node: NodeProcess, fns: str) -> None:
+    first = call(node, fns)
+    forced = node.stub().InvokeFunction(existing(fns, force_new_instance=True))
+    assert forced.instance_id != first.instance_id
+    assert unpack(forced.result.result)["pid"] != unpack(first.result.result)["pid"]
+
+
+def test_recycle_after_max_calls_per_instance(node: NodeProcess, module_file: Path) -> None:
+    register(node, "recycled", module_file, entry="fns:handler", max_calls_per_instance="2")
+    pids = [unpack(call(node, "recycled").result.result)["pid"] for _ in range(4)]
+    assert pids[0] == pids[1] and pids[2] == pids[3] and pids[1] != pids[2]
+
+
+def test_idle_instances_are_reaped(node: NodeProcess, module_file: Path) -> None:
+    register(node, "reaped", module_file, entry="fns:handler", idle_timeout_s="1")
+    pid = unpack(call(node, "reaped").result.result)["pid"]
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "idle worker was not reaped"
+        time.sleep(0.1)
+
+
+def test_worker_sees_no_node_environment(node: NodeProcess, fns: str) -> None:
+    os.environ["SPEARLET_SECRET_FOR_TEST"] = "x"  # not inherited: the node was started before, but check anyway
+    assert unpack(call(node, fns, "env", name="SPEARLET_LOG_LEVEL").result.result) is None
+    assert unpack(call(node, fns, "env", name="PATH").result.result) == "/usr/local/bin:/usr/bin:/bin"

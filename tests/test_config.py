@@ -1,0 +1,135 @@
+"""Settings.load: defaults, then a TOML file, then SPEARLET_* variables, then explicit overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from spearlet.config import Settings
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No SPEARLET_* variable of the surrounding shell may leak into a test."""
+    for name in list(os.environ):
+        if name.upper().startswith("SPEARLET_"):
+            monkeypatch.delenv(name)
+
+
+def toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spearlet.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    settings = Settings.load()
+    assert settings.host == "127.0.0.1"
+    assert settings.grpc_port == 50052
+    assert settings.http_port == 8081
+    assert settings.data_dir == Path(".spearlet")
+    assert settings.tasks == ""
+    assert settings.max_concurrency == 16
+    assert settings.max_pending == 1000
+    assert settings.default_timeout_ms == 300_000
+    assert settings.node_id  # the host name
+
+
+def test_store_and_cache_live_under_data_dir() -> None:
+    settings = Settings.load(data_dir=Path("/var/lib/spearlet"))
+    assert settings.db_path == Path("/var/lib/spearlet/spearlet.db")
+    assert settings.cache_dir == Path("/var/lib/spearlet/artifacts")
+
+
+def test_toml_file_with_top_level_keys(tmp_path: Path) -> None:
+    path = toml(tmp_path, 'host = "0.0.0.0"\ngrpc_port = 6000\ndata_dir = "/srv/spear"\nmax_concurrency = 4\n')
+    settings = Settings.load(path)
+    assert settings.host == "0.0.0.0"
+    assert settings.grpc_port == 6000
+    assert settings.data_dir == Path("/srv/spear")
+    assert settings.max_concurrency == 4
+    assert settings.http_port == 8081  # not in the file: the default
+
+
+def test_toml_file_with_a_spearlet_table(tmp_path: Path) -> None:
+    path = toml(tmp_path, '[spearlet]\nhost = "10.0.0.1"\nhttp_port = 9000\ntasks = "none"\n')
+    settings = Settings.load(path)
+    assert settings.host == "10.0.0.1"
+    assert settings.http_port == 9000
+    assert settings.tasks == "none"
+    assert settings.grpc_port == 50052
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = toml(tmp_path, "grpc_port = 6000\nhttp_port = 9000\n")
+    monkeypatch.setenv("SPEARLET_GRPC_PORT", "7000")
+    monkeypatch.setenv("SPEARLET_DATA_DIR", "/from/env")
+    settings = Settings.load(path)
+    assert settings.grpc_port == 7000
+    assert settings.data_dir == Path("/from/env")
+    assert settings.http_port == 9000  # the file still applies where the environment is silent
+
+
+def test_environment_equal_to_the_default_still_overrides_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = toml(tmp_path, "grpc_port = 6000\n")
+    monkeypatch.setenv("SPEARLET_GRPC_PORT", "50052")
+    assert Settings.load(path).grpc_port == 50052
+
+
+def test_environment_applies_without_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPEARLET_HOST", "0.0.0.0")
+    monkeypatch.setenv("SPEARLET_MAX_SYNC_WAIT_S", "2.5")
+    settings = Settings.load()
+    assert settings.host == "0.0.0.0"
+    assert settings.max_sync_wait_s == 2.5
+
+
+def test_explicit_overrides_win_over_environment_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = toml(tmp_path, 'host = "file"\ngrpc_port = 6000\n')
+    monkeypatch.setenv("SPEARLET_HOST", "env")
+    monkeypatch.setenv("SPEARLET_GRPC_PORT", "7000")
+    settings = Settings.load(path, host="flag", grpc_port=8000)
+    assert settings.host == "flag"
+    assert settings.grpc_port == 8000
+
+
+def test_none_overrides_are_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = toml(tmp_path, 'host = "file"\n')
+    monkeypatch.setenv("SPEARLET_GRPC_PORT", "7000")
+    settings = Settings.load(path, host=None, grpc_port=None, http_port=None, data_dir=None)
+    assert settings.host == "file"
+    assert settings.grpc_port == 7000
+    assert settings.http_port == 8081
+    assert settings.data_dir == Path(".spearlet")
+
+
+def test_zero_override_is_not_mistaken_for_none() -> None:
+    assert Settings.load(grpc_port=0).grpc_port == 0
+
+
+def test_unknown_key_in_the_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="grpc_prot"):
+        Settings.load(toml(tmp_path, "grpc_prot = 6000\n"))
+
+
+def test_unknown_key_in_the_spearlet_table_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="colour"):
+        Settings.load(toml(tmp_path, '[spearlet]\nhost = "0.0.0.0"\ncolour = "blue"\n'))
+
+
+def test_out_of_range_value_in_the_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="grpc_port"):
+        Settings.load(toml(tmp_path, "grpc_port = 70000\n"))
+
+
+def test_invalid_environment_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPEARLET_MAX_CONCURRENCY", "0")
+    with pytest.raises(ValidationError, match="max_concurrency"):
+        Settings.load()
