@@ -199,8 +199,9 @@ class Scheduler:
             record.started_at = record.started_at or now_ms()
             record.metrics["attempts"] = str(record.attempts)
             record.metrics["queue_wait_ms"] = str(record.queue_wait_ms)
-            if not await self.store.transition(record):
-                return  # cancelled (or finished elsewhere) before it could start
+            # Not awaited: while the node runs, this scheduler is the authority on what runs (a
+            # cancel of queued work removes it here first); the final write is awaited.
+            self.store.queue_transition(record)
             self.lifecycle.publish(Event.STARTED, record)
             invocation = Invocation(
                 record.execution_id,
@@ -255,3 +256,6 @@ class Scheduler:
         stored = await self.store.get_execution(record.execution_id)
         if stored is not None and stored.done:
             self.lifecycle.publish(Event.FINISHED, stored)
+        else:
+            log.error("execution %s could not be stored as %s", record.execution_id, record.status.name)
+            self.lifecycle.publish(Event.FINISHED, record)  # waiters still get their answer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import sqlite3
 import threading
@@ -244,8 +245,7 @@ async def test_transition_moves_status_forward_only(
 ) -> None:
     record = make_record(status=stored, error_message="before")
     assert await store.create_execution(record) is None
-    update = make_record(status=new, error_message="after")
-    update.execution_id = record.execution_id
+    update = dataclasses.replace(record, status=new, error_message="after", metrics={"m": "1"})
 
     assert await store.transition(update) is allowed
 

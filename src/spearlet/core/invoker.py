@@ -113,9 +113,15 @@ class Invoker:
         if cached is not None:
             return cached
         self.scheduler.ensure_room()
-        existing = await self.store.create_execution(record)
-        if existing is not None:
-            return await self._answer(existing, req.mode, "an execution with this id or idempotency key exists")
+        if req.mode is Mode.ASYNC or req.execution_id or record.idempotency_key:
+            # Durable before the answer, and the only way to learn that the id exists already.
+            existing = await self.store.create_execution(record)
+            if existing is not None:
+                return await self._answer(existing, req.mode, "an execution with this id or idempotency key exists")
+        else:
+            # A synchronous call with a fresh id: its record is written while it runs; the final
+            # write, which follows it, is awaited before the answer.
+            self.store.queue_insert(record)
         self.lifecycle.publish(Event.ACCEPTED, record)
         estimate, note = self._estimate(task, record.function_name)
         waiter = self.lifecycle.waiter(record.execution_id) if req.mode is not Mode.ASYNC else None

@@ -73,6 +73,15 @@ class Store(abc.ABC):
         store nothing and return the existing record."""
 
     @abc.abstractmethod
+    def queue_insert(self, record: ExecutionRecord) -> None:
+        """Store a new record without waiting: for an id that cannot exist yet (a fresh UUIDv7).
+        Every later operation of this store sees it; a failure is logged."""
+
+    @abc.abstractmethod
+    def queue_transition(self, record: ExecutionRecord) -> None:
+        """`transition` without waiting for the outcome (the forward-only rule still holds)."""
+
+    @abc.abstractmethod
     async def transition(self, record: ExecutionRecord) -> bool:
         """Write `record` if its status may follow the stored one (models.ALLOWED_FROM).
 

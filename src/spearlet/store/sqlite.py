@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -21,6 +22,7 @@ from spearlet.core.values import dump_params, load_params
 from spearlet.store.base import ExecutionPage, Stats, Store, TaskPage, TaskSummary
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -78,6 +80,11 @@ _EXEC_COLUMNS = (
     "metadata, idempotency_key, cache_key, node, instance_id, attempts, created_at, started_at, completed_at, "
     "execution_time_ms, memory_used_bytes, output, output_kind, error_code, error_message, logs, metrics"
 )
+# What changes after an execution is created; the rest is written once, at insert.
+_PROGRESS_COLUMNS = (
+    "status, node, instance_id, attempts, started_at, completed_at, execution_time_ms, memory_used_bytes, output, "
+    "output_kind, error_code, error_message, logs, metrics"
+)
 _TASK_COLUMNS = (
     "task_id, name, description, artifact_id, artifact_type, location, version, checksum, metadata, "
     "local_path, digest, created_at, updated_at"
@@ -91,6 +98,14 @@ def _exec_row(r: ExecutionRecord) -> tuple[Any, ...]:
         r.cache_key, r.node, r.instance_id, r.attempts, r.created_at, r.started_at, r.completed_at,
         r.execution_time_ms, r.memory_used_bytes, r.output, int(r.output_kind), r.error_code,
         r.error_message, r.logs, json.dumps(r.metrics),
+    )  # fmt: skip
+
+
+def _progress_row(r: ExecutionRecord) -> tuple[Any, ...]:
+    return (
+        int(r.status), r.node, r.instance_id, r.attempts, r.started_at, r.completed_at, r.execution_time_ms,
+        r.memory_used_bytes, r.output, int(r.output_kind), r.error_code, r.error_message, r.logs,
+        json.dumps(r.metrics),
     )  # fmt: skip
 
 
@@ -150,7 +165,8 @@ def _task_from_row(row: sqlite3.Row) -> Task:
     )
 
 
-_Op = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+# An operation and the future for its result; None for a queued write nobody waits for.
+_Op = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any] | None"]
 
 
 class _DatabaseThread(threading.Thread):
@@ -167,6 +183,10 @@ class _DatabaseThread(threading.Thread):
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put((op, future))
         return future
+
+    def enqueue(self, op: Callable[[sqlite3.Connection], object]) -> None:
+        """Queue a write without waiting for it; later operations run after it."""
+        self._queue.put((op, None))
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -214,29 +234,36 @@ class _DatabaseThread(threading.Thread):
                     value = op(conn)
                 except Exception as exc:
                     conn.execute("ROLLBACK TO op")
-                    results.append((future, False, exc))
+                    if future is None:
+                        log.error("a queued store write failed: %s", exc)
+                    else:
+                        results.append((future, False, exc))
                 else:
-                    results.append((future, True, value))
+                    if future is not None:
+                        results.append((future, True, value))
                 conn.execute("RELEASE op")
             try:
                 conn.execute("COMMIT")
             except Exception as exc:
                 conn.execute("ROLLBACK")
+                log.error("a store batch of %d operations failed to commit: %s", len(batch), exc)
                 results = [(future, False, exc) for future, _, _ in results]
-            # Only after the commit: a caller told "stored" can rely on it.
-            for future, ok, value in results:
-                future.get_loop().call_soon_threadsafe(_settle, future, ok, value)
+            # Only after the commit, so a caller told "stored" can rely on it; one wake-up of the
+            # event loop for the whole batch.
+            if results:
+                results[0][0].get_loop().call_soon_threadsafe(_settle, results)
             if stop:
                 return
 
 
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in results:
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 class SqliteStore(Store):
@@ -263,6 +290,11 @@ class SqliteStore(Store):
         if self._db is None:
             raise RuntimeError("store is not open")
         return self._db.submit(op)
+
+    def _enqueue(self, op: Callable[[sqlite3.Connection], object]) -> None:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        self._db.enqueue(op)
 
     # Tasks
 
@@ -328,34 +360,47 @@ class SqliteStore(Store):
     # Executions
 
     async def create_execution(self, record: ExecutionRecord) -> ExecutionRecord | None:
+        row = _exec_row(record)
+
         def op(conn: sqlite3.Connection) -> ExecutionRecord | None:
-            row = conn.execute(
+            found = conn.execute(
                 f"SELECT {_EXEC_COLUMNS} FROM executions WHERE execution_id = ? "
                 "OR (idempotency_key IS NOT NULL AND idempotency_key = ?)",
                 (record.execution_id, record.idempotency_key),
             ).fetchone()
-            if row is not None:
-                return _exec_from_row(row)
-            conn.execute(f"INSERT INTO executions ({_EXEC_COLUMNS}) VALUES ({_marks(26)})", _exec_row(record))
+            if found is not None:
+                return _exec_from_row(found)
+            conn.execute(f"INSERT INTO executions ({_EXEC_COLUMNS}) VALUES ({_marks(26)})", row)
             return None
 
         return await self._run(op)
 
-    async def transition(self, record: ExecutionRecord) -> bool:
+    def queue_insert(self, record: ExecutionRecord) -> None:
+        row = _exec_row(record)  # now: the record object changes as it runs
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(f"INSERT INTO executions ({_EXEC_COLUMNS}) VALUES ({_marks(26)})", row)
+
+        self._enqueue(op)
+
+    def _transition_op(self, record: ExecutionRecord) -> Callable[[sqlite3.Connection], bool]:
         allowed = tuple(int(s) for s in ALLOWED_FROM[record.status])
-        if not allowed:
-            return False
+        row = _progress_row(record)  # now: the record object may change before the op runs
+        sql = (
+            f"UPDATE executions SET ({_PROGRESS_COLUMNS}) = ({_marks(14)}) "
+            f"WHERE execution_id = ? AND status IN ({_marks(len(allowed))})"
+        )
 
         def op(conn: sqlite3.Connection) -> bool:
-            row = _exec_row(record)
-            cursor = conn.execute(
-                f"UPDATE executions SET ({_EXEC_COLUMNS}) = ({_marks(26)}) "
-                f"WHERE execution_id = ? AND status IN ({_marks(len(allowed))})",
-                (*row, record.execution_id, *allowed),
-            )
-            return cursor.rowcount > 0
+            return bool(allowed) and conn.execute(sql, (*row, record.execution_id, *allowed)).rowcount > 0
 
-        return await self._run(op)
+        return op
+
+    async def transition(self, record: ExecutionRecord) -> bool:
+        return await self._run(self._transition_op(record))
+
+    def queue_transition(self, record: ExecutionRecord) -> None:
+        self._enqueue(self._transition_op(record))
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         def op(conn: sqlite3.Connection) -> ExecutionRecord | None:

@@ -1,0 +1,151 @@
+"""Shared pieces of the benchmarks: processes on loopback, timing, figures, JSON results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    target: str
+    http_url: str = ""
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    @property
+    def rss_bytes(self) -> int:
+        return int(psutil.Process(self.proc.pid).memory_info().rss)
+
+
+def start(cmd: list[str], env: dict[str, str] | None = None) -> Server:
+    """Start a server process and wait for its `gRPC host:port` line."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})}
+    )
+    assert proc.stdout is not None
+    target = http = ""
+    while not target or ("spearlet" in " ".join(cmd) and not http):
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{cmd} exited: {proc.wait()}")
+        if m := re.search(r"gRPC\s+(\S+)", line):
+            target = m.group(1)
+        if m := re.search(r"HTTP\s+(\S+)", line):
+            http = m.group(1)
+    return Server(proc, target, http)
+
+
+def start_node(*extra: str, env: dict[str, str] | None = None) -> Server:
+    data = tempfile.mkdtemp(prefix="spearlet-bench-")
+    cmd = [
+        sys.executable,
+        "-m",
+        "spearlet",
+        "serve",
+        "--data-dir",
+        data,
+        "--grpc-port",
+        "0",
+        "--http-port",
+        "0",
+        *extra,
+    ]
+    return start(cmd, env={"SPEARLET_LOG_LEVEL": "WARNING", **(env or {})})
+
+
+def start_echo() -> Server:
+    return start([sys.executable, str(ROOT / "bench" / "echo_server.py")])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def latencies(call: Callable[[], Awaitable[Any]], n: int, warmup: int = 100) -> list[float]:
+    """Milliseconds of `n` sequential calls, after a warm-up."""
+    for _ in range(warmup):
+        await call()
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        await call()
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+async def throughput(call: Callable[[], Awaitable[Any]], concurrency: int, seconds: float) -> float:
+    """Calls per second with `concurrency` callers for `seconds`."""
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def caller() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await call()
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return done / (time.perf_counter() - started)
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def write_results(name: str, figures: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), "figures": figures}, indent=2))
+    return path
+
+
+def table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
