@@ -28,6 +28,7 @@ from spearlet.core.tasks import TaskRegistry
 from spearlet.runtimes.base import Runtime
 from spearlet.runtimes.process import ProcessRuntime
 from spearlet.runtimes.python import PythonRuntime
+from spearlet.runtimes.wasm import WasmRuntime
 from spearlet.scheduler import Scheduler
 from spearlet.store.sqlite import SqliteStore
 
@@ -70,7 +71,11 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = SqliteStore(settings.db_path)
-        self.runtimes: dict[str, Runtime] = {"process": ProcessRuntime(), "python": PythonRuntime(settings)}
+        self.runtimes: dict[str, Runtime] = {
+            "process": ProcessRuntime(),
+            "python": PythonRuntime(settings),
+            "wasm": WasmRuntime(settings),
+        }
         self.lifecycle = Lifecycle()
         self.tasks = TaskRegistry(self.store, ArtifactFetcher(settings.cache_dir), self.runtimes)
         self.scheduler = Scheduler(settings, self.store, self.runtimes, self.lifecycle)

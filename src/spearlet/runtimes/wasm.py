@@ -1,0 +1,329 @@
+"""The `wasm` runtime: WASI (preview 1) modules on wasmtime, compiled once, a fresh store per call.
+
+Input is the parameters' JSON on stdin, stdout is the output, stderr the log, as for `process`.
+`function_name` empty (or `__spear_default_entry__`) runs `_start`, falling back to `main`;
+otherwise the named export, called without arguments.
+
+Stopping guest code: every store has an epoch deadline one tick ahead; a ticker thread advances the
+engine's epoch every TICK_S, and at each tick wasmtime calls our deadline callback, which lets the
+guest go on, or traps it once its call is past its deadline, cancelled, or over its output limit.
+So even a tight loop that never calls the host stops within a tick or two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import wasmtime
+from wasmtime import _bindings as ffi
+from wasmtime._instance import InstanceExports
+
+from spearlet.config import Settings
+from spearlet.core.errors import InvalidArgument
+from spearlet.core.models import Status, Task
+from spearlet.core.values import stdin_payload
+from spearlet.runtimes.base import Invocation, Outcome, Runtime, StopRequest
+from spearlet.runtimes.process import log_tail, task_environment
+
+TICK_S = 0.01
+DEFAULT_ENTRY = "__spear_default_entry__"
+WASM_PAGE = 65536
+DEFAULT_MEMORY_MB = 256
+
+_DeadlineCallback = ctypes.CFUNCTYPE(
+    ctypes.c_size_t,
+    ctypes.POINTER(ffi.wasmtime_context_t),
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint64),
+    ctypes.POINTER(ctypes.c_uint8),
+)
+_Finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_NO_FINALIZER = _Finalizer(lambda _: None)
+_UPDATE_DEADLINE_CONTINUE = 0
+
+
+@dataclass
+class _Call:
+    """What the deadline callback consults: written by the loop, read on the call's thread."""
+
+    deadline: float  # time.monotonic(); 0 means none
+    output_cap: int
+    memory_cap: int
+    stop_reason: str = ""  # "cancelled", "timeout", "output"
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    log_cap: int = 65536
+
+    def write_stdout(self, data: bytes) -> None:
+        room = self.output_cap - len(self.stdout)
+        self.stdout += data[: max(0, room)]
+        if len(data) > room and not self.stop_reason:
+            self.stop_reason = "output"
+
+    def write_stderr(self, data: bytes) -> None:
+        self.stderr += data
+        if len(self.stderr) > 2 * self.log_cap:
+            del self.stderr[: len(self.stderr) - self.log_cap]
+
+
+class WasmRuntime(Runtime):
+    name = "wasm"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        config = wasmtime.Config()
+        config.epoch_interruption = True
+        self.engine = wasmtime.Engine(config)
+        self.cache_dir = settings.data_dir / "wasm-cache"
+        self._modules: dict[str, wasmtime.Module] = {}
+        self._compile_ms: dict[str, float] = {}
+        self._executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="spearlet-wasm")
+        self._ticker_stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._version = wasmtime.__name__ + getattr(wasmtime, "__version__", "")
+
+    # Modules
+
+    def _cache_path(self, digest: str) -> Path:
+        return self.cache_dir / f"{digest}.cwasm"
+
+    def _load(self, task: Task) -> wasmtime.Module:
+        """The task's compiled module: from memory, from the on-disk cache, or compiled now."""
+        digest = task.digest
+        module = self._modules.get(digest)
+        if module is not None:
+            return module
+        cached = self._cache_path(digest)
+        started = time.perf_counter()
+        if cached.is_file():
+            try:
+                module = wasmtime.Module.deserialize_file(self.engine, str(cached))
+            except wasmtime.WasmtimeError:
+                cached.unlink(missing_ok=True)  # from another wasmtime version: compile afresh
+        if module is None:
+            try:
+                module = wasmtime.Module.from_file(self.engine, task.local_path)
+            except wasmtime.WasmtimeError as exc:
+                raise InvalidArgument(f"wasm artifact {task.location!r} is not a valid module: {exc}") from exc
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(module.serialize())
+            tmp.replace(cached)
+        self._compile_ms[digest] = (time.perf_counter() - started) * 1000
+        self._modules[digest] = module
+        return module
+
+    def compile_ms(self, task: Task) -> float | None:
+        """How long loading the module took (compile, or deserialize from the cache)."""
+        return self._compile_ms.get(task.digest)
+
+    async def prepare(self, task: Task) -> None:
+        if not task.digest:
+            raise InvalidArgument(f"wasm artifact {task.location!r} must be a file")
+        module = await asyncio.get_running_loop().run_in_executor(self._executor, self._load, task)
+        exports = {e.name for e in module.exports}
+        entry = task.metadata.get("entry", "")
+        if entry and entry not in exports:
+            raise InvalidArgument(f"wasm module has no export {entry!r}: it exports {sorted(exports)}")
+
+    async def warm(self, task: Task) -> None:
+        await self.prepare(task)
+
+    async def forget(self, task_id: str) -> None:
+        """Modules are keyed by digest, which other tasks may share: keep them (they are small)."""
+
+    async def close(self) -> None:
+        self._ticker_stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _ensure_ticker(self) -> None:
+        if self._ticker is None:
+            self._ticker = threading.Thread(target=self._tick, name="spearlet-wasm-epoch", daemon=True)
+            self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._ticker_stop.wait(TICK_S):
+            self.engine.increment_epoch()
+
+    # Calls
+
+    async def invoke(self, task: Task, invocation: Invocation, stop: StopRequest) -> Outcome:
+        limits = invocation.limits
+        loop = asyncio.get_running_loop()
+        try:
+            module = await loop.run_in_executor(self._executor, self._load, task)
+        except InvalidArgument as exc:
+            return Outcome(Status.FAILED, error_code="ARTIFACT_UNAVAILABLE", error_message=str(exc))
+        self._ensure_ticker()
+        timeout_s = limits.timeout_ms / 1000 if limits.timeout_ms > 0 else 0.0
+        call = _Call(
+            deadline=time.monotonic() + timeout_s if timeout_s else 0.0,
+            output_cap=limits.output_bytes,
+            memory_cap=task.int_setting("memory_limit_mb", DEFAULT_MEMORY_MB) << 20,
+            log_cap=limits.log_bytes,
+        )
+        env = {**task_environment(task), **invocation.environment, "SPEAR_EXECUTION_ID": invocation.execution_id}
+        entry = invocation.function_name or task.metadata.get("entry", "") or DEFAULT_ENTRY
+        payload = stdin_payload(invocation.params)
+        run: asyncio.Future[Outcome] = loop.run_in_executor(
+            self._executor, _run_module, self.engine, module, entry, payload, env, call
+        )
+        stopped: asyncio.Future[None] = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([run, stopped], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+            if not run.done():
+                call.stop_reason = call.stop_reason or "cancelled"  # trapped at the next tick
+            outcome = await run
+        except asyncio.CancelledError:
+            call.stop_reason = "cancelled"
+            raise
+        finally:
+            stopped.cancel()
+        if outcome.status is Status.CANCELLED:
+            outcome.error_message = f"cancelled{': ' + stop.reason if stop.reason else ''}"
+        outcome.logs = call.stderr[-limits.log_bytes :].decode("utf-8", errors="replace")
+        if outcome.status is Status.FAILED and outcome.error_code in ("NONZERO_EXIT", "TRAP"):
+            tail = log_tail(outcome.logs)
+            if tail:
+                outcome.error_message = f"{outcome.error_message}: {tail}"
+        return outcome
+
+
+def _run_module(
+    engine: wasmtime.Engine,
+    module: wasmtime.Module,
+    entry: str,
+    payload: bytes,
+    env: dict[str, str],
+    call: _Call,
+) -> Outcome:
+    """One call on a worker thread: a fresh store, WASI wired to our buffers, the entry run."""
+    started = time.monotonic()
+    store = wasmtime.Store(engine)
+    stdin_fd = os.memfd_create("spearlet-wasm-stdin")
+    try:
+        os.write(stdin_fd, payload)
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = ["main"]
+        wasi.env = list(env.items())
+        wasi.stdin_file = f"/proc/self/fd/{stdin_fd}"
+        wasi.stdout_custom = call.write_stdout
+        wasi.stderr_custom = call.write_stderr
+        store.set_wasi(wasi)
+        store.set_limits(memory_size=call.memory_cap)
+        callback = _DeadlineCallback(_deadline_check(call))
+        ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), callback, None, _NO_FINALIZER)
+        store.set_epoch_deadline(1)
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        outcome = _execute(store, linker, module, entry, call)
+    finally:
+        os.close(stdin_fd)
+        store.close()  # a store with custom stdout holds references until closed
+    outcome.execution_time_ms = round((time.monotonic() - started) * 1000)
+    return outcome
+
+
+def _deadline_check(call: _Call) -> Callable[..., int]:
+    def check(context: object, data: object, delta: ctypes.Array[ctypes.c_uint64], kind: object) -> int:
+        if not call.stop_reason and call.deadline and time.monotonic() >= call.deadline:
+            call.stop_reason = "timeout"
+        if call.stop_reason:
+            error = ffi.wasmtime_error_new(ctypes.create_string_buffer(f"spearlet: {call.stop_reason}".encode()))
+            return ctypes.cast(error, ctypes.c_void_p).value or 0
+        delta[0] = 1
+        kind[0] = _UPDATE_DEADLINE_CONTINUE  # type: ignore[index]
+        return 0
+
+    return check
+
+
+def _execute(
+    store: wasmtime.Store, linker: wasmtime.Linker, module: wasmtime.Module, entry: str, call: _Call
+) -> Outcome:
+    try:
+        instance = linker.instantiate(store, module)
+    except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+        return Outcome(Status.FAILED, error_code="INSTANTIATION_FAILED", error_message=str(exc).splitlines()[0])
+    exports = instance.exports(store)
+    if entry == DEFAULT_ENTRY:
+        names = [n for n in ("_start", "main") if n in exports]
+        if not names:
+            return Outcome(
+                Status.FAILED, error_code="NO_ENTRY", error_message="the module exports neither _start nor main"
+            )
+        entry = names[0]
+    function = exports.get(entry) if entry in exports else None
+    if not isinstance(function, wasmtime.Func):
+        return Outcome(
+            Status.FAILED, error_code="NO_ENTRY", error_message=f"the module has no exported function {entry!r}"
+        )
+    arity = len(function.type(store).params)
+    if arity:
+        return Outcome(
+            Status.FAILED,
+            error_code="NO_ENTRY",
+            error_message=f"export {entry!r} takes {arity} parameters; spearlet calls exports without arguments "
+            "(the input is on stdin)",
+        )
+    returned: object = None
+    outcome: Outcome | None = None
+    try:
+        returned = function(store)
+    except wasmtime.ExitTrap as exc:
+        if exc.code != 0:
+            outcome = Outcome(
+                Status.FAILED, error_code="NONZERO_EXIT", error_message=f"the module exited with code {exc.code}"
+            )
+    except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+        lines = str(exc).strip().splitlines()
+        outcome = _stopped(call) if call.stop_reason else _trapped(call, lines[-1] if lines else "trap", store, exports)
+    if outcome is None and call.stop_reason == "output":
+        outcome = _stopped(call)
+    if outcome is None:
+        output = bytes(call.stdout)
+        if not output and returned is not None:
+            output = json.dumps(returned).encode()
+        outcome = Outcome(Status.COMPLETED, output=output)
+    outcome.memory_used_bytes = _linear_memory(store, exports)
+    return outcome
+
+
+def _linear_memory(store: wasmtime.Store, exports: InstanceExports) -> int:
+    """Bytes of the module's exported linear memories: they only grow, so this is their peak."""
+    return sum(m.data_len(store) for m in exports.values() if isinstance(m, wasmtime.Memory))
+
+
+def _trapped(call: _Call, cause: str, store: wasmtime.Store, exports: InstanceExports) -> Outcome:
+    # A grow refused at the cap makes the guest fail its own way (often `unreachable`): a memory at
+    # the cap is how we know.
+    if _linear_memory(store, exports) + WASM_PAGE > call.memory_cap:
+        return Outcome(
+            Status.FAILED, error_code="OUT_OF_MEMORY", error_message=f"the module ran out of memory: {cause}"
+        )
+    return Outcome(Status.FAILED, error_code="TRAP", error_message=f"the module trapped: {cause}")
+
+
+def _stopped(call: _Call) -> Outcome:
+    if call.stop_reason == "timeout":
+        return Outcome(
+            Status.TIMEOUT, error_code="TIMEOUT", error_message="the module did not finish within its timeout"
+        )
+    if call.stop_reason == "output":
+        return Outcome(
+            Status.FAILED,
+            error_code="OUTPUT_TOO_LARGE",
+            error_message=f"the module wrote more than {call.output_cap} bytes to stdout",
+        )
+    return Outcome(Status.CANCELLED, error_code="CANCELLED", error_message="cancelled")

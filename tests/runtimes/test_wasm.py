@@ -1,0 +1,193 @@
+"""The `wasm` runtime on real wasmtime: I/O, entries, exits, interruption, memory, output, caching."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+from spearlet.config import Settings
+from spearlet.core.errors import InvalidArgument
+from spearlet.core.models import Status, Task
+from spearlet.runtimes.base import Invocation, Limits, StopRequest
+from spearlet.runtimes.wasm import WasmRuntime
+
+pytestmark = pytest.mark.timeout(60)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "spearlet" / "examples" / "wasm"
+
+WASI = '(import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))'
+EXIT = '(import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))'
+MODULES = {
+    "loop": f'(module {EXIT} (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))',
+    "exit3": f'(module {EXIT} (memory (export "memory") 1) (func (export "_start") (call $exit (i32.const 3))))',
+    "exit0": f'(module {EXIT} (memory (export "memory") 1) (func (export "_start") (call $exit (i32.const 0))))',
+    "main_only": f"""(module {WASI} (memory (export "memory") 1) (data (i32.const 64) "from main")
+        (func (export "main") (i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 9))
+          (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))""",
+    # Grows its memory a page at a time; a refused grow (-1) ends in `unreachable`.
+    "grow": """(module (memory (export "memory") 1)
+        (func (export "_start") (loop $more
+          (if (i32.eq (memory.grow (i32.const 1)) (i32.const -1)) (then unreachable))
+          (br $more))))""",
+    # Writes 64 KiB to stdout forever.
+    "flood": f"""(module {WASI} (memory (export "memory") 2)
+        (func (export "_start") (i32.store (i32.const 0) (i32.const 1024)) (i32.store (i32.const 4) (i32.const 65536))
+          (loop $more (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))) (br $more))))""",
+    "trap": '(module (memory (export "memory") 1) (func (export "_start") unreachable))',
+    "takes_args": '(module (memory (export "memory") 1) (func (export "_start")) (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1))))',
+}
+
+
+def make_task(tmp_path: Path, name: str, text: str | None = None, **metadata: str) -> Task:
+    path = EXAMPLES / f"{name}.wat" if text is None else tmp_path / f"{name}.wat"
+    if text is not None:
+        path.write_text(text)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Task(
+        task_id=name,
+        name=name,
+        artifact_type="wasm",
+        location=str(path),
+        local_path=str(path),
+        digest=digest,
+        metadata=metadata,
+    )
+
+
+def limits(timeout_ms: int = 10_000, output_bytes: int = 1 << 20) -> Limits:
+    return Limits(
+        timeout_ms=timeout_ms,
+        memory_bytes=0,
+        cpu_seconds=0,
+        output_bytes=output_bytes,
+        log_bytes=65536,
+        file_bytes=0,
+        open_files=0,
+    )
+
+
+def invocation(function: str = "", params: dict[str, object] | None = None, **kw: int) -> Invocation:
+    return Invocation("exec-1", function, params or {}, {}, limits(**kw))
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path):  # type: ignore[no-untyped-def]
+    rt = WasmRuntime(Settings(data_dir=tmp_path / "data"))
+    yield rt
+    await rt.close()
+
+
+async def test_stdin_json_in_stdout_out_and_stderr_as_log(runtime: WasmRuntime, tmp_path: Path) -> None:
+    task = make_task(tmp_path, "echo")
+    await runtime.prepare(task)
+    outcome = await runtime.invoke(task, invocation(params={"a": 1, "b": b"\x01"}), StopRequest())
+    assert outcome.status is Status.COMPLETED
+    assert outcome.output == b'{"a":1,"b":"AQ=="}'
+    assert outcome.logs == "echo: copied stdin to stdout\n"
+    assert outcome.memory_used_bytes == 65536
+
+
+async def test_default_entry_is_start_then_main_and_named_exports_run(runtime: WasmRuntime, tmp_path: Path) -> None:
+    hello = make_task(tmp_path, "hello")
+    assert (await runtime.invoke(hello, invocation(), StopRequest())).output == b'{"hello": "wasm"}'
+    assert (
+        await runtime.invoke(hello, invocation("__spear_default_entry__"), StopRequest())
+    ).output == b'{"hello": "wasm"}'
+    assert (await runtime.invoke(hello, invocation("answer"), StopRequest())).output == b"42"
+    main_only = make_task(tmp_path, "main_only", MODULES["main_only"])
+    assert (await runtime.invoke(main_only, invocation(), StopRequest())).output == b"from main"
+    missing = await runtime.invoke(hello, invocation("nope"), StopRequest())
+    assert missing.status is Status.FAILED and missing.error_code == "NO_ENTRY"
+    args = await runtime.invoke(
+        make_task(tmp_path, "takes_args", MODULES["takes_args"]), invocation("add"), StopRequest()
+    )
+    assert args.error_code == "NO_ENTRY" and "2 parameters" in args.error_message
+
+
+async def test_exit_codes(runtime: WasmRuntime, tmp_path: Path) -> None:
+    failed = await runtime.invoke(make_task(tmp_path, "exit3", MODULES["exit3"]), invocation(), StopRequest())
+    assert failed.status is Status.FAILED and failed.error_code == "NONZERO_EXIT" and "code 3" in failed.error_message
+    ok = await runtime.invoke(make_task(tmp_path, "exit0", MODULES["exit0"]), invocation(), StopRequest())
+    assert ok.status is Status.COMPLETED
+    trap = await runtime.invoke(make_task(tmp_path, "trap", MODULES["trap"]), invocation(), StopRequest())
+    assert trap.status is Status.FAILED and trap.error_code == "TRAP"
+
+
+async def test_timeout_interrupts_a_tight_loop_within_100_ms(runtime: WasmRuntime, tmp_path: Path) -> None:
+    task = make_task(tmp_path, "loop", MODULES["loop"])
+    await runtime.prepare(task)
+    started = time.monotonic()
+    outcome = await runtime.invoke(task, invocation(timeout_ms=300), StopRequest())
+    elapsed = time.monotonic() - started
+    assert outcome.status is Status.TIMEOUT and outcome.error_code == "TIMEOUT"
+    assert 0.3 <= elapsed < 0.4
+    # The worker thread is free again: a next call runs normally.
+    echo = make_task(tmp_path, "echo")
+    assert (await runtime.invoke(echo, invocation(), StopRequest())).status is Status.COMPLETED
+
+
+async def test_cancel_interrupts_a_tight_loop(runtime: WasmRuntime, tmp_path: Path) -> None:
+    task = make_task(tmp_path, "loop", MODULES["loop"])
+    stop = StopRequest()
+    call = asyncio.ensure_future(runtime.invoke(task, invocation(timeout_ms=60_000), stop))
+    await asyncio.sleep(0.2)
+    assert not call.done()
+    stop.request(force=False, reason="user")
+    started = time.monotonic()
+    outcome = await call
+    assert time.monotonic() - started < 0.1
+    assert outcome.status is Status.CANCELLED and "user" in outcome.error_message
+
+
+async def test_calls_run_off_the_event_loop_and_at_once(runtime: WasmRuntime, tmp_path: Path) -> None:
+    spinning = asyncio.ensure_future(
+        runtime.invoke(make_task(tmp_path, "loop", MODULES["loop"]), invocation(timeout_ms=2000), StopRequest())
+    )
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    echo = await runtime.invoke(make_task(tmp_path, "echo"), invocation(), StopRequest())
+    assert echo.status is Status.COMPLETED and time.monotonic() - started < 0.5
+    assert not spinning.done()
+    assert (await spinning).status is Status.TIMEOUT
+
+
+async def test_memory_cap_gives_out_of_memory(runtime: WasmRuntime, tmp_path: Path) -> None:
+    task = make_task(tmp_path, "grow", MODULES["grow"], memory_limit_mb="16")
+    outcome = await runtime.invoke(task, invocation(), StopRequest())
+    assert outcome.status is Status.FAILED and outcome.error_code == "OUT_OF_MEMORY"
+    assert 15 << 20 <= outcome.memory_used_bytes <= 16 << 20
+
+
+async def test_output_beyond_the_cap_fails_and_the_runtime_stays_healthy(runtime: WasmRuntime, tmp_path: Path) -> None:
+    outcome = await runtime.invoke(
+        make_task(tmp_path, "flood", MODULES["flood"]), invocation(output_bytes=1 << 20), StopRequest()
+    )
+    assert outcome.status is Status.FAILED and outcome.error_code == "OUTPUT_TOO_LARGE"
+    assert (await runtime.invoke(make_task(tmp_path, "echo"), invocation(), StopRequest())).status is Status.COMPLETED
+
+
+async def test_compiled_modules_are_cached_on_disk_and_reused_after_a_restart(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    task = make_task(tmp_path, "echo")
+    first = WasmRuntime(settings)
+    await first.prepare(task)
+    await first.close()
+    cached = settings.data_dir / "wasm-cache" / f"{task.digest}.cwasm"
+    assert cached.is_file()
+    # A new runtime (a restarted node) loads the module from the cache, not from the artifact.
+    moved = Task(**{**{s: getattr(task, s) for s in task.__slots__}, "local_path": str(tmp_path / "gone.wat")})  # type: ignore[attr-defined]
+    second = WasmRuntime(settings)
+    try:
+        outcome = await second.invoke(moved, invocation(params={"x": 1}), StopRequest())
+        assert outcome.status is Status.COMPLETED and outcome.output == b'{"x":1}'
+    finally:
+        await second.close()
+
+
+async def test_an_invalid_module_is_refused_at_registration(runtime: WasmRuntime, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="not a valid module"):
+        await runtime.prepare(make_task(tmp_path, "bad", '(module (func (export "_start") (i32.add)))'))
