@@ -97,9 +97,9 @@ class Node:
         resubmitted, failed = await self.invoker.recover()
         if resubmitted or failed:
             log.warning("recovered unfinished executions: %d resubmitted, %d failed", resubmitted, failed)
-        self._grpc, self.grpc_port = build_server(self.invoker, f"{s.host}:{s.grpc_port}")
+        self._grpc, self.grpc_port, health_servicer = build_server(self.invoker, f"{s.host}:{s.grpc_port}")
         await self._grpc.start()
-        await self._grpc.health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         sock = socket.create_server((s.host, s.http_port), family=_family(s.host), reuse_port=False)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(create_app(self.invoker), log_level="warning", lifespan="off", access_log=False)

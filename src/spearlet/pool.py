@@ -80,6 +80,7 @@ class PoolSettings:
 
 @dataclass(slots=True)
 class _TaskInstances:
+    task: Task
     settings: PoolSettings
     instances: list[Instance] = field(default_factory=list)
     starting: int = 0
@@ -107,13 +108,14 @@ class Pool:
     def _group(self, task: Task) -> _TaskInstances:
         group = self._tasks.get(task.task_id)
         if group is None:
-            group = self._tasks[task.task_id] = _TaskInstances(PoolSettings.of(task, self._default_max))
+            group = self._tasks[task.task_id] = _TaskInstances(task, PoolSettings.of(task, self._default_max))
         return group
 
     async def acquire(self, task: Task, force_new: bool = False) -> Instance:
         while True:
             group = self._group(task)
-            idle = [i for i in group.instances if not i.busy and i.alive]
+            self._drop_dead(group)  # a dead instance must not hold a slot
+            idle = [i for i in group.instances if not i.busy]
             if idle and not force_new:
                 chosen = self._choose(group, idle)
                 chosen.busy = True
@@ -133,9 +135,18 @@ class Pool:
             group.waiters.append(waiter)
             try:
                 await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake(group)  # we were woken but will not take the instance: pass it on
+                raise
             finally:
                 if waiter in group.waiters:
                     group.waiters.remove(waiter)
+
+    def _drop_dead(self, group: _TaskInstances) -> None:
+        for instance in [i for i in group.instances if not i.busy and not i.alive]:
+            group.instances.remove(instance)
+            self._background.spawn(instance.stop())
 
     async def _spawn(self, task: Task, group: _TaskInstances) -> Instance:
         group.starting += 1
@@ -204,18 +215,24 @@ class Pool:
             await self._spawn(task, group)
 
     async def reap(self) -> int:
-        """Stop instances idle past their timeout (down to min_instances) and dead ones."""
+        """Drop dead instances, stop live ones idle past their timeout (keeping min_instances
+        live ones), start replacements below the minimum, and wake whoever waits for room."""
         now = time.monotonic()
         stopped = 0
-        for group in self._tasks.values():
-            for instance in list(group.instances):
-                expired = now - instance.last_used > group.settings.idle_timeout_s
-                if instance.busy:
-                    continue
-                if not instance.alive or (expired and len(group.instances) > group.settings.min_instances):
-                    group.instances.remove(instance)
-                    await instance.stop()
-                    stopped += 1
+        for group in list(self._tasks.values()):
+            dead = [i for i in group.instances if not i.busy and not i.alive]
+            live = [i for i in group.instances if i.alive]
+            expired = [i for i in live if not i.busy and now - i.last_used > group.settings.idle_timeout_s][
+                : max(0, len(live) - group.settings.min_instances)
+            ]
+            for instance in dead + expired:
+                group.instances.remove(instance)
+                await instance.stop()
+                stopped += 1
+            if dead or expired:
+                self._wake(group)
+            if len(group.instances) + group.starting < group.settings.min_instances:
+                self._background.spawn(self._top_up(group.task))
         return stopped
 
     async def forget(self, task_id: str) -> None:

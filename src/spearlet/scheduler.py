@@ -210,6 +210,7 @@ class Scheduler:
                 record.environment,
                 limits,
                 force_new_instance=record.force_new_instance,
+                on_output=lambda chunk: self.lifecycle.publish_chunk(record.execution_id, chunk),
             )
             outcome = await runtime.invoke(task, invocation, job.stop)
             self._apply(record, outcome)

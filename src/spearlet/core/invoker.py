@@ -11,13 +11,14 @@ import asyncio
 import hashlib
 import math
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
 from spearlet.config import Settings
 from spearlet.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from spearlet.core.ids import check_client_execution_id, new_execution_id
-from spearlet.core.lifecycle import Event, Lifecycle
+from spearlet.core.lifecycle import Event, Lifecycle, Update
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Task, now_ms
 from spearlet.core.tasks import TaskRegistry, page_limit
 from spearlet.core.values import dump_params
@@ -112,24 +113,78 @@ class Invoker:
         cached = await self._from_cache(record, task)
         if cached is not None:
             return cached
-        self.scheduler.ensure_room()
-        if req.mode is Mode.ASYNC or req.execution_id or record.idempotency_key:
-            # Durable before the answer, and the only way to learn that the id exists already.
-            existing = await self.store.create_execution(record)
-            if existing is not None:
-                return await self._answer(existing, req.mode, "an execution with this id or idempotency key exists")
-        else:
-            # A synchronous call with a fresh id: its record is written while it runs; the final
-            # write, which follows it, is awaited before the answer.
-            self.store.queue_insert(record)
-        self.lifecycle.publish(Event.ACCEPTED, record)
+        existing = await self._store_new(record, durable=req.mode is Mode.ASYNC or bool(req.execution_id))
+        if existing is not None:
+            return await self._answer(existing, req.mode, "an execution with this id or idempotency key exists")
         estimate, note = self._estimate(task, record.function_name)
         waiter = self.lifecycle.waiter(record.execution_id) if req.mode is not Mode.ASYNC else None
-        self.scheduler.submit(record, task)
+        self._start(record, task)
         if waiter is None:
             record.metrics["estimate"] = note
             return InvokeResult(record, self.status_endpoint(record.execution_id), estimate, "accepted")
         return await self._wait(record, waiter)
+
+    async def stream(self, req: InvokeRequest) -> AsyncGenerator[Update, None]:
+        """Run an execution and follow it: its acceptance, each chunk of output, then the end.
+        A consumer that stops listening before the end cancels the execution."""
+        req.mode = Mode.STREAM
+        task = await self._resolve_task(req)
+        record = self._new_record(req, task)
+        existing = await self._store_new(record, durable=bool(req.execution_id))
+        if existing is not None:
+            async for update in self.watch(existing.execution_id):
+                yield update
+            return
+        updates = self.lifecycle.watch(record.execution_id)
+        finished = False
+        try:
+            self._start(record, task)
+            yield Update(Event.ACCEPTED, record.status, record=record)
+            while not finished:
+                update = await updates.get()
+                finished = update.event is Event.FINISHED
+                yield update
+        finally:
+            self.lifecycle.unwatch(record.execution_id, updates)
+            if not finished:
+                self.scheduler.request_stop(record.execution_id, True, "the streaming client went away")
+
+    async def watch(self, execution_id: str) -> AsyncGenerator[Update, None]:
+        """The execution's current state, then each change and chunk until it ends."""
+        updates = self.lifecycle.watch(execution_id)  # before reading: nothing slips between
+        try:
+            record = await self.get(execution_id)
+            if record is None:
+                raise NotFound(f"execution {execution_id!r} not found")
+            if record.done:
+                yield Update(Event.FINISHED, record.status, record=record)
+                return
+            yield Update(
+                Event.STARTED if record.status is Status.RUNNING else Event.ACCEPTED, record.status, record=record
+            )
+            while True:
+                update = await updates.get()
+                yield update
+                if update.event is Event.FINISHED:
+                    return
+        finally:
+            self.lifecycle.unwatch(execution_id, updates)
+
+    async def _store_new(self, record: ExecutionRecord, durable: bool) -> ExecutionRecord | None:
+        """Admit and store a new record; the existing one if its id or idempotency key is taken.
+        `durable`: wait for the write (an async accept, or a client's own id that may exist)."""
+        self.scheduler.ensure_room()
+        if durable or record.idempotency_key:
+            # Durable before the answer, and the only way to learn that the id exists already.
+            return await self.store.create_execution(record)
+        # A fresh id that cannot exist yet: the record is written while the call runs; the final
+        # write, which follows it, is awaited before the answer.
+        self.store.queue_insert(record)
+        return None
+
+    def _start(self, record: ExecutionRecord, task: Task) -> None:
+        self.lifecycle.publish(Event.ACCEPTED, record)
+        self.scheduler.submit(record, task)
 
     async def _from_cache(self, record: ExecutionRecord, task: Task) -> InvokeResult | None:
         """With the task's `cache_ttl_s`, answer an identical call from a recent success, recorded

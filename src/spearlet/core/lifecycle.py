@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 
-from spearlet.core.models import ExecutionRecord
+from spearlet.core.models import ExecutionRecord, Status
 
 log = logging.getLogger(__name__)
 
@@ -19,16 +20,29 @@ log = logging.getLogger(__name__)
 class Event(Enum):
     ACCEPTED = "accepted"
     STARTED = "started"
+    CHUNK = "chunk"
     FINISHED = "finished"
 
 
 Listener = Callable[[Event, ExecutionRecord], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Update:
+    """What a watcher of one execution receives: a status change, a chunk of output, or the end
+    (FINISHED, with the final record)."""
+
+    event: Event
+    status: Status
+    chunk: bytes = b""
+    record: ExecutionRecord | None = None
+
+
 class Lifecycle:
     def __init__(self) -> None:
         self._listeners: list[Listener] = []
         self._waiters: dict[str, list[asyncio.Future[ExecutionRecord]]] = {}
+        self._watchers: dict[str, list[asyncio.Queue[Update]]] = {}
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -39,10 +53,38 @@ class Lifecycle:
                 listener(event, record)
             except Exception:  # a broken listener must not break an execution
                 log.exception("lifecycle listener failed on %s of %s", event.value, record.execution_id)
+        watchers = self._watchers.get(record.execution_id)
+        if watchers:
+            update = Update(event, record.status, record=record if event is Event.FINISHED else None)
+            for queue in watchers:
+                queue.put_nowait(update)
         if event is Event.FINISHED:
             for future in self._waiters.pop(record.execution_id, ()):
                 if not future.done():
                     future.set_result(record)
+
+    def publish_chunk(self, execution_id: str, chunk: bytes) -> None:
+        """A piece of output as the function produced it; only watchers care (the record keeps
+        the whole output), so with none this costs a dict lookup."""
+        watchers = self._watchers.get(execution_id)
+        if watchers:
+            update = Update(Event.CHUNK, Status.RUNNING, chunk=chunk)
+            for queue in watchers:
+                queue.put_nowait(update)
+
+    def watch(self, execution_id: str) -> asyncio.Queue[Update]:
+        """Updates of one execution from now on; `unwatch` when done. The queue is bounded by the
+        execution's output limit, as chunks are pieces of that output."""
+        queue: asyncio.Queue[Update] = asyncio.Queue()
+        self._watchers.setdefault(execution_id, []).append(queue)
+        return queue
+
+    def unwatch(self, execution_id: str, queue: asyncio.Queue[Update]) -> None:
+        queues = self._watchers.get(execution_id)
+        if queues and queue in queues:
+            queues.remove(queue)
+            if not queues:
+                del self._watchers[execution_id]
 
     def waiter(self, execution_id: str) -> asyncio.Future[ExecutionRecord]:
         """A future resolved with the final record. Take it before the work can finish."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,8 @@ class Invocation:
     environment: dict[str, str]
     limits: Limits
     force_new_instance: bool = False
+    # Called with each piece of output as it is produced (stdout lines, a generator's yields).
+    on_output: Callable[[bytes], None] | None = None
 
 
 @dataclass(slots=True)
@@ -56,6 +59,28 @@ class Outcome:
     memory_used_bytes: int = 0
     instance_id: str = ""
     metrics: dict[str, str] = field(default_factory=dict)
+
+
+class LineSplitter:
+    """Feeds complete lines (with their newline) of a byte stream to `emit`; `flush` the rest."""
+
+    def __init__(self, emit: Callable[[bytes], None]) -> None:
+        self._emit = emit
+        self._partial = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._partial += data
+        end = self._partial.rfind(b"\n")
+        if end < 0:
+            return
+        complete, self._partial = bytes(self._partial[: end + 1]), self._partial[end + 1 :]
+        for line in complete.splitlines(keepends=True):
+            self._emit(line)
+
+    def flush(self) -> None:
+        if self._partial:
+            self._emit(bytes(self._partial))
+            self._partial = bytearray()
 
 
 class StopRequest:

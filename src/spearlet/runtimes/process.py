@@ -17,7 +17,7 @@ from typing import IO
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
 from spearlet.core.values import stdin_payload
-from spearlet.runtimes.base import Invocation, Outcome, Runtime, StopRequest
+from spearlet.runtimes.base import Invocation, LineSplitter, Outcome, Runtime, StopRequest
 from spearlet.runtimes.sandbox import (
     PeakMemory,
     PipeCollector,
@@ -106,7 +106,10 @@ class ProcessRuntime(Runtime):
         started: float,
     ) -> Outcome:  # fmt: skip
         limits = invocation.limits
-        out = PipeCollector(limits.output_bytes, on_overflow=lambda: kill_group(pid))
+        lines = LineSplitter(invocation.on_output) if invocation.on_output else None
+        out = PipeCollector(
+            limits.output_bytes, on_overflow=lambda: kill_group(pid), on_data=lines.feed if lines else None
+        )
         err = PipeCollector(limits.log_bytes, tail=True)
         readers = asyncio.gather(collect(stdout, out), collect(stderr, err))
         memory = PeakMemory(pid)
@@ -136,6 +139,8 @@ class ProcessRuntime(Runtime):
             # Descendants left in the group would keep the pipes open and outlive the call.
             kill_group(pid)
             await readers
+            if lines is not None:
+                lines.flush()
         elapsed_ms = int((time.monotonic() - started) * 1000)
         logs = err.data.decode("utf-8", errors="replace")
         if status is Status.COMPLETED and out.overflowed:

@@ -266,7 +266,8 @@ class PythonRuntime(Runtime):
                 if kind == "log":
                     logs.append(str(message.get("line", "")))
                 elif kind == "chunk":
-                    continue
+                    if invocation.on_output is not None:
+                        invocation.on_output(output_bytes(message.get("value")))
                 elif kind == "result":
                     output = output_bytes(message.get("value"))
                     if len(output) > limits.output_bytes:

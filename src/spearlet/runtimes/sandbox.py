@@ -140,10 +140,17 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
 class PipeCollector(asyncio.Protocol):
     """Reads a child's pipe: keeps the first `cap` bytes (or, with `tail`, the last ones)."""
 
-    def __init__(self, cap: int, tail: bool = False, on_overflow: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        cap: int,
+        tail: bool = False,
+        on_overflow: Callable[[], None] | None = None,
+        on_data: Callable[[bytes], None] | None = None,
+    ) -> None:
         self.cap = cap
         self.tail = tail
         self.on_overflow = on_overflow
+        self.on_data = on_data
         self.overflowed = False
         self.total = 0
         self._chunks = bytearray()
@@ -160,6 +167,8 @@ class PipeCollector(asyncio.Protocol):
             return
         room = self.cap - len(self._chunks)
         self._chunks += data[:room]
+        if self.on_data is not None:
+            self.on_data(data[:room])
         if len(data) > room:
             self.overflowed = True
             if self.on_overflow is not None:

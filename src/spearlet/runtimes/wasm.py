@@ -31,7 +31,7 @@ from spearlet.config import Settings
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
 from spearlet.core.values import stdin_payload
-from spearlet.runtimes.base import Invocation, Outcome, Runtime, StopRequest
+from spearlet.runtimes.base import Invocation, LineSplitter, Outcome, Runtime, StopRequest
 from spearlet.runtimes.process import log_tail, task_environment
 
 TICK_S = 0.01
@@ -62,10 +62,13 @@ class _Call:
     stdout: bytearray = field(default_factory=bytearray)
     stderr: bytearray = field(default_factory=bytearray)
     log_cap: int = 65536
+    lines: LineSplitter | None = None  # fed on the call's thread
 
     def write_stdout(self, data: bytes) -> None:
         room = self.output_cap - len(self.stdout)
         self.stdout += data[: max(0, room)]
+        if self.lines is not None:
+            self.lines.feed(data[: max(0, room)])
         if len(data) > room and not self.stop_reason:
             self.stop_reason = "output"
 
@@ -173,6 +176,13 @@ class WasmRuntime(Runtime):
             memory_cap=task.int_setting("memory_limit_mb", DEFAULT_MEMORY_MB) << 20,
             log_cap=limits.log_bytes,
         )
+        if invocation.on_output is not None:
+            emit = invocation.on_output
+
+            def emit_on_loop(line: bytes) -> None:
+                loop.call_soon_threadsafe(emit, line)
+
+            call.lines = LineSplitter(emit_on_loop)
         env = {**task_environment(task), **invocation.environment, "SPEAR_EXECUTION_ID": invocation.execution_id}
         entry = invocation.function_name or task.metadata.get("entry", "") or DEFAULT_ENTRY
         payload = stdin_payload(invocation.params)
@@ -185,6 +195,8 @@ class WasmRuntime(Runtime):
             if not run.done():
                 call.stop_reason = call.stop_reason or "cancelled"  # trapped at the next tick
             outcome = await run
+            if call.lines is not None:
+                call.lines.flush()
         except asyncio.CancelledError:
             call.stop_reason = "cancelled"
             raise

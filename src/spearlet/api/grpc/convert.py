@@ -11,7 +11,7 @@ from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.invoker import InvokeRequest
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, OutputKind, Status, Task
-from spearlet.core.values import check_number, output_value
+from spearlet.core.values import check_number, classify_output, output_value
 from spearlet.store.base import TaskSummary
 
 _WRAPPERS: dict[str, type[Message]] = {
@@ -87,6 +87,11 @@ def pack_output(raw: bytes, kind: OutputKind) -> any_pb2.Any | None:
     return packed
 
 
+def pack_chunk(chunk: bytes) -> any_pb2.Any | None:
+    """A piece of output, packed by the same rule as a whole output."""
+    return pack_output(chunk, classify_output(chunk))
+
+
 def artifact_from(spec: pb.ArtifactSpec) -> ArtifactSpec:
     return ArtifactSpec(
         artifact_type=spec.artifact_type,
@@ -98,7 +103,8 @@ def artifact_from(spec: pb.ArtifactSpec) -> ArtifactSpec:
     )
 
 
-def invoke_request_from(req: pb.InvokeFunctionRequest) -> InvokeRequest:
+def invoke_request_from(req: pb.InvokeFunctionRequest, mode: int | None = None) -> InvokeRequest:
+    """The core's request; `mode` overrides the message's (StreamFunction always streams)."""
     if req.execution_mode not in Mode._value2member_map_:
         raise InvalidArgument(
             f"execution_mode {req.execution_mode} is not valid: use SYNC (1), ASYNC (2) or STREAM (3)"
@@ -106,7 +112,7 @@ def invoke_request_from(req: pb.InvokeFunctionRequest) -> InvokeRequest:
     ctx = req.context
     return InvokeRequest(
         invocation_type=req.invocation_type,
-        mode=Mode(req.execution_mode),
+        mode=Mode(req.execution_mode if mode is None else mode),
         task_id=req.task_id,
         task_name=req.task_name,
         task_description=req.task_description,

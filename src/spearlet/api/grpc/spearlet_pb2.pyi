@@ -556,3 +556,9 @@ class RegisterTaskResponse(_message.Message):
     task: TaskInfo
     created: bool
     def __init__(self, task: _Optional[_Union[TaskInfo, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class WatchExecutionRequest(_message.Message):
+    __slots__ = ("execution_id",)
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    def __init__(self, execution_id: _Optional[str] = ...) -> None: ...

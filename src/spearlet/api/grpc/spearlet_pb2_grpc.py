@@ -557,3 +557,81 @@ class TaskService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class WatchServiceStub:
+    """Follow any execution (sync, async or streaming) by id: its current state first, then each status
+    change and chunk of output, and last a message with is_final and the result.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.WatchExecution = channel.unary_stream(
+                '/spearlet.WatchService/WatchExecution',
+                request_serializer=spearlet_dot_api_dot_grpc_dot_spearlet__pb2.WatchExecutionRequest.SerializeToString,
+                response_deserializer=spearlet_dot_api_dot_grpc_dot_spearlet__pb2.StreamExecutionResult.FromString,
+                _registered_method=True)
+
+
+class WatchServiceServicer:
+    """Follow any execution (sync, async or streaming) by id: its current state first, then each status
+    change and chunk of output, and last a message with is_final and the result.
+    """
+
+    def WatchExecution(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_WatchServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'WatchExecution': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchExecution,
+                    request_deserializer=spearlet_dot_api_dot_grpc_dot_spearlet__pb2.WatchExecutionRequest.FromString,
+                    response_serializer=spearlet_dot_api_dot_grpc_dot_spearlet__pb2.StreamExecutionResult.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'spearlet.WatchService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('spearlet.WatchService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class WatchService:
+    """Follow any execution (sync, async or streaming) by id: its current state first, then each status
+    change and chunk of output, and last a message with is_final and the result.
+    """
+
+    @staticmethod
+    def WatchExecution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/spearlet.WatchService/WatchExecution',
+            spearlet_dot_api_dot_grpc_dot_spearlet__pb2.WatchExecutionRequest.SerializeToString,
+            spearlet_dot_api_dot_grpc_dot_spearlet__pb2.StreamExecutionResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,219 @@
+"""The API at the level of the wire messages, shared by both transports.
+
+gRPC serves these methods as they are; the HTTP gateway parses JSON into the same request messages
+(proto3 JSON mapping) and renders the same responses, so both speak one contract. Errors are
+SpearletError subclasses; each transport maps them to its own codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator
+
+import psutil
+
+from spearlet.api.grpc import convert
+from spearlet.api.grpc import spearlet_pb2 as pb
+from spearlet.core.errors import AlreadyExists, InvalidArgument
+from spearlet.core.invoker import Invoker
+from spearlet.core.lifecycle import Event, Update
+from spearlet.core.models import Status
+
+
+class FunctionApi:
+    def __init__(self, invoker: Invoker) -> None:
+        self.invoker = invoker
+
+    async def invoke(self, request: pb.InvokeFunctionRequest) -> pb.InvokeFunctionResponse:
+        outcome = await self.invoker.invoke(convert.invoke_request_from(request))
+        record = outcome.record
+        success = record.status is Status.COMPLETED or not record.done
+        return pb.InvokeFunctionResponse(
+            success=success,
+            message=outcome.message or (record.error_message if not success else ""),
+            execution_id=record.execution_id,
+            task_id=record.task_id,
+            instance_id=record.instance_id,
+            result=convert.execution_result(record),
+            status_endpoint=outcome.status_endpoint,
+            estimated_completion_ms=outcome.estimated_completion_ms,
+        )
+
+    async def stream(self, request: pb.InvokeFunctionRequest) -> AsyncGenerator[pb.StreamExecutionResult, None]:
+        """StreamFunction: the acceptance, each chunk as produced, then the final result. Leaving
+        the iteration early (a client that disconnects) cancels the execution."""
+        updates = self.invoker.stream(convert.invoke_request_from(request, mode=pb.EXECUTION_MODE_STREAM))
+        async for message in _stream_messages(updates):
+            yield message
+
+    async def watch(self, request: pb.WatchExecutionRequest) -> AsyncGenerator[pb.StreamExecutionResult, None]:
+        async for message in _stream_messages(self.invoker.watch(request.execution_id)):
+            yield message
+
+    async def status(self, request: pb.GetExecutionStatusRequest) -> pb.GetExecutionStatusResponse:
+        record = await self.invoker.get(request.execution_id)
+        if record is None:
+            return pb.GetExecutionStatusResponse(found=False, message=f"execution {request.execution_id!r} not found")
+        return pb.GetExecutionStatusResponse(
+            found=True,
+            result=convert.execution_result(record, include_result=request.include_result),
+            logs=record.logs.splitlines() if request.include_logs else [],
+            message=record.status.name,
+        )
+
+    async def cancel(self, request: pb.CancelExecutionRequest) -> pb.CancelExecutionResponse:
+        result = await self.invoker.cancel(request.execution_id, request.reason, request.force)
+        return pb.CancelExecutionResponse(
+            success=result.success, message=result.message, final_status=convert.pb_status(result.status)
+        )
+
+    async def list_tasks(self, request: pb.ListTasksRequest) -> pb.ListTasksResponse:
+        page = await self.invoker.tasks.list(request.prefix, request.limit, request.start_after)
+        summaries = await self.invoker.store.task_summaries([t.task_id for t in page.tasks])
+        return pb.ListTasksResponse(
+            tasks=[convert.task_info(t, summaries.get(t.task_id)) for t in page.tasks],
+            has_more=page.has_more,
+            next_start_after=page.next_start_after,
+        )
+
+    async def get_task(self, request: pb.GetTaskRequest) -> pb.GetTaskResponse:
+        task = await self.invoker.tasks.find(request.task_id) if request.task_id else None
+        if task is None:
+            return pb.GetTaskResponse(found=False, message=f"task {request.task_id!r} not found")
+        summaries = await self.invoker.store.task_summaries([task.task_id])
+        response = pb.GetTaskResponse(found=True, task=convert.task_info(task, summaries.get(task.task_id)))
+        if request.include_executions:
+            page = await self.invoker.list_executions(task.task_id, Status.UNKNOWN, request.execution_limit or 10, "")
+            response.executions.extend(convert.execution_info(r) for r in page.executions)
+        return response
+
+    async def delete_task(self, request: pb.DeleteTaskRequest) -> pb.DeleteTaskResponse:
+        deleted, cleaned, message = await self.invoker.delete_task(
+            request.task_id, request.force, request.cleanup_executions
+        )
+        return pb.DeleteTaskResponse(success=True, message=message, deleted=deleted, cleaned_executions=cleaned)
+
+    async def register_task(self, request: pb.RegisterTaskRequest) -> pb.RegisterTaskResponse:
+        tasks = self.invoker.tasks
+        if not request.HasField("artifact_spec"):
+            raise InvalidArgument("artifact_spec is required")
+        exists = await tasks.find(request.task_name) is not None if request.task_name else False
+        if exists and not request.replace:
+            raise AlreadyExists(f"task {request.task_name!r} exists: set replace to update it")
+        task = await tasks.register(
+            request.task_name, convert.artifact_from(request.artifact_spec), request.task_description
+        )
+        return pb.RegisterTaskResponse(task=convert.task_info(task), created=not exists)
+
+    async def list_executions(self, request: pb.ListExecutionsRequest) -> pb.ListExecutionsResponse:
+        page = await self.invoker.list_executions(
+            request.task_id, convert.status_from(request.status_filter), request.limit, request.start_after
+        )
+        return pb.ListExecutionsResponse(
+            executions=[convert.execution_info(r) for r in page.executions],
+            has_more=page.has_more,
+            next_start_after=page.next_start_after,
+        )
+
+    async def health(self, request: pb.GetHealthRequest) -> pb.GetHealthResponse:
+        h = await self.invoker.health()
+        response = pb.GetHealthResponse(status=h.status, message=h.message, uptime_seconds=h.uptime_seconds)
+        if request.include_details:
+            response.details.CopyFrom(
+                pb.HealthDetails(
+                    active_tasks=h.active_tasks,
+                    running_executions=h.running,
+                    pending_executions=h.pending,
+                    total_memory_used=node_memory(),
+                    total_executions=h.total_executions,
+                    system_info={
+                        "node": self.invoker.settings.node_id,
+                        "cpu_count": str(psutil.cpu_count() or 0),
+                        "memory_total": str(psutil.virtual_memory().total),
+                    },
+                )
+            )
+        return response
+
+    async def stats(self, request: pb.GetStatsRequest) -> pb.GetStatsResponse:
+        stats = await self.invoker.stats(request.time_range_hours)
+        total_tasks = await self.invoker.store.count_tasks()
+        response = pb.GetStatsResponse(
+            service_stats=pb.ServiceStats(
+                uptime_seconds=self.invoker.uptime_seconds(),
+                total_tasks=total_tasks,
+                total_executions=stats.total,
+                total_memory_used=node_memory(),
+                cpu_usage_percent=psutil.cpu_percent(interval=None),
+                memory_usage_percent=psutil.virtual_memory().percent,
+            )
+        )
+        if request.include_task_stats:
+            page = await self.invoker.tasks.list("", 1000, "")
+            types: dict[str, int] = {}
+            for task in page.tasks:
+                types[task.artifact_type] = types.get(task.artifact_type, 0) + 1
+            active = sum(1 for t in page.tasks if stats.by_task.get(t.task_id))
+            busiest = sorted(stats.by_task.items(), key=lambda kv: -kv[1])[:5]
+            by_id = {t.task_id: t for t in page.tasks}
+            response.task_stats.CopyFrom(
+                pb.TaskStats(
+                    active_tasks=active,
+                    idle_tasks=total_tasks - active,
+                    tasks_by_type=types,
+                    most_active_tasks=[convert.task_info(by_id[t]) for t, _ in busiest if t in by_id],
+                )
+            )
+        if request.include_execution_stats:
+            done = stats.by_status.get(Status.COMPLETED, 0)
+            ended = sum(n for s, n in stats.by_status.items() if s.terminal)
+            response.execution_stats.CopyFrom(
+                pb.ExecutionStats(
+                    running=stats.by_status.get(Status.RUNNING, 0),
+                    pending=stats.by_status.get(Status.PENDING, 0),
+                    completed=done,
+                    failed=ended - done,
+                    average_execution_time_ms=stats.average_execution_time_ms,
+                    success_rate_percent=100.0 * done / ended if ended else 0.0,
+                    executions_by_function=stats.by_function,
+                )
+            )
+        return response
+
+
+async def _stream_messages(updates: AsyncGenerator[Update, None]) -> AsyncGenerator[pb.StreamExecutionResult, None]:
+    """Updates as StreamExecutionResults. The final one carries the result unless chunks already
+    carried the output piece by piece."""
+    execution_id = ""
+    chunked = False
+    async with contextlib.aclosing(updates):
+        async for update in updates:
+            if update.record is not None:
+                execution_id = update.record.execution_id
+            message = pb.StreamExecutionResult(execution_id=execution_id, status=convert.pb_status(update.status))
+            if update.event is Event.CHUNK:
+                chunked = True
+                packed = convert.pack_chunk(update.chunk)
+                if packed is not None:
+                    message.chunk_data.CopyFrom(packed)
+            elif update.event is Event.FINISHED and update.record is not None:
+                record = update.record
+                message.is_final = True
+                message.error_message = record.error_message
+                message.metadata.update(convert.record_metrics(record))
+                if record.error_code:
+                    message.metadata["error_code"] = record.error_code
+                packed = None if chunked else convert.pack_output(record.output, record.output_kind)
+                if packed is not None:
+                    message.chunk_data.CopyFrom(packed)
+            yield message
+
+
+def node_memory() -> int:
+    """RSS of the node and its children (running functions, workers)."""
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += child.memory_info().rss
+    return total
