@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -127,15 +128,17 @@ def parse_param(text: str) -> pb.FunctionParameter:
 
 
 def _plain_result(result: pb.ExecutionResult) -> Any:
-    if not result.HasField("result"):
-        return None
+    return _plain_any(result.result) if result.HasField("result") else None
+
+
+def _plain_any(packed: any_pb2.Any) -> Any:
     value = struct_pb2.Value()
-    if result.result.Unpack(value):
+    if packed.Unpack(value):
         return tidy_numbers(json_format.MessageToDict(value))
     for wrapper in (wrappers_pb2.StringValue(), wrappers_pb2.BytesValue()):
-        if result.result.Unpack(wrapper):
+        if packed.Unpack(wrapper):
             return wrapper.value
-    return result.result.type_url
+    return packed.type_url
 
 
 def _show_result(execution_id: str, result: pb.ExecutionResult, logs: list[str] | None = None) -> None:
@@ -169,6 +172,7 @@ def invoke(
     timeout: Annotated[int, typer.Option("--timeout", help="timeout in ms (0: the task's default)")] = 0,
     retries: Annotated[int, typer.Option("--retries", help="max retries of a failed attempt")] = 0,
     run_async: Annotated[bool, typer.Option("--async", help="return the execution id at once")] = False,
+    stream: Annotated[bool, typer.Option("--stream", help="print output chunks as the function produces them")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="with --async: follow the execution to its end")] = False,
     execution_id: Annotated[str, typer.Option("--id", help="your own execution id (idempotent)")] = "",
     target: Target = DEFAULT_TARGET,
@@ -183,6 +187,9 @@ def invoke(
         execution_mode=pb.EXECUTION_MODE_ASYNC if run_async else pb.EXECUTION_MODE_SYNC,
         context=pb.ExecutionContext(timeout_ms=timeout, max_retries=retries, execution_id=execution_id),
     )
+    if stream:
+        _print_stream(_stream(target, "FunctionService", "StreamFunction", request), as_json)
+        return
     response: pb.InvokeFunctionResponse = _call(target, "InvokeFunction", request)
     if run_async and wait:
         _follow(target, response.execution_id, as_json)
@@ -195,6 +202,41 @@ def invoke(
         return
     _emit(response, as_json, lambda: _show_result(response.execution_id, response.result))
     if not response.success:
+        raise typer.Exit(1)
+
+
+def _stream(target: str, service: str, method: str, request: Message) -> Iterator[pb.StreamExecutionResult]:
+    """The messages of a server-streaming call; Ctrl-C closes it (a StreamFunction then cancels)."""
+    with grpc.insecure_channel(target) as channel:
+        stub = getattr(pb_grpc, f"{service}Stub")(channel)
+        try:
+            yield from getattr(stub, method)(request)
+        except grpc.RpcError as exc:
+            err_console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
+            raise typer.Exit(2) from exc
+
+
+def _print_stream(messages: Iterator[pb.StreamExecutionResult], as_json: bool) -> None:
+    """Chunks as they come (one JSON object per line for scripts), then the outcome."""
+    final: pb.StreamExecutionResult | None = None
+    for message in messages:
+        final = message
+        if as_json or not sys.stdout.isatty():
+            print(json.dumps(_as_json(message)), flush=True)
+            continue
+        if message.HasField("chunk_data"):
+            value = _plain_any(message.chunk_data)
+            text = value if isinstance(value, str) else json.dumps(value)
+            console.print(text.rstrip("\n"), markup=False, highlight=False)
+        elif not message.is_final:
+            console.print(f"[dim]{message.execution_id}: {STATUS.get(message.status)}[/dim]")
+    if final is None:
+        raise typer.Exit(2)
+    if final.is_final and not (as_json or not sys.stdout.isatty()):
+        status = STATUS.get(final.status, "?")
+        detail = f": {final.error_message}" if final.error_message else ""
+        console.print(f"[{'green' if status == 'COMPLETED' else 'red'}]{status}[/]{detail}")
+    if final.status != pb.EXECUTION_STATUS_COMPLETED:
         raise typer.Exit(1)
 
 
@@ -220,11 +262,16 @@ def _follow(target: str, execution_id: str, as_json: bool) -> None:
 def status(
     execution_id: Annotated[str, typer.Argument()],
     logs: Annotated[bool, typer.Option("--logs", help="include the function's log")] = False,
-    follow: Annotated[bool, typer.Option("--wait", help="follow until it ends")] = False,
+    follow: Annotated[bool, typer.Option("--wait", help="poll until it ends")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="follow it live: each status change and chunk")] = False,
     target: Target = DEFAULT_TARGET,
     as_json: JsonFlag = False,
 ) -> None:
     """Show an execution's status and result."""
+    if watch:
+        request_ = pb.WatchExecutionRequest(execution_id=execution_id)
+        _print_stream(_stream(target, "WatchService", "WatchExecution", request_), as_json)
+        return
     if follow:
         _follow(target, execution_id, as_json)
         return

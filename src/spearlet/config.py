@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     open_files: int = Field(1024, ge=0)
     max_retries_cap: int = Field(10, ge=0)
 
+    # Where completion callbacks may go: host names, IP addresses or CIDR networks ("*" for anywhere).
+    callback_allow: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1", "localhost"])
+
     # Terminal execution records are kept this long, and at most this many.
     retention_hours: float = Field(24.0, gt=0)
     retention_max_records: int = Field(100_000, ge=1)

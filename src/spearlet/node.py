@@ -19,12 +19,15 @@ from grpc_health.v1 import health_pb2
 
 from spearlet.api.grpc.server import build_server
 from spearlet.api.http.app import create_app
+from spearlet.api.service import FunctionApi
 from spearlet.artifacts import ArtifactFetcher
+from spearlet.callbacks import Callbacks
 from spearlet.config import Settings
 from spearlet.core.invoker import Invoker
 from spearlet.core.lifecycle import Lifecycle
 from spearlet.core.models import ArtifactSpec
 from spearlet.core.tasks import TaskRegistry
+from spearlet.observability.metrics import Metrics
 from spearlet.runtimes.base import Runtime
 from spearlet.runtimes.process import ProcessRuntime
 from spearlet.runtimes.python import PythonRuntime
@@ -80,6 +83,14 @@ class Node:
         self.tasks = TaskRegistry(self.store, ArtifactFetcher(settings.cache_dir), self.runtimes)
         self.scheduler = Scheduler(settings, self.store, self.runtimes, self.lifecycle)
         self.invoker = Invoker(settings, self.store, self.tasks, self.scheduler, self.lifecycle)
+        self.api = FunctionApi(self.invoker)
+        python = self.runtimes["python"]
+        assert isinstance(python, PythonRuntime)
+        self.metrics = Metrics(self.scheduler, {"python": python.pool})
+        self.callbacks = Callbacks(settings.callback_allow)
+        self.lifecycle.subscribe(self.metrics.on_event)
+        self.lifecycle.subscribe(self.callbacks.on_event)
+        self.invoker.checks.append(self.callbacks.check)
         self.grpc_port = 0
         self.http_port = 0
         self._grpc: grpc.aio.Server | None = None
@@ -97,12 +108,15 @@ class Node:
         resubmitted, failed = await self.invoker.recover()
         if resubmitted or failed:
             log.warning("recovered unfinished executions: %d resubmitted, %d failed", resubmitted, failed)
-        self._grpc, self.grpc_port, health_servicer = build_server(self.invoker, f"{s.host}:{s.grpc_port}")
+        self._grpc, self.grpc_port, health_servicer = build_server(
+            self.api, f"{s.host}:{s.grpc_port}", interceptors=[self.metrics.interceptor()]
+        )
         await self._grpc.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         sock = socket.create_server((s.host, s.http_port), family=_family(s.host), reuse_port=False)
         self.http_port = sock.getsockname()[1]
-        config = uvicorn.Config(create_app(self.invoker), log_level="warning", lifespan="off", access_log=False)
+        app = create_app(self.api, self.metrics)
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
         self._http = _EmbeddedUvicorn(config)
         self._http_task = asyncio.get_running_loop().create_task(self._http.serve(sockets=[sock]))
         while not self._http.started:
@@ -139,6 +153,7 @@ class Node:
             self._http.should_exit = True
             await self._http_task
         await self.scheduler.close()
+        await self.callbacks.close()
         for runtime in self.runtimes.values():
             await runtime.close()
         await self.store.close()

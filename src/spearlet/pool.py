@@ -101,6 +101,10 @@ class Pool:
         self.warm_hits = 0
         self._background = Background()
 
+    def sizes(self) -> dict[str, int]:
+        """Instances per task, for metrics."""
+        return {task_id: len(group.instances) for task_id, group in self._tasks.items()}
+
     def instances(self, task_id: str) -> list[Instance]:
         group = self._tasks.get(task_id)
         return list(group.instances) if group else []

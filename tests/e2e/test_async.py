@@ -66,8 +66,8 @@ def test_async_answers_at_once_with_pending_endpoint_and_no_history_note(node: N
     assert response.result.status == pb.EXECUTION_STATUS_PENDING
     assert response.status_endpoint == f"/api/v1/executions/{response.execution_id}/status"
     body = httpx.get(node.http_url + response.status_endpoint).json()
-    assert body["execution_id"] == response.execution_id
-    assert body["status"] in ("PENDING", "RUNNING")
+    assert body["execution_id"] == response.execution_id and body["found"] is True
+    assert body["result"]["status"] in ("EXECUTION_STATUS_PENDING", "EXECUTION_STATUS_RUNNING")
     cancel = stub.CancelExecution(pb.CancelExecutionRequest(execution_id=response.execution_id, force=True))
     assert cancel.success
 

@@ -184,13 +184,12 @@ class FunctionApi:
 async def _stream_messages(updates: AsyncGenerator[Update, None]) -> AsyncGenerator[pb.StreamExecutionResult, None]:
     """Updates as StreamExecutionResults. The final one carries the result unless chunks already
     carried the output piece by piece."""
-    execution_id = ""
     chunked = False
     async with contextlib.aclosing(updates):
         async for update in updates:
-            if update.record is not None:
-                execution_id = update.record.execution_id
-            message = pb.StreamExecutionResult(execution_id=execution_id, status=convert.pb_status(update.status))
+            message = pb.StreamExecutionResult(
+                execution_id=update.execution_id, status=convert.pb_status(update.status)
+            )
             if update.event is Event.CHUNK:
                 chunked = True
                 packed = convert.pack_chunk(update.chunk)

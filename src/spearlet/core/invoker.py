@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import math
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +102,8 @@ class Invoker:
         self.scheduler = scheduler
         self.lifecycle = lifecycle
         self.started_monotonic = time.monotonic()
+        # Admission checks (middleware): each may refuse a new execution with InvalidArgument.
+        self.checks: list[Callable[[ExecutionRecord], None]] = []
 
     # Invocation
 
@@ -138,8 +140,7 @@ class Invoker:
         updates = self.lifecycle.watch(record.execution_id)
         finished = False
         try:
-            self._start(record, task)
-            yield Update(Event.ACCEPTED, record.status, record=record)
+            self._start(record, task)  # its ACCEPTED reaches `updates` first
             while not finished:
                 update = await updates.get()
                 finished = update.event is Event.FINISHED
@@ -157,11 +158,10 @@ class Invoker:
             if record is None:
                 raise NotFound(f"execution {execution_id!r} not found")
             if record.done:
-                yield Update(Event.FINISHED, record.status, record=record)
+                yield Update(Event.FINISHED, execution_id, record.status, record=record)
                 return
-            yield Update(
-                Event.STARTED if record.status is Status.RUNNING else Event.ACCEPTED, record.status, record=record
-            )
+            current = Event.STARTED if record.status is Status.RUNNING else Event.ACCEPTED
+            yield Update(current, execution_id, record.status, record=record)
             while True:
                 update = await updates.get()
                 yield update
@@ -273,7 +273,7 @@ class Invoker:
             )
         execution_id = check_client_execution_id(req.execution_id) if req.execution_id else new_execution_id()
         key = req.metadata.get(IDEMPOTENCY_KEY) or None
-        return ExecutionRecord(
+        record = ExecutionRecord(
             execution_id=execution_id,
             task_id=task.task_id,
             function_name=req.function_name,
@@ -287,6 +287,9 @@ class Invoker:
             force_new_instance=req.force_new_instance,
             created_at=now_ms(),
         )
+        for check in self.checks:
+            check(record)
+        return record
 
     def _estimate(self, task: Task, function_name: str) -> tuple[int, str]:
         """Milliseconds until this new execution should complete, from this node's measurements."""

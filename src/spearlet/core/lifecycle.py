@@ -33,6 +33,7 @@ class Update:
     (FINISHED, with the final record)."""
 
     event: Event
+    execution_id: str
     status: Status
     chunk: bytes = b""
     record: ExecutionRecord | None = None
@@ -55,7 +56,9 @@ class Lifecycle:
                 log.exception("lifecycle listener failed on %s of %s", event.value, record.execution_id)
         watchers = self._watchers.get(record.execution_id)
         if watchers:
-            update = Update(event, record.status, record=record if event is Event.FINISHED else None)
+            update = Update(
+                event, record.execution_id, record.status, record=record if event is Event.FINISHED else None
+            )
             for queue in watchers:
                 queue.put_nowait(update)
         if event is Event.FINISHED:
@@ -68,7 +71,7 @@ class Lifecycle:
         the whole output), so with none this costs a dict lookup."""
         watchers = self._watchers.get(execution_id)
         if watchers:
-            update = Update(Event.CHUNK, Status.RUNNING, chunk=chunk)
+            update = Update(Event.CHUNK, execution_id, Status.RUNNING, chunk=chunk)
             for queue in watchers:
                 queue.put_nowait(update)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -20,7 +20,6 @@ from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 from spearlet.api.service import FunctionApi
 from spearlet.core.errors import SpearletError
-from spearlet.core.invoker import Invoker
 
 log = logging.getLogger(__name__)
 
@@ -140,17 +139,20 @@ async def _stream_errors(
 
 
 def build_server(
-    invoker: Invoker, address: str, max_message_bytes: int = 8 << 20
+    api: FunctionApi,
+    address: str,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    max_message_bytes: int = 8 << 20,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A grpc.aio server with every service added, bound to `address`; returns it and its port."""
     server = grpc.aio.server(
+        interceptors=list(interceptors),
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
-    api = FunctionApi(invoker)
     pb_grpc.add_FunctionServiceServicer_to_server(FunctionService(api), server)
     pb_grpc.add_TaskServiceServicer_to_server(TaskService(api), server)
     pb_grpc.add_WatchServiceServicer_to_server(WatchService(api), server)

@@ -1,74 +1,238 @@
-"""The HTTP gateway, served by uvicorn in the node's own event loop."""
+"""The HTTP gateway, served by uvicorn in the node's own event loop.
+
+Request and response bodies are the gRPC messages in the proto3 JSON mapping (field names as in the
+.proto), handled by the same FunctionApi as gRPC. Streams (StreamFunction, watching an execution)
+are Server-Sent Events. Errors are `{"error": {"code", "message"}}` with the matching HTTP status.
+"""
 
 from __future__ import annotations
 
-import base64
-from typing import Any
+import contextlib
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import Body, FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from spearlet import __version__
-from spearlet.core.invoker import Invoker
-from spearlet.core.models import ExecutionRecord, OutputKind
-from spearlet.core.values import output_value
+from spearlet.api.grpc import spearlet_pb2 as pb
+from spearlet.api.service import FunctionApi
+from spearlet.api.views import record_json
+from spearlet.core.errors import SpearletError
+from spearlet.observability.metrics import CONTENT_TYPE, Metrics
+
+M = TypeVar("M", bound=Message)
+
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "UNAUTHENTICATED": 401,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "FAILED_PRECONDITION": 409,
+    "PAYLOAD_TOO_LARGE": 413,
+    "RESOURCE_EXHAUSTED": 429,
+}
+_STREAM = "text/event-stream"
+REGISTER_EXAMPLE = {
+    "task_name": "shout",
+    "artifact_spec": {"artifact_type": "process", "location": "/path/to/shout.sh"},
+}
+INVOKE_EXAMPLE = {
+    "invocation_type": "INVOCATION_TYPE_EXISTING_TASK",
+    "task_id": "hello",
+    "execution_mode": "EXECUTION_MODE_SYNC",
+    "parameters": [
+        {"name": "name", "value": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "Ada"}}
+    ],
+}
 
 
-def record_json(record: ExecutionRecord, include_result: bool = True, include_logs: bool = False) -> dict[str, Any]:
-    """An execution record as JSON, named as the gRPC ExecutionResult and ExecutionInfo fields."""
-    body: dict[str, Any] = {
-        "execution_id": record.execution_id,
-        "task_id": record.task_id,
-        "function_name": record.function_name,
-        "execution_mode": record.mode.name,
-        "status": record.status.name,
-        "completed": record.done,
-        "attempts": record.attempts,
-        "node": record.node,
-        "created_at_ms": record.created_at,
-        "started_at_ms": record.started_at or None,
-        "completed_at_ms": record.completed_at or None,
-        "execution_time_ms": record.execution_time_ms,
-        "memory_used_bytes": record.memory_used_bytes,
-        "error_code": record.error_code,
-        "error_message": record.error_message,
-        "metrics": record.metrics,
-    }
-    if include_result and record.output_kind is not OutputKind.NONE:
-        value = output_value(record.output, record.output_kind)
-        if isinstance(value, bytes):
-            body["result"] = {"bytes_base64": base64.b64encode(value).decode("ascii")}
-        else:
-            body["result"] = value
-    if include_logs:
-        body["logs"] = record.logs.splitlines()
-    return body
-
-
-def _error(status: int, code: str, message: str) -> JSONResponse:
+def error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def create_app(invoker: Invoker) -> FastAPI:
-    app = FastAPI(title="spearlet", version=__version__)
+def as_json(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
-    @app.get("/health")
+
+def parse(body: dict[str, Any], message: M) -> M:
+    try:
+        return json_format.ParseDict(body, message)
+    except json_format.ParseError as exc:
+        raise _BadJson(f"request body is not a valid {message.DESCRIPTOR.name}: {exc}") from exc
+
+
+class _BadJson(SpearletError):
+    code = "INVALID_ARGUMENT"
+
+
+async def sse(messages: AsyncGenerator[pb.StreamExecutionResult, None]) -> AsyncIterator[bytes]:
+    """StreamExecutionResults as Server-Sent Events: `status`, `chunk`, and a last `result`."""
+    async with contextlib.aclosing(messages):
+        async for message in messages:
+            kind = "result" if message.is_final else "chunk" if message.HasField("chunk_data") else "status"
+            yield f"event: {kind}\ndata: {json.dumps(as_json(message))}\n\n".encode()
+
+
+async def _first_or_error(messages: AsyncGenerator[pb.StreamExecutionResult, None]) -> Response:
+    """Start a stream, so that a request error (unknown task, bad input) is a proper HTTP error
+    instead of a broken event stream."""
+    try:
+        first = await anext(messages)
+    except SpearletError as exc:
+        return error(HTTP_STATUS.get(exc.code, 500), exc.code, str(exc))
+
+    async def rest() -> AsyncGenerator[pb.StreamExecutionResult, None]:
+        yield first
+        async for message in messages:
+            yield message
+
+    return StreamingResponse(sse(rest()), media_type=_STREAM, headers={"Cache-Control": "no-store"})
+
+
+def create_app(api: FunctionApi, metrics: Metrics | None = None, max_request_bytes: int = 8 << 20) -> FastAPI:
+    app = FastAPI(
+        title="spearlet",
+        version=__version__,
+        description="HTTP gateway of a spearlet node: the FunctionService messages as JSON, streams as SSE.",
+    )
+
+    @app.exception_handler(SpearletError)
+    async def request_error(_: Request, exc: SpearletError) -> JSONResponse:
+        return error(HTTP_STATUS.get(exc.code, 500), exc.code, str(exc))
+
+    @app.middleware("http")
+    async def limit_size(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_request_bytes:
+            return error(413, "PAYLOAD_TOO_LARGE", f"request body of {length} bytes exceeds {max_request_bytes}")
+        return await call_next(request)
+
+    def count_status_query() -> None:
+        if metrics is not None:
+            metrics.status_queries.labels("http").inc()
+
+    @app.get("/health", tags=["node"])
     async def health() -> dict[str, Any]:
-        h = await invoker.health()
-        return {"status": h.status, "message": h.message, "uptime_seconds": h.uptime_seconds}
+        """Liveness for load balancers: status, message and uptime."""
+        return as_json(await api.health(pb.GetHealthRequest()))
 
-    @app.get("/api/v1/executions/{execution_id}", response_model=None)
+    @app.get("/metrics", tags=["node"], response_class=Response)
+    async def prometheus() -> Response:
+        """Prometheus exposition of the node's metrics."""
+        body = metrics.exposition() if metrics is not None else b""
+        return Response(body, media_type=CONTENT_TYPE)
+
+    @app.post("/api/v1/invoke", tags=["executions"], response_model=None)
+    async def invoke(body: dict[str, Any] = Body(..., examples=[INVOKE_EXAMPLE])) -> Response:
+        """InvokeFunction. With `execution_mode` STREAM the answer is an event stream (as StreamFunction)."""
+        request = parse(body, pb.InvokeFunctionRequest())
+        if request.execution_mode == pb.EXECUTION_MODE_STREAM:
+            return await _first_or_error(api.stream(request))
+        return JSONResponse(as_json(await api.invoke(request)))
+
+    @app.post("/api/v1/stream", tags=["executions"], response_model=None)
+    async def stream(body: dict[str, Any] = Body(...)) -> Response:
+        """StreamFunction as Server-Sent Events; closing the connection cancels the execution."""
+        return await _first_or_error(api.stream(parse(body, pb.InvokeFunctionRequest())))
+
+    @app.get("/api/v1/executions", tags=["executions"])
+    async def list_executions(
+        task_id: str = "", status: str = "", limit: int = 100, start_after: str = ""
+    ) -> dict[str, Any]:
+        """ListExecutions, newest first. `status`: PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT."""
+        request = parse(
+            {"task_id": task_id, "limit": limit, "start_after": start_after, "status_filter": _status(status)},
+            pb.ListExecutionsRequest(),
+        )
+        return as_json(await api.list_executions(request))
+
+    @app.get("/api/v1/executions/{execution_id}", tags=["executions"], response_model=None)
     async def get_execution(execution_id: str, include_logs: bool = False) -> dict[str, Any] | JSONResponse:
-        record = await invoker.get(execution_id)
+        """The whole record with plain values: status, times, attempts, node, result or error."""
+        count_status_query()
+        record = await api.invoker.get(execution_id)
         if record is None:
-            return _error(404, "NOT_FOUND", f"execution {execution_id!r} not found")
+            return error(404, "NOT_FOUND", f"execution {execution_id!r} not found")
         return record_json(record, include_logs=include_logs)
 
-    @app.get("/api/v1/executions/{execution_id}/status", response_model=None)
-    async def execution_status(execution_id: str) -> dict[str, Any] | JSONResponse:
-        record = await invoker.get(execution_id)
-        if record is None:
-            return _error(404, "NOT_FOUND", f"execution {execution_id!r} not found")
-        return record_json(record)
+    @app.get("/api/v1/executions/{execution_id}/status", tags=["executions"], response_model=None)
+    async def execution_status(
+        execution_id: str, include_result: bool = True, include_logs: bool = False
+    ) -> dict[str, Any] | JSONResponse:
+        """GetExecutionStatus: the `status_endpoint` of every async execution."""
+        count_status_query()
+        request = pb.GetExecutionStatusRequest(
+            execution_id=execution_id, include_result=include_result, include_logs=include_logs
+        )
+        response = await api.status(request)
+        if not response.found:
+            return error(404, "NOT_FOUND", response.message)
+        return {**as_json(response), "execution_id": execution_id}
+
+    @app.post("/api/v1/executions/{execution_id}/cancel", tags=["executions"])
+    async def cancel(execution_id: str, body: dict[str, Any] | None = Body(None)) -> dict[str, Any]:
+        """CancelExecution; optional body `{"reason": "...", "force": true}`."""
+        request = parse({**(body or {}), "execution_id": execution_id}, pb.CancelExecutionRequest())
+        return as_json(await api.cancel(request))
+
+    @app.get("/api/v1/executions/{execution_id}/events", tags=["executions"], response_model=None)
+    async def events(execution_id: str) -> Response:
+        """Watch an execution as Server-Sent Events: its current state, each change and chunk, the result."""
+        return await _first_or_error(api.watch(pb.WatchExecutionRequest(execution_id=execution_id)))
+
+    @app.post("/api/v1/tasks", tags=["tasks"], status_code=201, response_model=None)
+    async def register_task(body: dict[str, Any] = Body(..., examples=[REGISTER_EXAMPLE])) -> JSONResponse:
+        """RegisterTask (set `replace` to update an existing task)."""
+        response = await api.register_task(parse(body, pb.RegisterTaskRequest()))
+        return JSONResponse(as_json(response), status_code=201 if response.created else 200)
+
+    @app.get("/api/v1/tasks", tags=["tasks"])
+    async def list_tasks(prefix: str = "", limit: int = 100, start_after: str = "") -> dict[str, Any]:
+        """ListTasks, by id."""
+        request = pb.ListTasksRequest(prefix=prefix, limit=limit, start_after=start_after)
+        return as_json(await api.list_tasks(request))
+
+    @app.get("/api/v1/tasks/{task_id}", tags=["tasks"], response_model=None)
+    async def get_task(task_id: str, execution_limit: int = 10) -> dict[str, Any] | JSONResponse:
+        """GetTask with its recent executions."""
+        request = pb.GetTaskRequest(task_id=task_id, include_executions=True, execution_limit=execution_limit)
+        response = await api.get_task(request)
+        if not response.found:
+            return error(404, "NOT_FOUND", response.message)
+        return as_json(response)
+
+    @app.delete("/api/v1/tasks/{task_id}", tags=["tasks"])
+    async def delete_task(task_id: str, force: bool = False, cleanup_executions: bool = False) -> dict[str, Any]:
+        """DeleteTask; `force` also stops its active executions."""
+        request = pb.DeleteTaskRequest(task_id=task_id, force=force, cleanup_executions=cleanup_executions)
+        return as_json(await api.delete_task(request))
+
+    @app.get("/api/v1/health", tags=["node"])
+    async def health_details(include_details: bool = True) -> dict[str, Any]:
+        """GetHealth."""
+        return as_json(await api.health(pb.GetHealthRequest(include_details=include_details)))
+
+    @app.get("/api/v1/stats", tags=["node"])
+    async def stats(
+        time_range_hours: int = Query(0, ge=0), include_task_stats: bool = True, include_execution_stats: bool = True
+    ) -> dict[str, Any]:
+        """GetStats over the last `time_range_hours` (0: all retained records)."""
+        request = pb.GetStatsRequest(
+            time_range_hours=time_range_hours,
+            include_task_stats=include_task_stats,
+            include_execution_stats=include_execution_stats,
+        )
+        return as_json(await api.stats(request))
 
     return app
+
+
+def _status(name: str) -> str:
+    if not name:
+        return "EXECUTION_STATUS_UNKNOWN"
+    upper = name.upper()
+    return upper if upper.startswith("EXECUTION_STATUS_") else f"EXECUTION_STATUS_{upper}"

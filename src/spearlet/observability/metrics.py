@@ -1,0 +1,165 @@
+"""Prometheus metrics: the seed's execution metrics, gRPC method latency and codes, pool figures.
+
+Execution metrics come from lifecycle events; gauges (running, queued, pool sizes) are read from the
+scheduler and the pool when Prometheus scrapes, so they are never stale.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from spearlet.core.lifecycle import Event
+from spearlet.core.models import ExecutionRecord, Status
+from spearlet.pool import Pool
+from spearlet.scheduler import Scheduler
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class Metrics:
+    def __init__(self, scheduler: Scheduler, pools: dict[str, Pool]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.duration = Histogram(
+            "spearlet_execution_duration_seconds", "Execution time of finished executions",
+            ["task", "function"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.finished = Counter(
+            "spearlet_executions_total", "Finished executions by final status (completed, failed, timeout, cancelled)",
+            ["task", "function", "status"], registry=r,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "spearlet_queue_wait_seconds",
+            "Time from acceptance to start",
+            ["task"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.status_queries = Counter(
+            "spearlet_status_queries_total", "Status queries of executions", ["transport"], registry=r
+        )
+        self.grpc_latency = Histogram(
+            "spearlet_grpc_request_duration_seconds", "gRPC method latency", ["method"], buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.grpc_codes = Counter(
+            "spearlet_grpc_requests_total", "gRPC calls by status code", ["method", "code"], registry=r
+        )
+        self._completions: deque[float] = deque()
+        r.register(_LiveFigures(scheduler, pools, self))
+
+    def on_event(self, event: Event, record: ExecutionRecord) -> None:
+        if event is Event.STARTED and record.attempts == 1:
+            self.queue_wait.labels(record.task_id).observe(record.queue_wait_ms / 1000)
+        elif event is Event.FINISHED:
+            labels = (record.task_id, record.function_name)
+            self.finished.labels(*labels, record.status.name.lower()).inc()
+            if record.started_at:
+                self.duration.labels(*labels).observe(record.execution_time_ms / 1000)
+            if record.status is Status.COMPLETED:
+                self._completions.append(time.monotonic())
+
+    def completion_rate(self, window_s: float = 60.0) -> float:
+        """Executions completed per second over the last minute."""
+        cutoff = time.monotonic() - window_s
+        while self._completions and self._completions[0] < cutoff:
+            self._completions.popleft()
+        return len(self._completions) / window_s
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def interceptor(self) -> grpc.aio.ServerInterceptor:
+        return _Timing(self)
+
+
+class _LiveFigures(Collector):
+    def __init__(self, scheduler: Scheduler, pools: dict[str, Pool], metrics: Metrics) -> None:
+        self.scheduler = scheduler
+        self.pools = pools
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        s = self.scheduler
+        yield GaugeMetricFamily("spearlet_running_executions", "Executions running now", value=s.running_count)
+        yield GaugeMetricFamily(
+            "spearlet_queue_length", "Executions waiting in the scheduler's queues", value=s.pending_count
+        )
+        yield GaugeMetricFamily(
+            "spearlet_pending_executions", "Accepted executions not finished (queued or running)",
+            value=s.pending_count + s.running_count,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "spearlet_completion_rate", "Executions completed per second over the last minute",
+            value=self.metrics.completion_rate(),
+        )  # fmt: skip
+        size = GaugeMetricFamily("spearlet_pool_instances", "Warm instances per task", labels=["runtime", "task"])
+        hits = CounterMetricFamily(
+            "spearlet_pool_warm_hits", "Calls served by an already warm instance", labels=["runtime"]
+        )
+        started = CounterMetricFamily("spearlet_pool_instances_started", "Instances started", labels=["runtime"])
+        for runtime, pool in self.pools.items():
+            for task_id, count in pool.sizes().items():
+                size.add_metric([runtime, task_id], count)
+            hits.add_metric([runtime], pool.warm_hits)
+            started.add_metric([runtime], pool.started)
+        yield size
+        yield hits
+        yield started
+
+
+class _Timing(grpc.aio.ServerInterceptor):
+    """Latency and status code of every gRPC call, streaming ones included."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        if method == "GetExecutionStatus":
+            self.metrics.status_queries.labels("grpc").inc()
+
+        def done(started: float) -> Callable[[Any], None]:
+            def record(context: Any) -> None:
+                code = context.code() or grpc.StatusCode.OK
+                self.metrics.grpc_latency.labels(method).observe(time.perf_counter() - started)
+                self.metrics.grpc_codes.labels(method, code.name if hasattr(code, "name") else str(code)).inc()
+
+            return record
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                context.add_done_callback(done(time.perf_counter()))
+                return await inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                context.add_done_callback(done(time.perf_counter()))
+                async for message in inner_stream(request, context):
+                    yield message
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
