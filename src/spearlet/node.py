@@ -109,7 +109,7 @@ class Node:
         if resubmitted or failed:
             log.warning("recovered unfinished executions: %d resubmitted, %d failed", resubmitted, failed)
         self._grpc, self.grpc_port, health_servicer = build_server(
-            self.api, f"{s.host}:{s.grpc_port}", interceptors=[self.metrics.interceptor()]
+            self.api, f"{s.host}:{s.grpc_port}", observe=self.metrics.observe_grpc
         )
         await self._grpc.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)

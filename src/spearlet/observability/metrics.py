@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -78,8 +76,11 @@ class Metrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    def interceptor(self) -> grpc.aio.ServerInterceptor:
-        return _Timing(self)
+    def observe_grpc(self, method: str, code: str, seconds: float) -> None:
+        self.grpc_latency.labels(method).observe(seconds)
+        self.grpc_codes.labels(method, code).inc()
+        if method == "GetExecutionStatus":
+            self.status_queries.labels("grpc").inc()
 
 
 class _LiveFigures(Collector):
@@ -115,51 +116,3 @@ class _LiveFigures(Collector):
         yield size
         yield hits
         yield started
-
-
-class _Timing(grpc.aio.ServerInterceptor):
-    """Latency and status code of every gRPC call, streaming ones included."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        method = details.method.rsplit("/", 1)[-1]
-        if method == "GetExecutionStatus":
-            self.metrics.status_queries.labels("grpc").inc()
-
-        def done(started: float) -> Callable[[Any], None]:
-            def record(context: Any) -> None:
-                code = context.code() or grpc.StatusCode.OK
-                self.metrics.grpc_latency.labels(method).observe(time.perf_counter() - started)
-                self.metrics.grpc_codes.labels(method, code.name if hasattr(code, "name") else str(code)).inc()
-
-            return record
-
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                context.add_done_callback(done(time.perf_counter()))
-                return await inner(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                context.add_done_callback(done(time.perf_counter()))
-                async for message in inner_stream(request, context):
-                    yield message
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
-            )
-        return handler

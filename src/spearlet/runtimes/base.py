@@ -88,6 +88,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self._callbacks: list[Callable[[], None]] = []
         self.force = False
         self.reason = ""
 
@@ -95,6 +96,17 @@ class StopRequest:
         self.force = self.force or force
         self.reason = self.reason or reason
         self._event.set()
+        for callback in list(self._callbacks):
+            callback()
+
+    def on_request(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` when a stop is requested (now, if it was already); returns the
+        unregistering function. Cheaper than a task waiting on `wait()` for every call."""
+        if self.requested:
+            callback()
+            return lambda: None
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
 
     @property
     def requested(self) -> bool:

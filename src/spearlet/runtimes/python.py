@@ -128,9 +128,13 @@ class PythonWorker(Instance):
         tail = self.stderr.data.decode("utf-8", errors="replace").strip()
         return f"the instance died (exit {code}){': ' + tail[-2000:] if tail else ''}"
 
-    async def stop(self) -> None:
+    def kill(self) -> None:
+        """Kill at once (its pipe then closes, which ends a call in progress)."""
         self.broken = True
         kill_group(self.pid)
+
+    async def stop(self) -> None:
+        self.kill()
         await asyncio.shield(self.exited)
         kill_group(self.pid)  # whatever it left in its group
         if self._writer is not None:
@@ -209,38 +213,39 @@ class PythonRuntime(Runtime):
         assert isinstance(worker, PythonWorker)
         started = time.monotonic()
         logs: list[str] = []
-        call = asyncio.ensure_future(self._call(worker, invocation, logs))
-        stopped = asyncio.ensure_future(stop.wait())
-        timeout = limits.timeout_ms / 1000 if limits.timeout_ms > 0 else None
-        healthy = True
-        outcome: Outcome
+        # A call cannot be interrupted inside the worker: a timeout or a cancel kills the worker,
+        # which ends the call, and the pool replaces it.
+        interrupted = ""
+
+        def interrupt(reason: str) -> None:
+            nonlocal interrupted
+            if not interrupted:
+                interrupted = reason
+                worker.kill()
+
+        timer = (
+            asyncio.get_running_loop().call_later(limits.timeout_ms / 1000, interrupt, "timeout")
+            if limits.timeout_ms > 0
+            else None
+        )
+        unregister = stop.on_request(lambda: interrupt("cancel"))
         try:
-            done, _ = await asyncio.wait({call, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if call in done:
-                outcome = call.result()
-                healthy = worker.alive
-            else:
-                call.cancel()
-                healthy = False
-                await worker.stop()  # a call cannot be interrupted inside the worker: replace it
-                if stopped in done:
-                    reason = f": {stop.reason}" if stop.reason else ""
-                    outcome = Outcome(Status.CANCELLED, error_code="CANCELLED", error_message=f"cancelled{reason}")
-                else:
-                    outcome = Outcome(
-                        Status.TIMEOUT,
-                        error_code="TIMEOUT",
-                        error_message=f"the function did not finish within {limits.timeout_ms} ms",
-                    )
+            outcome = await self._call(worker, invocation, logs)
         except BaseException:
-            healthy = False
-            call.cancel()
-            await asyncio.shield(worker.stop())
+            worker.kill()  # the node is shutting down: leave nothing behind
             raise
         finally:
-            stopped.cancel()
+            if timer is not None:
+                timer.cancel()
+            unregister()
             elapsed_ms = (time.monotonic() - started) * 1000
-            self.pool.release(task, worker, elapsed_ms, healthy)
+            self.pool.release(task, worker, elapsed_ms, healthy=worker.alive)
+        if interrupted == "cancel":
+            reason = f": {stop.reason}" if stop.reason else ""
+            outcome = Outcome(Status.CANCELLED, error_code="CANCELLED", error_message=f"cancelled{reason}")
+        elif interrupted == "timeout":
+            message = f"the function did not finish within {limits.timeout_ms} ms"
+            outcome = Outcome(Status.TIMEOUT, error_code="TIMEOUT", error_message=message)
         outcome.execution_time_ms = round(elapsed_ms)
         outcome.memory_used_bytes = worker.memory.peak
         outcome.instance_id = worker.instance_id
