@@ -1,4 +1,5 @@
-"""Warm Python invocation over gRPC against the bare echo floor, and fresh-worker start time.
+"""Warm Python invocation over gRPC against the bare echo floor, fresh-worker start time, and the
+latency of a durable async accept.
 
     python bench/warm_python.py [--runs 3] [--calls 2000]
 
@@ -20,6 +21,10 @@ NOOP = pb.InvokeFunctionRequest(
     invocation_type=pb.INVOCATION_TYPE_EXISTING_TASK, task_id="greet", function_name="noop",
     execution_mode=pb.EXECUTION_MODE_SYNC,
 )  # fmt: skip
+ACCEPT = pb.InvokeFunctionRequest(
+    invocation_type=pb.INVOCATION_TYPE_EXISTING_TASK, task_id="greet", function_name="noop",
+    execution_mode=pb.EXECUTION_MODE_ASYNC,
+)  # fmt: skip
 FRESH = pb.InvokeFunctionRequest(
     invocation_type=pb.INVOCATION_TYPE_EXISTING_TASK, task_id="greet", function_name="noop",
     execution_mode=pb.EXECUTION_MODE_SYNC, force_new_instance=True,
@@ -33,6 +38,7 @@ async def one_run(node_target: str, echo_target: str, calls: int) -> dict[str, f
         floor = await latencies(lambda: echo.InvokeFunction(NOOP), calls)
         warm = await latencies(lambda: node.InvokeFunction(NOOP), calls)
         fresh = await latencies(lambda: node.InvokeFunction(FRESH), 40, warmup=3)
+        accept = await latencies(lambda: node.InvokeFunction(ACCEPT), 500, warmup=20)
     return {
         "echo_p50_ms": percentile(floor, 0.5),
         "echo_p99_ms": percentile(floor, 0.99),
@@ -43,6 +49,8 @@ async def one_run(node_target: str, echo_target: str, calls: int) -> dict[str, f
         "warm_over_echo_p50": percentile(warm, 0.5) / percentile(floor, 0.5),
         "fresh_worker_call_p50_ms": percentile(fresh, 0.5),
         "fresh_worker_call_p95_ms": percentile(fresh, 0.95),
+        "async_accept_p50_ms": percentile(accept, 0.5),
+        "async_accept_p99_ms": percentile(accept, 0.99),
     }
 
 

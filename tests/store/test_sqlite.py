@@ -535,3 +535,37 @@ async def test_a_store_from_before_the_result_cache_opens_and_gains_the_column(t
         assert (await store.get_execution(record.execution_id)) is not None
     finally:
         await store.close()
+
+
+async def test_expire_removes_old_terminal_records_but_never_unfinished_ones(store: SqliteStore) -> None:
+    old_done = make_record(status=Status.COMPLETED, completed_at=1_000)
+    old_failed = make_record(status=Status.FAILED, completed_at=2_000)
+    recent_done = make_record(status=Status.COMPLETED, completed_at=now_ms())
+    old_pending = make_record(status=Status.PENDING, created_at=500)
+    old_running = make_record(status=Status.RUNNING, created_at=600, started_at=700)
+    for record in (old_done, old_failed, recent_done, old_pending, old_running):
+        assert await store.create_execution(record) is None
+    removed = await store.expire(before_ms=now_ms() - 60_000, keep=100)
+    assert removed == 2
+    left = {r.execution_id for r in (await store.list_executions("", Status.UNKNOWN, 100, "")).executions}
+    assert left == {recent_done.execution_id, old_pending.execution_id, old_running.execution_id}
+
+
+async def test_expire_keeps_only_the_newest_terminal_records_beyond_the_count(store: SqliteStore) -> None:
+    done = [make_record(status=Status.COMPLETED, completed_at=now_ms()) for _ in range(5)]
+    running = make_record(status=Status.RUNNING)
+    for record in [*done, running]:
+        assert await store.create_execution(record) is None
+    removed = await store.expire(before_ms=0, keep=2)
+    assert removed == 3
+    left = {r.execution_id for r in (await store.list_executions("", Status.UNKNOWN, 100, "")).executions}
+    assert left == {done[-1].execution_id, done[-2].execution_id, running.execution_id}
+
+
+async def test_queued_writes_are_seen_by_the_next_operation_in_order(store: SqliteStore) -> None:
+    record = make_record(status=Status.PENDING)
+    store.queue_insert(record)
+    running = dataclasses.replace(record, status=Status.RUNNING, attempts=1, started_at=now_ms())
+    store.queue_transition(running)
+    got = await store.get_execution(record.execution_id)
+    assert got is not None and got.status is Status.RUNNING and got.attempts == 1
