@@ -40,6 +40,23 @@ DEFAULT_TARGET = "127.0.0.1:50052"
 STATUS = {v.number: v.name.removeprefix("EXECUTION_STATUS_") for v in pb.ExecutionStatus.DESCRIPTOR.values}
 
 
+_client = {"token": ""}
+
+
+@app.callback()
+def client_options(
+    token: Annotated[
+        str, typer.Option(envvar="SPEARLET_TOKEN", help="access token of the node", show_default=False)
+    ] = "",
+) -> None:
+    """spearlet: a function-execution node for SPEAR."""
+    _client["token"] = token
+
+
+def _auth() -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {_client['token']}")] if _client["token"] else []
+
+
 def main() -> None:
     app()
 
@@ -59,6 +76,12 @@ def serve(
         typer.Option(help="tasks file to register at start; 'none' for none [default: bundled examples]"),
     ] = None,
     node_id: Annotated[str | None, typer.Option(help="this node's name [default: hostname]")] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="file holding the access token (or set SPEARLET_TOKEN)", exists=True)
+    ] = None,
+    insecure: Annotated[
+        bool | None, typer.Option("--insecure", help="allow a non-loopback host without a token")
+    ] = None,
 ) -> None:
     """Run a node until SIGINT or SIGTERM. Every option is also a SPEARLET_* variable."""
     from spearlet.node import serve as run_node
@@ -74,7 +97,10 @@ def serve(
             data_dir=data_dir,
             tasks=tasks,
             node_id=node_id,
+            token_file=token_file,
+            insecure=insecure,
         )
+        settings.check_exposure()
     except Exception as exc:
         err_console.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -93,7 +119,7 @@ def _call(target: str, method: str, request: Message, service: str = "FunctionSe
     with grpc.insecure_channel(target) as channel:
         stub = stub_class(channel)
         try:
-            return getattr(stub, method)(request)
+            return getattr(stub, method)(request, metadata=_auth())
         except grpc.RpcError as exc:
             code = exc.code()
             detail = exc.details()
@@ -210,7 +236,7 @@ def _stream(target: str, service: str, method: str, request: Message) -> Iterato
     with grpc.insecure_channel(target) as channel:
         stub = getattr(pb_grpc, f"{service}Stub")(channel)
         try:
-            yield from getattr(stub, method)(request)
+            yield from getattr(stub, method)(request, metadata=_auth())
         except grpc.RpcError as exc:
             err_console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
             raise typer.Exit(2) from exc

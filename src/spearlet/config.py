@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,6 +16,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPEARLET_", extra="forbid")
 
     host: str = "127.0.0.1"
+    # With a token (or a file holding one), every gRPC and HTTP call needs `Authorization: Bearer <token>`.
+    token: SecretStr = SecretStr("")
+    token_file: Path | None = None
+    # Serve a non-loopback address without a token anyway.
+    insecure: bool = False
     grpc_port: int = Field(50052, ge=0, le=65535)
     http_port: int = Field(8081, ge=0, le=65535)
     data_dir: Path = Path(".spearlet")
@@ -39,6 +45,13 @@ class Settings(BaseSettings):
     open_files: int = Field(1024, ge=0)
     max_retries_cap: int = Field(10, ge=0)
 
+    # Artifacts: allowed URL schemes ("file" covers plain paths), local directories (empty: any),
+    # and whether every artifact must name its sha256 checksum.
+    artifact_schemes: list[str] = Field(default_factory=lambda: ["file", "http", "https"])
+    artifact_dirs: list[Path] = Field(default_factory=list)
+    require_checksum: bool = False
+    max_parameters: int = Field(256, ge=1)
+
     # Where completion callbacks may go: host names, IP addresses or CIDR networks ("*" for anywhere).
     callback_allow: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1", "localhost"])
 
@@ -61,6 +74,23 @@ class Settings(BaseSettings):
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    def access_token(self) -> str:
+        """The token from `token` or `token_file` (empty: no access control)."""
+        if self.token.get_secret_value():
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            return self.token_file.read_text().strip()
+        return ""
+
+    def check_exposure(self) -> None:
+        """Refuse to serve beyond loopback without a token, unless told `insecure`."""
+        if is_loopback(self.host) or self.insecure or self.access_token():
+            return
+        raise ValueError(
+            f"refusing to serve on {self.host!r} without a token: set --token or --token-file, "
+            "or pass --insecure to serve an open node on the network"
+        )
+
     @property
     def db_path(self) -> Path:
         return self.data_dir / "spearlet.db"
@@ -68,3 +98,12 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

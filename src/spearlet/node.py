@@ -80,7 +80,13 @@ class Node:
             "wasm": WasmRuntime(settings),
         }
         self.lifecycle = Lifecycle()
-        self.tasks = TaskRegistry(self.store, ArtifactFetcher(settings.cache_dir), self.runtimes)
+        fetcher = ArtifactFetcher(
+            settings.cache_dir,
+            schemes=settings.artifact_schemes,
+            local_dirs=settings.artifact_dirs,
+            require_checksum=settings.require_checksum,
+        )
+        self.tasks = TaskRegistry(self.store, fetcher, self.runtimes)
         self.scheduler = Scheduler(settings, self.store, self.runtimes, self.lifecycle)
         self.invoker = Invoker(settings, self.store, self.tasks, self.scheduler, self.lifecycle)
         self.api = FunctionApi(self.invoker)
@@ -100,6 +106,8 @@ class Node:
 
     async def start(self) -> None:
         s = self.settings
+        s.check_exposure()
+        token = s.access_token()
         s.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
         await self._register_start_tasks()
@@ -109,13 +117,13 @@ class Node:
         if resubmitted or failed:
             log.warning("recovered unfinished executions: %d resubmitted, %d failed", resubmitted, failed)
         self._grpc, self.grpc_port, health_servicer = build_server(
-            self.api, f"{s.host}:{s.grpc_port}", observe=self.metrics.observe_grpc
+            self.api, f"{s.host}:{s.grpc_port}", observe=self.metrics.observe_grpc, token=token
         )
         await self._grpc.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         sock = socket.create_server((s.host, s.http_port), family=_family(s.host), reuse_port=False)
         self.http_port = sock.getsockname()[1]
-        app = create_app(self.api, self.metrics)
+        app = create_app(self.api, self.metrics, token=token)
         config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
         self._http = _EmbeddedUvicorn(config)
         self._http_task = asyncio.get_running_loop().create_task(self._http.serve(sockets=[sock]))
@@ -165,6 +173,10 @@ def _family(host: str) -> socket.AddressFamily:
 
 async def serve(settings: Settings, announce: Any = print) -> None:
     """Run a node until SIGINT or SIGTERM, then shut down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before anyone can learn that we listen
+        loop.add_signal_handler(sig, stop.set)
     node = Node(settings)
     await node.start()
     host = settings.host
@@ -172,10 +184,6 @@ async def serve(settings: Settings, announce: Any = print) -> None:
     announce(f"  gRPC  {host}:{node.grpc_port}")
     announce(f"  HTTP  http://{host}:{node.http_port}")
     announce(f"  data  {settings.data_dir.resolve()}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:

@@ -194,8 +194,42 @@ async def test_empty_location_is_refused(fetcher: ArtifactFetcher) -> None:
 @pytest.mark.parametrize("location", ["ftp://example.com/tool.sh", "s3://bucket/tool.sh"])
 async def test_unsupported_scheme_is_refused(fetcher: ArtifactFetcher, location: str) -> None:
     scheme = location.split(":", 1)[0]
-    with pytest.raises(InvalidArgument, match=f"unsupported scheme '{scheme}'"):
+    with pytest.raises(InvalidArgument, match=f"scheme '{scheme}' is not allowed"):
         await fetcher.fetch(location)
+
+
+async def test_only_the_configured_schemes_are_allowed(tmp_path: Path) -> None:
+    local_only = ArtifactFetcher(tmp_path / "cache", schemes=["file"])
+    with pytest.raises(InvalidArgument, match="scheme 'https' is not allowed"):
+        await local_only.fetch("https://example.com/tool.sh")
+    no_local = ArtifactFetcher(tmp_path / "cache", schemes=["https"])
+    (tmp_path / "x.sh").write_text("#!/bin/sh\n")
+    with pytest.raises(InvalidArgument, match="scheme 'file' is not allowed"):
+        await no_local.fetch(str(tmp_path / "x.sh"))
+
+
+async def test_local_artifacts_must_lie_in_the_allowed_directories(tmp_path: Path) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "ok.sh").write_text("#!/bin/sh\n")
+    outside = tmp_path / "secret.sh"
+    outside.write_text("#!/bin/sh\n")
+    (allowed / "link.sh").symlink_to(outside)
+    fetcher = ArtifactFetcher(tmp_path / "cache", local_dirs=[allowed])
+    assert (await fetcher.fetch(str(allowed / "ok.sh"))).path == (allowed / "ok.sh").resolve()
+    for sneaky in (str(allowed / ".." / "secret.sh"), str(allowed / "link.sh"), f"file://{outside}", "/etc/passwd"):
+        with pytest.raises(InvalidArgument, match="outside the directories"):
+            await fetcher.fetch(sneaky)
+
+
+async def test_a_required_checksum_must_be_given(tmp_path: Path) -> None:
+    path = tmp_path / "t.sh"
+    path.write_text("#!/bin/sh\n")
+    fetcher = ArtifactFetcher(tmp_path / "cache", require_checksum=True)
+    with pytest.raises(InvalidArgument, match="requires artifact_spec.checksum"):
+        await fetcher.fetch(str(path))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (await fetcher.fetch(str(path), f"sha256:{digest}")).digest == digest
 
 
 async def test_directory_is_accepted_without_checksum_and_has_no_digest(

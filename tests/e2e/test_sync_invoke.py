@@ -218,6 +218,13 @@ def test_malformed_requests_are_invalid_argument(
     assert words in err.value.details()
 
 
+def test_too_many_parameters_are_refused(node: NodeProcess) -> None:
+    many = [pb.FunctionParameter(name=f"p{i}") for i in range(300)]
+    with pytest.raises(grpc.RpcError) as err:
+        node.stub().InvokeFunction(existing("echo", parameters=many))
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "at most 256" in err.value.details()
+
+
 def test_unsupported_parameter_type_names_the_parameter(node: NodeProcess) -> None:
     bad = pb.FunctionParameter(name="when")
     bad.value.type_url = "type.googleapis.com/google.protobuf.Timestamp"
@@ -233,7 +240,7 @@ def test_bad_artifacts_are_refused_clearly(node: NodeProcess, tmp_path: Path) ->
     cases = [
         (str(tmp_path / "missing"), "does not exist"),
         (str(not_exec), "not executable"),
-        ("ftp://example.com/x", "unsupported scheme"),
+        ("ftp://example.com/x", "scheme 'ftp' is not allowed"),
     ]
     for location, words in cases:
         spec = pb.ArtifactSpec(artifact_type="process", location=location)

@@ -230,6 +230,12 @@ def test_broken_code_is_refused_at_registration(node: NodeProcess, tmp_path: Pat
     with pytest.raises(grpc.RpcError) as err:
         register(node, "badstrategy", tmp_path / "broken.py", strategy="fastest")
     assert "strategy" in err.value.details()
+    escaping = tmp_path / "escape.zip"
+    with zipfile.ZipFile(escaping, "w") as z:
+        z.writestr("../../evil.py", "def handler():\n    pass\n")
+    with pytest.raises(grpc.RpcError) as err:
+        register(node, "escape", escaping, entry="evil:handler")
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "unsafe entry" in err.value.details()
 
 
 def test_min_instances_are_started_at_registration(node: NodeProcess, module_file: Path) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -53,32 +54,51 @@ def _verify(expected: str, actual: str, location: str) -> None:
 
 
 class ArtifactFetcher:
-    def __init__(self, cache_dir: Path, max_bytes: int = 256 << 20, download_timeout_s: float = 60.0) -> None:
+    """Fetches within a policy: the URL schemes allowed ("file" covers plain paths), the local
+    directories allowed (none listed: any), and whether a checksum is required."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        max_bytes: int = 256 << 20,
+        download_timeout_s: float = 60.0,
+        schemes: Sequence[str] = ("file", "http", "https"),
+        local_dirs: Sequence[Path] = (),
+        require_checksum: bool = False,
+    ) -> None:
         self.cache_dir = cache_dir
         self.max_bytes = max_bytes
         self.download_timeout_s = download_timeout_s
+        self.schemes = tuple(schemes)
+        self.local_dirs = tuple(d.resolve() for d in local_dirs)
+        self.require_checksum = require_checksum
 
     async def fetch(self, location: str, checksum: str = "") -> Artifact:
         expected = parse_checksum(checksum)
         if not location:
             raise InvalidArgument("artifact_spec.location is required")
+        if self.require_checksum and not expected:
+            raise InvalidArgument("this node requires artifact_spec.checksum ('sha256:<hex>') for every artifact")
         parsed = urlparse(location)
-        if parsed.scheme in ("http", "https"):
-            return await self._download(location, expected)
-        if parsed.scheme == "file":
-            path = Path(unquote(parsed.path))
-        elif parsed.scheme == "" or len(parsed.scheme) == 1:  # plain path (or a drive letter)
-            path = Path(location)
-        else:
+        scheme = parsed.scheme if len(parsed.scheme) > 1 else "file"  # a plain path (or a drive letter)
+        if scheme not in self.schemes:
             raise InvalidArgument(
-                f"artifact location {location[:200]!r} has unsupported scheme {parsed.scheme!r}: "
-                "use a local path, file://, http:// or https://"
+                f"artifact location {location[:200]!r}: scheme {scheme!r} is not allowed on this node "
+                f"(allowed: {', '.join(self.schemes)})"
             )
+        if scheme in ("http", "https"):
+            return await self._download(location, expected)
+        if scheme != "file":
+            raise InvalidArgument(f"artifact location {location[:200]!r}: unsupported scheme {scheme!r}")
+        path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(location)
         return await asyncio.to_thread(self._local, path.expanduser(), expected, location)
 
     def _local(self, path: Path, expected: str, location: str) -> Artifact:
-        if not path.is_absolute():
-            path = path.resolve()
+        path = path.resolve()  # symlinks and `..` resolved before the directory check
+        if self.local_dirs and not any(path.is_relative_to(d) for d in self.local_dirs):
+            raise InvalidArgument(
+                f"artifact location {location!r} is outside the directories this node serves artifacts from"
+            )
         if not path.exists():
             raise InvalidArgument(f"artifact location {location!r} does not exist")
         if path.is_dir():

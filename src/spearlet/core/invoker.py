@@ -263,6 +263,8 @@ class Invoker:
         )
 
     def _new_record(self, req: InvokeRequest, task: Task) -> ExecutionRecord:
+        if len(req.params) > self.settings.max_parameters:
+            raise InvalidArgument(f"{len(req.params)} parameters given, at most {self.settings.max_parameters} allowed")
         timeout_ms = req.timeout_ms or int(task.metadata.get("timeout_ms") or 0) or self.settings.default_timeout_ms
         if req.timeout_ms < 0 or timeout_ms > MAX_TIMEOUT_MS:
             raise InvalidArgument(f"context.timeout_ms must be between 0 and {MAX_TIMEOUT_MS}, got {req.timeout_ms}")

@@ -43,6 +43,17 @@ _HEADER = struct.Struct(">I")
 START_TIMEOUT_S = 60.0
 
 
+def check_zip(path: Path, location: str) -> None:
+    """A zip must be one, and name no file outside itself (absolute or `..` paths)."""
+    if not zipfile.is_zipfile(path):
+        raise InvalidArgument(f"python artifact {location!r} is not a valid zip file")
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            parts = Path(name).parts
+            if name.startswith(("/", "\\")) or ".." in parts:
+                raise InvalidArgument(f"python artifact {location!r} has an unsafe entry {name!r}")
+
+
 class WorkerGone(Exception):
     """The worker died or broke the protocol."""
 
@@ -181,8 +192,8 @@ class PythonRuntime(Runtime):
 
     async def prepare(self, task: Task) -> None:
         path = Path(task.local_path)
-        if path.suffix == ".zip" and not zipfile.is_zipfile(path):
-            raise InvalidArgument(f"python artifact {task.location!r} is not a valid zip file")
+        if path.suffix == ".zip":
+            check_zip(path, task.location)
         code_location(task)
         PoolSettings.of(task, self.settings.max_concurrency)
         await self.pool.forget(task.task_id)

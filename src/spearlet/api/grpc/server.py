@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from spearlet.api.auth import GrpcTokenInterceptor, TokenCheck
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 from spearlet.api.service import FunctionApi
@@ -169,10 +170,15 @@ async def _stream_errors(
 
 
 def build_server(
-    api: FunctionApi, address: str, observe: Observer = _ignore, max_message_bytes: int = 8 << 20
+    api: FunctionApi,
+    address: str,
+    observe: Observer = _ignore,
+    token: str = "",
+    max_message_bytes: int = 8 << 20,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A grpc.aio server with every service added, bound to `address`; returns it and its port."""
     server = grpc.aio.server(
+        interceptors=[GrpcTokenInterceptor(TokenCheck(token))] if token else None,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

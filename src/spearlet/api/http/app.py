@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from spearlet import __version__
+from spearlet.api.auth import DENIED, HEADER, TokenCheck
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.service import FunctionApi
 from spearlet.api.views import record_json
@@ -93,7 +94,9 @@ async def _first_or_error(messages: AsyncGenerator[pb.StreamExecutionResult, Non
     return StreamingResponse(sse(rest()), media_type=_STREAM, headers={"Cache-Control": "no-store"})
 
 
-def create_app(api: FunctionApi, metrics: Metrics | None = None, max_request_bytes: int = 8 << 20) -> FastAPI:
+def create_app(
+    api: FunctionApi, metrics: Metrics | None = None, max_request_bytes: int = 8 << 20, token: str = ""
+) -> FastAPI:
     app = FastAPI(
         title="spearlet",
         version=__version__,
@@ -103,6 +106,16 @@ def create_app(api: FunctionApi, metrics: Metrics | None = None, max_request_byt
     @app.exception_handler(SpearletError)
     async def request_error(_: Request, exc: SpearletError) -> JSONResponse:
         return error(HTTP_STATUS.get(exc.code, 500), exc.code, str(exc))
+
+    check = TokenCheck(token) if token else None
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if check is not None and not check.allows(request.headers.get(HEADER)):
+            response = error(401, "UNAUTHENTICATED", DENIED)
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        return await call_next(request)
 
     @app.middleware("http")
     async def limit_size(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
