@@ -63,7 +63,9 @@ def test_the_cli_sends_the_token_from_the_environment(guarded: NodeProcess) -> N
     cli = [sys.executable, "-m", "spearlet", "invoke", "hello", "--target", guarded.grpc_target]
     refused = subprocess.run(cli, capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
     assert refused.returncode == 2 and "UNAUTHENTICATED" in refused.stderr
-    ok = subprocess.run(cli, capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "SPEARLET_TOKEN": TOKEN})
+    ok = subprocess.run(
+        cli, capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "SPEARLET_TOKEN": TOKEN}
+    )
     assert ok.returncode == 0, ok.stderr
 
 

@@ -226,7 +226,7 @@ async def test_a_required_checksum_must_be_given(tmp_path: Path) -> None:
     path = tmp_path / "t.sh"
     path.write_text("#!/bin/sh\n")
     fetcher = ArtifactFetcher(tmp_path / "cache", require_checksum=True)
-    with pytest.raises(InvalidArgument, match="requires artifact_spec.checksum"):
+    with pytest.raises(InvalidArgument, match=r"requires artifact_spec\.checksum"):
         await fetcher.fetch(str(path))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert (await fetcher.fetch(str(path), f"sha256:{digest}")).digest == digest
@@ -331,3 +331,16 @@ async def test_unreachable_server_is_refused(fetcher: ArtifactFetcher, cache_dir
     with pytest.raises(InvalidArgument, match="failed"):
         await fetcher.fetch(f"http://127.0.0.1:{port}/tool.sh")
     assert cache_entries(cache_dir) == []
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "file:///dev/urandom", "/proc/self/fd/0"])
+async def test_devices_and_special_files_are_refused(fetcher: ArtifactFetcher, device: str) -> None:
+    with pytest.raises(InvalidArgument, match=r"not a regular file|does not exist"):
+        await fetcher.fetch(device)
+
+
+async def test_a_local_file_over_the_size_limit_is_refused(tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * 2048)
+    with pytest.raises(InvalidArgument, match="larger than 1024 bytes"):
+        await ArtifactFetcher(tmp_path / "cache", max_bytes=1024).fetch(str(big))

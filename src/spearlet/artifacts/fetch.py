@@ -77,6 +77,8 @@ class ArtifactFetcher:
         expected = parse_checksum(checksum)
         if not location:
             raise InvalidArgument("artifact_spec.location is required")
+        if len(location) > 4096 or any(ord(c) < 32 for c in location):
+            raise InvalidArgument("artifact_spec.location must be at most 4096 characters, without control characters")
         if self.require_checksum and not expected:
             raise InvalidArgument("this node requires artifact_spec.checksum ('sha256:<hex>') for every artifact")
         parsed = urlparse(location)
@@ -101,6 +103,10 @@ class ArtifactFetcher:
             )
         if not path.exists():
             raise InvalidArgument(f"artifact location {location!r} does not exist")
+        if not path.is_file() and not path.is_dir():
+            raise InvalidArgument(f"artifact location {location!r} is not a regular file or a directory")
+        if path.is_file() and path.stat().st_size > self.max_bytes:
+            raise InvalidArgument(f"artifact {location!r} is larger than {self.max_bytes} bytes")
         if path.is_dir():
             # A package directory (python runtime) has no single digest; its path identifies it.
             if expected:

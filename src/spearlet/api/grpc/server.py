@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -22,7 +23,7 @@ from spearlet.api.auth import GrpcTokenInterceptor, TokenCheck
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 from spearlet.api.service import FunctionApi
-from spearlet.core.errors import SpearletError
+from spearlet.core.errors import InvalidArgument, SpearletError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ def _errors(handler: Handler[R]) -> Handler[R]:
         started = time.perf_counter()
         code = "OK"
         try:
+            if isinstance(request, Malformed):
+                raise InvalidArgument(request.message)
             return await handler(self, request, context)
         except SpearletError as exc:
             status = _CODES.get(exc.code, grpc.StatusCode.INTERNAL)
@@ -96,7 +99,7 @@ class FunctionService(_Servicer, pb_grpc.FunctionServiceServicer):
     async def StreamFunction(
         self, request: pb.InvokeFunctionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncGenerator[pb.StreamExecutionResult, None]:
-        async for message in _stream_errors(self, "StreamFunction", self.api.stream(request), context):
+        async for message in _stream_errors(self, "StreamFunction", self.api.stream, request, context):
             yield message
 
     @_errors
@@ -140,33 +143,68 @@ class WatchService(_Servicer, pb_grpc.WatchServiceServicer):
     async def WatchExecution(
         self, request: pb.WatchExecutionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncGenerator[pb.StreamExecutionResult, None]:
-        async for message in _stream_errors(self, "WatchExecution", self.api.watch(request), context):
+        async for message in _stream_errors(self, "WatchExecution", self.api.watch, request, context):
             yield message
 
 
 async def _stream_errors(
     servicer: _Servicer,
     method: str,
-    messages: AsyncGenerator[pb.StreamExecutionResult, None],
+    stream: Callable[[Any], AsyncGenerator[pb.StreamExecutionResult, None]],
+    request: Any,
     context: grpc.aio.ServicerContext,
 ) -> AsyncGenerator[pb.StreamExecutionResult, None]:
     """`_errors` for server-streaming methods. A client that goes away cancels this generator,
-    and closing `messages` lets the core react (a stream cancels its execution)."""
+    and closing the stream lets the core react (a stream cancels its execution)."""
     started = time.perf_counter()
     code = "OK"
-    async with contextlib.aclosing(messages):
-        try:
+    try:
+        if isinstance(request, Malformed):
+            raise InvalidArgument(request.message)
+        async with contextlib.aclosing(stream(request)) as messages:
             async for message in messages:
                 yield message
-        except SpearletError as exc:
-            status = _CODES.get(exc.code, grpc.StatusCode.INTERNAL)
-            code = status.name
-            await context.abort(status, str(exc))
-        except BaseException as exc:
-            code = "CANCELLED" if isinstance(exc, asyncio.CancelledError | GeneratorExit) else "UNKNOWN"
-            raise
-        finally:
-            servicer.observe(method, code, time.perf_counter() - started)
+    except SpearletError as exc:
+        status = _CODES.get(exc.code, grpc.StatusCode.INTERNAL)
+        code = status.name
+        await context.abort(status, str(exc))
+    except BaseException as exc:
+        code = "CANCELLED" if isinstance(exc, asyncio.CancelledError | GeneratorExit) else "UNKNOWN"
+        raise
+    finally:
+        servicer.observe(method, code, time.perf_counter() - started)
+
+
+class Malformed:
+    """What a request that does not parse becomes; the servicer answers INVALID_ARGUMENT."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _parser(cls: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    def parse(data: bytes) -> Message | Malformed:
+        try:
+            return cls.FromString(data)
+        except DecodeError as exc:
+            return Malformed(f"the request is not a valid {cls.DESCRIPTOR.full_name}: {exc}")
+
+    return parse
+
+
+def _add_service(server: grpc.aio.Server, name: str, servicer: _Servicer) -> None:
+    """As the generated add_*_to_server, but a request that does not parse reaches the servicer
+    (as Malformed) instead of failing inside grpc with UNKNOWN."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name[name].methods:
+        request_cls = getattr(pb, method.input_type.name)
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_parser(request_cls),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(f"spearlet.{name}", handlers),))
 
 
 def build_server(
@@ -185,9 +223,9 @@ def build_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_FunctionServiceServicer_to_server(FunctionService(api, observe), server)
-    pb_grpc.add_TaskServiceServicer_to_server(TaskService(api, observe), server)
-    pb_grpc.add_WatchServiceServicer_to_server(WatchService(api, observe), server)
+    _add_service(server, "FunctionService", FunctionService(api, observe))
+    _add_service(server, "TaskService", TaskService(api, observe))
+    _add_service(server, "WatchService", WatchService(api, observe))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (
