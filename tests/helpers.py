@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -92,8 +93,27 @@ class NodeProcess:
             self.output.append(line.rstrip("\n"))
 
 
+def open_path(path: Path) -> Path:
+    """Let other users pass through pytest's private temporary directories down to `path`: as root
+    the node runs functions as `nobody`, who must reach the node's artifacts."""
+    path.mkdir(parents=True, exist_ok=True)
+    for directory in (path, *path.parents):
+        directory.chmod(directory.stat().st_mode | 0o111)
+        if directory.name.startswith("pytest-of-") or directory == Path(tempfile.gettempdir()):
+            break
+    return path
+
+
+def shared_dir(base: Path) -> Path:
+    """A directory functions may write to whoever they run as (for side effects tests observe)."""
+    path = open_path(base / "shared")
+    path.chmod(0o777)
+    return path
+
+
 def start_node(data_dir: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 30) -> NodeProcess:
     """`spearlet serve` as a real process on free ports; returns once it listens."""
+    open_path(data_dir)
     cmd = [
         sys.executable, "-m", "spearlet", "serve", "--data-dir", str(data_dir), "--grpc-port", "0", "--http-port", "0",
         *extra,

@@ -512,6 +512,7 @@ class StopAsItEnds(ProcessRuntime):
     and the scheduler recording it."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.scheduler: Scheduler | None = None
         self.accepted: list[bool] = []
 

@@ -86,6 +86,7 @@ def serve(
     """Run a node until SIGINT or SIGTERM. Every option is also a SPEARLET_* variable."""
     from spearlet.node import serve as run_node
     from spearlet.observability.logging import configure_logging
+    from spearlet.runtimes.sandbox import resolve_user
 
     configure_logging()
     try:
@@ -101,6 +102,7 @@ def serve(
             insecure=insecure,
         )
         settings.check_exposure()
+        resolve_user(settings.run_as)
     except Exception as exc:
         err_console.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     file_limit_mb: int = Field(1024, ge=0)
     open_files: int = Field(1024, ge=0)
     max_retries_cap: int = Field(10, ge=0)
+    # Processes the function user may have at once (binding when functions run as `run_as`).
+    max_processes: int = Field(256, ge=0)
+
+    # Who functions run as: "auto" is `nobody` when the node runs as root (else the node's user),
+    # "none" the node's user, or an account name.
+    run_as: str = "auto"
+    # Interpreter of python workers; empty: the node's own, or /usr/bin/python3 when the function
+    # user cannot run the node's.
+    python_executable: str = ""
 
     # Artifacts: allowed URL schemes ("file" covers plain paths), local directories (empty: any),
     # and whether every artifact must name its sha256 checksum.

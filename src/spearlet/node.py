@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import signal
 import socket
@@ -31,6 +32,7 @@ from spearlet.observability.metrics import Metrics
 from spearlet.runtimes.base import Runtime
 from spearlet.runtimes.process import ProcessRuntime
 from spearlet.runtimes.python import PythonRuntime
+from spearlet.runtimes.sandbox import kill_leftovers, resolve_user, set_node_mark, world_traversable
 from spearlet.runtimes.wasm import WasmRuntime
 from spearlet.scheduler import Scheduler
 from spearlet.store.sqlite import SqliteStore
@@ -74,9 +76,21 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = SqliteStore(settings.db_path)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.user = resolve_user(settings.run_as)
+        if self.user is not None:
+            # Functions run as another user: they may pass through the data dir to the artifacts,
+            # never list or read it (the store is 0600).
+            settings.data_dir.chmod(0o711)
+            if not world_traversable(settings.data_dir):
+                raise ValueError(
+                    f"functions run as {self.user.name!r}, who cannot reach the data dir "
+                    f"{settings.data_dir.resolve()} (a parent directory is closed to others): choose a data "
+                    "dir under an open path such as /var/lib/spearlet, or set run_as"
+                )
         self.runtimes: dict[str, Runtime] = {
-            "process": ProcessRuntime(),
-            "python": PythonRuntime(settings),
+            "process": ProcessRuntime(self.user),
+            "python": PythonRuntime(settings, self.user),
             "wasm": WasmRuntime(settings),
         }
         self.lifecycle = Lifecycle()
@@ -110,6 +124,11 @@ class Node:
         token = s.access_token()
         s.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
+        mark = hashlib.sha256(str(s.data_dir.resolve()).encode()).hexdigest()[:16]
+        left = kill_leftovers(mark)  # before this run starts anything with the same mark
+        if left:
+            log.warning("killed %d processes left by a previous run of this node", left)
+        set_node_mark(mark)
         await self._register_start_tasks()
         await self.tasks.warm_all()
         await self.invoker.expire_records()

@@ -98,11 +98,17 @@ def cache_entries(cache_dir: Path) -> list[str]:
 # Local files
 
 
-async def test_local_absolute_path_is_used_in_place(fetcher: ArtifactFetcher, artifact: Path, cache_dir: Path) -> None:
+async def test_a_local_file_is_staged_by_digest_keeping_its_name_and_mode(
+    fetcher: ArtifactFetcher, artifact: Path, cache_dir: Path
+) -> None:
+    artifact.chmod(0o700)
     got = await fetcher.fetch(str(artifact))
-    assert got.path == artifact
-    assert got.digest == DIGEST
-    assert cache_entries(cache_dir) == []
+    assert got.path == cache_dir / DIGEST / "tool.sh"
+    assert got.digest == DIGEST and got.path.read_bytes() == CONTENT
+    assert got.path.stat().st_mode & 0o777 == 0o755  # runnable by the unprivileged function user
+    assert cache_entries(cache_dir) == [DIGEST]
+    artifact.write_bytes(b"changed later")  # what runs is what was verified
+    assert got.path.read_bytes() == CONTENT
 
 
 async def test_file_url_is_used_in_place_with_percent_decoding(fetcher: ArtifactFetcher, tmp_path: Path) -> None:
@@ -111,7 +117,7 @@ async def test_file_url_is_used_in_place_with_percent_decoding(fetcher: Artifact
     url = path.as_uri()
     assert "%20" in url
     got = await fetcher.fetch(url)
-    assert got.path == path
+    assert got.path.name == "my tool.sh" and got.path.read_bytes() == CONTENT
     assert got.digest == DIGEST
 
 
@@ -121,7 +127,7 @@ async def test_relative_path_is_resolved_against_the_working_directory(
     monkeypatch.chdir(artifact.parent.parent)
     got = await fetcher.fetch("src/tool.sh")
     assert got.path.is_absolute()
-    assert got.path == artifact.resolve()
+    assert got.path.read_bytes() == CONTENT
     assert got.digest == DIGEST
 
 
@@ -130,7 +136,7 @@ async def test_home_relative_path_is_expanded(
 ) -> None:
     monkeypatch.setenv("HOME", str(artifact.parent))
     got = await fetcher.fetch("~/tool.sh")
-    assert got.path == artifact
+    assert got.digest == DIGEST
 
 
 @pytest.mark.parametrize(
@@ -216,7 +222,7 @@ async def test_local_artifacts_must_lie_in_the_allowed_directories(tmp_path: Pat
     outside.write_text("#!/bin/sh\n")
     (allowed / "link.sh").symlink_to(outside)
     fetcher = ArtifactFetcher(tmp_path / "cache", local_dirs=[allowed])
-    assert (await fetcher.fetch(str(allowed / "ok.sh"))).path == (allowed / "ok.sh").resolve()
+    assert (await fetcher.fetch(str(allowed / "ok.sh"))).path.name == "ok.sh"
     for sneaky in (str(allowed / ".." / "secret.sh"), str(allowed / "link.sh"), f"file://{outside}", "/etc/passwd"):
         with pytest.raises(InvalidArgument, match="outside the directories"):
             await fetcher.fetch(sneaky)
@@ -232,14 +238,27 @@ async def test_a_required_checksum_must_be_given(tmp_path: Path) -> None:
     assert (await fetcher.fetch(str(path), f"sha256:{digest}")).digest == digest
 
 
-async def test_directory_is_accepted_without_checksum_and_has_no_digest(
+async def test_a_directory_is_staged_whole_under_a_digest_of_its_content(
     fetcher: ArtifactFetcher, tmp_path: Path
 ) -> None:
     package = tmp_path / "package"
-    package.mkdir()
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("x = 1\n")
+    (package / "sub" / "m.py").write_text("y = 2\n")
     got = await fetcher.fetch(str(package))
-    assert got.path == package
-    assert got.digest == ""
+    assert got.path.name == "package" and (got.path / "sub" / "m.py").read_text() == "y = 2\n"
+    assert len(got.digest) == 64
+    assert (await fetcher.fetch(str(package))).digest == got.digest
+    (package / "sub" / "m.py").write_text("y = 3\n")
+    assert (await fetcher.fetch(str(package))).digest != got.digest
+
+
+async def test_a_directory_with_a_link_is_refused(fetcher: ArtifactFetcher, tmp_path: Path) -> None:
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "shadow").symlink_to("/etc/passwd")
+    with pytest.raises(InvalidArgument, match="link or special file"):
+        await fetcher.fetch(str(package))
 
 
 async def test_directory_with_checksum_is_refused(fetcher: ArtifactFetcher, tmp_path: Path) -> None:
@@ -257,7 +276,7 @@ async def test_download_lands_in_cache_named_by_digest_and_executable(
 ) -> None:
     url = server.publish("tool.sh", CONTENT)
     got = await fetcher.fetch(url, f"sha256:{DIGEST}")
-    assert got.path == cache_dir / DIGEST
+    assert got.path == cache_dir / DIGEST / "tool.sh"
     assert got.digest == DIGEST
     assert got.path.read_bytes() == CONTENT
     assert got.path.stat().st_mode & 0o777 == 0o755
@@ -269,7 +288,7 @@ async def test_download_without_checksum_is_cached_by_its_digest(
     fetcher: ArtifactFetcher, server: FileServer, cache_dir: Path
 ) -> None:
     got = await fetcher.fetch(server.publish("tool.sh", CONTENT))
-    assert got.path == cache_dir / DIGEST
+    assert got.path == cache_dir / DIGEST / "tool.sh"
     assert got.digest == DIGEST
     assert cache_entries(cache_dir) == [DIGEST]
 

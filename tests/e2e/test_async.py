@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from spearlet.api.grpc import spearlet_pb2 as pb
-from tests.helpers import NodeProcess, existing, params, script, start_node, unpack
+from tests.helpers import NodeProcess, existing, params, script, shared_dir, start_node, unpack
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -48,10 +48,14 @@ def wait_done(stub, execution_id: str, timeout: float = 30) -> pb.GetExecutionSt
         time.sleep(0.05)
 
 
-def processes_running(marker: str) -> list[psutil.Process]:
+def processes_running(script_path: str) -> list[psutil.Process]:
+    """Live processes running the script (the node runs its own copy: match the file name)."""
+    name = Path(script_path).name
     found = []
-    for p in psutil.process_iter(["cmdline"]):
-        if any(marker in part for part in p.info["cmdline"] or []):
+    for p in psutil.process_iter(["cmdline", "status"]):
+        if p.info["status"] != psutil.STATUS_ZOMBIE and any(
+            part.endswith(f"/{name}") for part in p.info["cmdline"] or []
+        ):
             found.append(p)
     return found
 
@@ -135,7 +139,7 @@ def test_cancel_running_stops_the_process_within_a_second(node: NodeProcess, tmp
 
 
 def test_cancel_pending_means_it_never_starts(node: NodeProcess, tmp_path: Path) -> None:
-    log = tmp_path / "runs.log"
+    log = shared_dir(tmp_path) / "runs.log"
     gate = script(tmp_path / "gate.sh", "#!/bin/sh\nsleep 600\n")
     counter = script(tmp_path / "counter.py", COUNTER)
     new_task(node.grpc_target, "one-at-a-time", gate, max_concurrency="1")
@@ -164,7 +168,7 @@ def test_cancel_unknown_execution_is_not_found(node: NodeProcess) -> None:
 def test_retries_rerun_failed_attempts_and_report_the_count(node: NodeProcess, tmp_path: Path) -> None:
     counter = script(tmp_path / "flaky.py", COUNTER)
     new_task(node.grpc_target, "flaky", counter)
-    log = tmp_path / "flaky.log"
+    log = shared_dir(tmp_path) / "flaky.log"
     response = node.stub().InvokeFunction(
         existing("flaky", parameters=params(log=str(log), fail_times=2), context=pb.ExecutionContext(max_retries=3))
     )
@@ -176,7 +180,7 @@ def test_retries_rerun_failed_attempts_and_report_the_count(node: NodeProcess, t
 def test_retries_stop_when_attempts_run_out(node: NodeProcess, tmp_path: Path) -> None:
     counter = script(tmp_path / "flaky2.py", COUNTER)
     new_task(node.grpc_target, "flaky2", counter)
-    log = tmp_path / "flaky2.log"
+    log = shared_dir(tmp_path) / "flaky2.log"
     response = node.stub().InvokeFunction(
         existing("flaky2", parameters=params(log=str(log), fail_times=5), context=pb.ExecutionContext(max_retries=1))
     )
@@ -190,7 +194,7 @@ def test_no_retry_after_cancel(node: NodeProcess, tmp_path: Path) -> None:
         tmp_path / "slow-fail.sh", '#!/bin/sh\necho x >> "$(cat | sed \'s/.*"log":"\\([^"]*\\)".*/\\1/\')"\nsleep 600\n'
     )
     new_task(node.grpc_target, "slow-fail", slow)
-    log = tmp_path / "slow.log"
+    log = shared_dir(tmp_path) / "slow.log"
     stub = node.stub()
     response = stub.InvokeFunction(
         existing(
@@ -216,13 +220,13 @@ def test_client_execution_id_and_idempotency_key_run_the_function_once(node: Nod
     counter = script(tmp_path / "once.py", COUNTER)
     new_task(node.grpc_target, "once", counter)
     stub = node.stub()
-    log = tmp_path / "once.log"
+    log = shared_dir(tmp_path) / "once.log"
     ctx = pb.ExecutionContext(execution_id="my-run-1")
     first = stub.InvokeFunction(existing("once", parameters=params(log=str(log)), context=ctx))
     second = stub.InvokeFunction(existing("once", parameters=params(log=str(log)), context=ctx))
     assert first.execution_id == second.execution_id == "my-run-1"
     assert unpack(second.result.result) == {"runs": 1}
-    log2 = tmp_path / "once2.log"
+    log2 = shared_dir(tmp_path) / "once2.log"
     keyed = {"idempotency_key": "order-42"}
     a = stub.InvokeFunction(
         existing("once", mode=pb.EXECUTION_MODE_ASYNC, parameters=params(log=str(log2)), invocation_metadata=keyed)
@@ -237,7 +241,7 @@ def test_result_cache_answers_identical_calls_without_running(node: NodeProcess,
     counter = script(tmp_path / "cached.py", COUNTER)
     new_task(node.grpc_target, "cached", counter, cache_ttl_s="60")
     stub = node.stub()
-    log = tmp_path / "cached.log"
+    log = shared_dir(tmp_path) / "cached.log"
     first = stub.InvokeFunction(existing("cached", parameters=params(log=str(log))))
     second = stub.InvokeFunction(existing("cached", parameters=params(log=str(log))))
     assert "cache_hit" not in first.result.metrics
@@ -252,7 +256,7 @@ def test_failures_are_never_cached(node: NodeProcess, tmp_path: Path) -> None:
     counter = script(tmp_path / "cfail.py", COUNTER)
     new_task(node.grpc_target, "cfail", counter, cache_ttl_s="60")
     stub = node.stub()
-    log = tmp_path / "cfail.log"
+    log = shared_dir(tmp_path) / "cfail.log"
     first = stub.InvokeFunction(existing("cfail", parameters=params(log=str(log), fail_times=1)))
     second = stub.InvokeFunction(existing("cfail", parameters=params(log=str(log), fail_times=1)))
     assert first.result.status == pb.EXECUTION_STATUS_FAILED

@@ -54,7 +54,7 @@ def test_kill_9_with_pending_and_running_work_finishes_everything_after_restart(
     marker = tmp_path / "work.sh"
     script(marker, "#!/bin/sh\nsleep 0.3\necho '{\"done\": true}'\n")
     long = tmp_path / "long.sh"
-    script(long, "#!/bin/sh\nsleep 600\n")
+    script(long, "#!/bin/sh\nsleep 601\n")  # sleep: a grandchild, which the parent-death signal misses
     node = start_node(data, "--tasks", "none")
     register(node.grpc_target, "work", marker, max_concurrency="1")
     register(node.grpc_target, "long", long, max_concurrency="2")
@@ -82,8 +82,12 @@ def test_kill_9_with_pending_and_running_work_finishes_everything_after_restart(
         assert time.monotonic() < deadline, "function processes outlived the node"
         time.sleep(0.05)
 
+    orphans = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "601"]]
+    assert orphans  # grandchildren outlive the node...
     again = start_node(data, "--tasks", "none")
     try:
+        _, alive = psutil.wait_procs(orphans, timeout=5)
+        assert not alive  # ...until the restarted node kills what the dead one left behind
         stub = again.stub()
         finals = {eid: wait_done(stub, eid, timeout=60).result for eid in [running_retry, running_once, *pending]}
         assert all(finals[eid].status == pb.EXECUTION_STATUS_COMPLETED for eid in pending)

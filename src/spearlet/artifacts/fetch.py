@@ -1,7 +1,8 @@
-"""Turn an artifact `location` into a verified local file.
+"""Turn an artifact `location` into a verified file (or package directory) in the node's store.
 
-A local path or `file://` URL is used in place. An `http(s)://` URL is downloaded once into the cache,
-named by its sha256 digest; a later registration that names the same checksum reuses the file.
+A local path, `file://` URL or `http(s)://` URL is verified and copied to `cache_dir/<digest>/<name>`,
+so the code that runs is the code that was verified, whatever later happens to the original. A later
+registration of the same content (or a download naming the same checksum) reuses the copy.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,22 +105,68 @@ class ArtifactFetcher:
             )
         if not path.exists():
             raise InvalidArgument(f"artifact location {location!r} does not exist")
-        if not path.is_file() and not path.is_dir():
-            raise InvalidArgument(f"artifact location {location!r} is not a regular file or a directory")
-        if path.is_file() and path.stat().st_size > self.max_bytes:
-            raise InvalidArgument(f"artifact {location!r} is larger than {self.max_bytes} bytes")
         if path.is_dir():
-            # A package directory (python runtime) has no single digest; its path identifies it.
             if expected:
                 raise InvalidArgument(f"artifact location {location!r} is a directory: a checksum needs a file")
-            return Artifact(path, "")
+            return self._stage_tree(path, location)
+        if not path.is_file():
+            raise InvalidArgument(f"artifact location {location!r} is not a regular file or a directory")
+        if path.stat().st_size > self.max_bytes:
+            raise InvalidArgument(f"artifact {location!r} is larger than {self.max_bytes} bytes")
         actual = _sha256_file(path)
         _verify(expected, actual, location)
-        return Artifact(path, actual)
+        return Artifact(self._stage_file(path, actual, path.name, os.access(path, os.X_OK)), actual)
+
+    def _stage_file(self, source: Path, digest: str, name: str, executable: bool) -> Path:
+        """Copy a verified file to `cache_dir/<digest>/<name>`: what runs is what was verified, and it
+        is readable by the unprivileged function user wherever the original lived."""
+        target = self.cache_dir / digest / name
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._open_up(target.parent)
+            tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
+            shutil.copyfile(source, tmp)
+            tmp.chmod(0o755 if executable else 0o644)
+            tmp.replace(target)
+        return target
+
+    def _stage_tree(self, source: Path, location: str) -> Artifact:
+        """A package directory, copied by content digest; links and special files are refused so
+        that nothing outside it is copied in."""
+        files: list[tuple[Path, str]] = []
+        total = 0
+        for item in sorted(source.rglob("*")):
+            relative = item.relative_to(source)
+            if "__pycache__" in relative.parts:
+                continue
+            if item.is_symlink() or not (item.is_file() or item.is_dir()):
+                raise InvalidArgument(f"artifact directory {location!r} holds a link or special file: {relative}")
+            if item.is_file():
+                total += item.stat().st_size
+                if total > self.max_bytes:
+                    raise InvalidArgument(f"artifact directory {location!r} is larger than {self.max_bytes} bytes")
+                files.append((relative, _sha256_file(item)))
+        digest = hashlib.sha256("\n".join(f"{r}\0{d}" for r, d in files).encode()).hexdigest()
+        target = self.cache_dir / digest / source.name
+        if not target.is_dir():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._open_up(target.parent)
+            tmp = target.with_name(f".{source.name}.{os.getpid()}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("__pycache__"))
+            for item in [tmp, *tmp.rglob("*")]:
+                item.chmod(0o755 if item.is_dir() else 0o644)
+            tmp.replace(target)
+        return Artifact(target, digest)
+
+    def _open_up(self, directory: Path) -> None:
+        for d in (self.cache_dir, directory):
+            d.chmod(0o755)
 
     async def _download(self, url: str, expected: str) -> Artifact:
+        name = Path(unquote(urlparse(url).path)).name or "artifact"
         if expected:
-            cached = self.cache_dir / expected
+            cached = self.cache_dir / expected / name
             if cached.is_file():
                 return Artifact(cached, expected)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -142,10 +190,7 @@ class ArtifactFetcher:
                         out.write(chunk)
             actual = digest.hexdigest()
             _verify(expected, actual, url)
-            final = self.cache_dir / actual
-            tmp.chmod(0o755)
-            tmp.replace(final)
-            return Artifact(final, actual)
+            return Artifact(self._stage_file(tmp, actual, name, executable=True), actual)
         except httpx.HTTPError as exc:
             raise InvalidArgument(f"downloading {url!r} failed: {exc}") from exc
         finally:

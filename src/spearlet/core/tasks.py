@@ -16,7 +16,7 @@ ALIASES = {"binary": "process"}
 INT_SETTINGS = frozenset(
     {
         "timeout_ms", "max_retries", "min_instances", "max_instances", "max_concurrency", "idle_timeout_s",
-        "max_calls_per_instance", "memory_limit_mb", "cpu_limit_s", "cache_ttl_s",
+        "max_calls_per_instance", "memory_limit_mb", "cpu_limit_s", "cache_ttl_s", "file_limit_mb", "max_processes",
     }
 )  # fmt: skip
 MAX_PAGE = 1000

@@ -21,6 +21,7 @@ class Limits:
     log_bytes: int
     file_bytes: int
     open_files: int
+    processes: int = 0  # RLIMIT_NPROC of the function user (0: none)
 
     @classmethod
     def for_task(cls, settings: Settings, task: Task, timeout_ms: int) -> Limits:
@@ -31,8 +32,9 @@ class Limits:
             cpu_seconds=task.int_setting("cpu_limit_s", settings.cpu_limit_s),
             output_bytes=settings.output_limit_bytes,
             log_bytes=settings.log_limit_bytes,
-            file_bytes=settings.file_limit_mb << 20,
+            file_bytes=task.int_setting("file_limit_mb", settings.file_limit_mb) << 20,
             open_files=settings.open_files,
+            processes=task.int_setting("max_processes", settings.max_processes),
         )
 
 

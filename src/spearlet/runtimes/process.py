@@ -10,7 +10,6 @@ import asyncio
 import os
 import shutil
 import signal
-import tempfile
 import time
 from typing import IO
 
@@ -19,12 +18,14 @@ from spearlet.core.models import Status, Task
 from spearlet.core.values import stdin_payload
 from spearlet.runtimes.base import Invocation, LineSplitter, Outcome, Runtime, StopRequest
 from spearlet.runtimes.sandbox import (
+    FunctionUser,
     PeakMemory,
     PipeCollector,
     collect,
     function_environment,
     kill_group,
     limited_argv,
+    make_workdir,
     spawn,
     wait_exit,
 )
@@ -33,6 +34,7 @@ from spearlet.runtimes.sandbox import (
 STOP_GRACE_S = 0.5
 
 _OOM_MARKERS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc")
+_FORK_MARKERS = ("Resource temporarily unavailable", "fork: retry", "Cannot fork")
 
 
 def task_environment(task: Task) -> dict[str, str]:
@@ -50,8 +52,15 @@ def failure_code(returncode: int, logs: str) -> tuple[str, str]:
         if sig == signal.SIGXFSZ:
             return "FILE_SIZE_LIMIT_EXCEEDED", "the function wrote a file larger than its limit"
         return "KILLED_BY_SIGNAL", f"the function was killed by {name}"
+    # A shell reports a child killed by a signal as 128 + the signal.
+    if returncode == 128 + signal.SIGXFSZ or "File size limit exceeded" in logs:
+        return "FILE_SIZE_LIMIT_EXCEEDED", "the function wrote a file larger than its limit"
+    if returncode == 128 + signal.SIGXCPU or "CPU time limit exceeded" in logs:
+        return "CPU_LIMIT_EXCEEDED", "the function used up its CPU time limit"
     if any(marker in logs for marker in _OOM_MARKERS):
         return "OUT_OF_MEMORY", f"the function ran out of memory (exit code {returncode})"
+    if any(marker in logs for marker in _FORK_MARKERS):
+        return "PROCESS_LIMIT_EXCEEDED", f"the function hit its process limit (exit code {returncode})"
     return "NONZERO_EXIT", f"the function exited with code {returncode}"
 
 
@@ -62,6 +71,9 @@ def log_tail(logs: str, lines: int = 20) -> str:
 class ProcessRuntime(Runtime):
     name = "process"
 
+    def __init__(self, user: FunctionUser | None = None) -> None:
+        self.user = user
+
     async def prepare(self, task: Task) -> None:
         path = task.local_path
         if not os.path.isfile(path):
@@ -71,7 +83,7 @@ class ProcessRuntime(Runtime):
 
     async def invoke(self, task: Task, invocation: Invocation, stop: StopRequest) -> Outcome:
         limits = invocation.limits
-        workdir = tempfile.mkdtemp(prefix="spearlet-")
+        workdir = make_workdir("spearlet-", self.user)
         stdin_fd = os.memfd_create("spearlet-stdin")
         try:
             os.write(stdin_fd, stdin_payload(invocation.params))
@@ -88,7 +100,8 @@ class ProcessRuntime(Runtime):
             )
             started = time.monotonic()
             try:
-                proc = spawn(limited_argv([task.local_path], limits), cwd=workdir, env=env, stdin=stdin_fd)
+                argv = limited_argv([task.local_path], limits, self.user)
+                proc = spawn(argv, cwd=workdir, env=env, stdin=stdin_fd)
             except OSError as exc:
                 return Outcome(Status.FAILED, error_code="SPAWN_FAILED", error_message=f"cannot start: {exc}")
             finally:

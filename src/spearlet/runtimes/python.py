@@ -14,7 +14,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -28,17 +27,21 @@ from spearlet.pool import Instance, Pool, PoolSettings
 from spearlet.runtimes.base import Invocation, Limits, Outcome, Runtime, StopRequest
 from spearlet.runtimes.process import task_environment
 from spearlet.runtimes.sandbox import (
+    FunctionUser,
     PeakMemory,
     PipeCollector,
     collect,
     function_environment,
     kill_group,
     limited_argv,
+    make_workdir,
     spawn,
     wait_exit,
+    world_runnable,
 )
 
 WORKER = Path(__file__).with_name("python_worker.py")
+SYSTEM_PYTHON = "/usr/bin/python3"
 _HEADER = struct.Struct(">I")
 START_TIMEOUT_S = 60.0
 
@@ -158,17 +161,41 @@ class PythonWorker(Instance):
 class PythonRuntime(Runtime):
     name = "python"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, user: FunctionUser | None = None) -> None:
         self.settings = settings
+        self.user = user
         self.pool = Pool(self._start, default_max=settings.max_concurrency)
         self._reaper: asyncio.Task[None] | None = None
+        self.interpreter, self.worker_script = self._worker_program()
+
+    def _worker_program(self) -> tuple[str, str]:
+        """The interpreter and worker script, both runnable by the function user: the node's own
+        where it can reach them, else /usr/bin/python3 and a copy of the script in the data dir."""
+        interpreter = self.settings.python_executable or sys.executable
+        script = str(WORKER)
+        if self.user is None:
+            return interpreter, script
+        if not self.settings.python_executable and not world_runnable(interpreter):
+            interpreter = SYSTEM_PYTHON
+        copy = self.settings.data_dir / "runtime" / WORKER.name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.parent.chmod(0o755)
+        shutil.copyfile(WORKER, copy)
+        copy.chmod(0o644)
+        return interpreter, str(copy)
 
     async def _start(self, task: Task, instance_id: str) -> Instance:
         path, entry = code_location(task)
-        workdir = tempfile.mkdtemp(prefix="spearlet-py-")
+        if self.user is not None and not world_runnable(self.interpreter):
+            raise WorkerStartFailed(
+                f"the function user {self.user.name!r} cannot run {self.interpreter}: set python_executable"
+            )
+        workdir = make_workdir("spearlet-py-", self.user)
         env = function_environment(workdir, {**task_environment(task), "SPEAR_TASK_ID": task.task_id})
         argv = limited_argv(
-            [sys.executable, "-I", "-u", str(WORKER), path, entry], Limits.for_task(self.settings, task, timeout_ms=0)
+            [self.interpreter, "-I", "-u", self.worker_script, path, entry],
+            Limits.for_task(self.settings, task, timeout_ms=0),
+            self.user,
         )
         try:
             proc = spawn(argv, cwd=workdir, env=env, stdin=subprocess.PIPE)

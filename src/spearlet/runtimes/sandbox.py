@@ -13,12 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import shutil
 import signal
+import stat
 import subprocess
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
+
+import psutil
 
 from spearlet.runtimes.base import Limits
 
@@ -27,15 +33,79 @@ PRLIMIT = shutil.which("prlimit", path=SYSTEM_PATH)
 SETPRIV = shutil.which("setpriv", path=SYSTEM_PATH)
 
 
-def limited_argv(argv: list[str], limits: Limits) -> list[str]:
-    """Prefix `argv` so that it execs under the resource limits, and dies with the node.
+@dataclass(frozen=True, slots=True)
+class FunctionUser:
+    """The unprivileged account functions run as when the node runs as root."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def resolve_user(run_as: str) -> FunctionUser | None:
+    """`auto`: `nobody` when the node is root, else the node's own user (None); `none`: the node's
+    user; a name: that account (the node must be root to switch to it)."""
+    if run_as in ("", "none"):
+        return None
+    if run_as == "auto":
+        if os.geteuid() != 0:
+            return None
+        run_as = "nobody"
+    try:
+        entry = pwd.getpwnam(run_as)
+    except KeyError:
+        raise ValueError(f"run_as user {run_as!r} does not exist") from None
+    if entry.pw_uid == os.geteuid():
+        return None
+    if os.geteuid() != 0:
+        raise ValueError(f"run_as {run_as!r} needs the node to run as root")
+    return FunctionUser(run_as, entry.pw_uid, entry.pw_gid)
+
+
+def make_workdir(prefix: str, user: FunctionUser | None) -> str:
+    """A fresh private working directory, owned by whoever the function runs as."""
+    workdir = tempfile.mkdtemp(prefix=prefix)
+    if user is not None:
+        os.chown(workdir, user.uid, user.gid)
+    return workdir
+
+
+def world_traversable(directory: Path) -> bool:
+    """Whether any user may pass through every directory down to `directory` (and into it)."""
+    real = Path(os.path.realpath(directory))
+    try:
+        return all(p.stat().st_mode & stat.S_IXOTH for p in (real, *real.parents))
+    except OSError:
+        return False
+
+
+def world_runnable(path: str) -> bool:
+    """Whether any user may execute `path`: every directory on its way searchable, the file executable."""
+    real = Path(os.path.realpath(path))
+    try:
+        if not real.stat().st_mode & stat.S_IXOTH:
+            return False
+        return all(parent.stat().st_mode & stat.S_IXOTH for parent in real.parents)
+    except OSError:
+        return False
+
+
+def limited_argv(argv: list[str], limits: Limits, user: FunctionUser | None = None) -> list[str]:
+    """Prefix `argv` so that it execs as the function user, under the resource limits, and dies
+    with the node.
 
     `setpriv --pdeathsig KILL` makes the kernel kill the child if the node itself dies (even by
     SIGKILL), so a crashed node leaves no function running unsupervised.
     """
     if PRLIMIT is None or SETPRIV is None:
         raise RuntimeError("the prlimit and setpriv commands (util-linux) are required to sandbox functions")
-    prefix = [SETPRIV, "--pdeathsig", "KILL", "--", PRLIMIT]
+    prefix = [SETPRIV]
+    if user is not None:
+        prefix += [f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
+    prefix += ["--pdeathsig", "KILL", "--", PRLIMIT]
+    if user is not None and limits.processes > 0:
+        # Counted per user, and only binding for an unprivileged one: a fork bomb stops here.
+        prefix.append(f"--nproc={limits.processes}")
     if limits.memory_bytes > 0:
         prefix.append(f"--as={limits.memory_bytes}")
     if limits.cpu_seconds > 0:
@@ -48,11 +118,38 @@ def limited_argv(argv: list[str], limits: Limits) -> list[str]:
     return [*prefix, "--", *argv]
 
 
+# Set by the node at start: marks every process it starts, so that a restarted node can find what a
+# crashed one left behind (grandchildren survive the parent-death signal of their parent).
+NODE_MARK = "SPEAR_NODE"
+_node_mark = ""
+
+
+def set_node_mark(mark: str) -> None:
+    global _node_mark
+    _node_mark = mark
+
+
 def function_environment(workdir: str, extra: Mapping[str, str]) -> dict[str, str]:
     """A clean environment: never the node's own, only a system PATH and what the task asks for."""
     env = {"PATH": SYSTEM_PATH, "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
     env.update(extra)
+    if _node_mark:
+        env[NODE_MARK] = _node_mark
     return env
+
+
+def kill_leftovers(mark: str) -> int:
+    """Kill processes a previous run of this node left (they carry its mark); returns how many."""
+    killed = 0
+    me = os.getpid()
+    for process in psutil.process_iter():
+        try:
+            if process.pid != me and process.environ().get(NODE_MARK) == mark:
+                process.kill()
+                killed += 1
+        except psutil.Error:
+            continue
+    return killed
 
 
 @dataclass(slots=True)

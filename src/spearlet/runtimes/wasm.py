@@ -117,7 +117,7 @@ class WasmRuntime(Runtime):
                 module = wasmtime.Module.from_file(self.engine, task.local_path)
             except wasmtime.WasmtimeError as exc:
                 raise InvalidArgument(f"wasm artifact {task.location!r} is not a valid module: {exc}") from exc
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             tmp = cached.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_bytes(module.serialize())
             tmp.replace(cached)
