@@ -1,0 +1,23 @@
+"""Overload: refusals come fast and memory stays flat; afterwards latency and memory are back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bench.overload import measure
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_beyond_capacity_the_node_refuses_quickly_and_recovers() -> None:
+    figures = asyncio.run(measure(seconds=6, clients=10, max_pending=100))
+    assert figures["refused"] > 0 and figures["accepted"] > 0
+    assert figures["other_errors"] == 0
+    assert figures["refusal_p99_ms"] < 250  # a refusal is answered at once, never queued
+    assert figures["peak_pending"] <= 100 + 16 + 5  # the queue bound holds (plus running, plus sampling lag)
+    assert figures["rss_peak_mb"] - figures["rss_start_mb"] < 60
+    assert figures["rss_end_mb"] - figures["rss_start_mb"] < 60
+    assert figures["health_after"] == "healthy"
+    assert figures["sync_p50_after_ms"] < max(3 * figures["sync_p50_before_ms"], 5.0)
