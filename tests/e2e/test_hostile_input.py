@@ -113,7 +113,14 @@ def test_raw_garbage_bytes_do_not_break_the_server(target: NodeProcess) -> None:
     raw = channel.unary_unary(
         "/spearlet.FunctionService/InvokeFunction", request_serializer=None, response_deserializer=None
     )
-    for payload in (b"\xff" * 100, b"\x0a\xff\xff\xff\xff\x0f", b"\x12\x05abc", bytes(range(256))):
+    invalid_utf8_task_id = b"\x2a\x02\xff\xfe"  # field 5 (task_id), 2 bytes that are not UTF-8
+    for payload in (
+        b"\xff" * 100,
+        b"\x0a\xff\xff\xff\xff\x0f",
+        b"\x12\x05abc",
+        bytes(range(256)),
+        invalid_utf8_task_id,
+    ):
         with pytest.raises(grpc.RpcError) as err:
             raw(payload, timeout=10)
         assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), err.value.details()
@@ -143,6 +150,8 @@ def test_deep_huge_and_many_values(target: NodeProcess) -> None:
     call(target, existing("echo", parameters=[pb.FunctionParameter(name="big", value=big)]))
     many = [pb.FunctionParameter(name=f"p{i}") for i in range(5000)]
     call(target, existing("echo", parameters=many))
+    huge_map = {f"k{i}": "v" * 100 for i in range(20_000)}
+    call(target, existing("echo", invocation_metadata=huge_map, context=pb.ExecutionContext(environment=huge_map)))
     assert_serving(target)
 
 

@@ -261,3 +261,23 @@ def test_bad_artifacts_are_refused_clearly(node: NodeProcess, tmp_path: Path) ->
             )
         )
     assert "cobol" in err.value.details()
+
+
+def test_a_long_log_keeps_its_tail_and_says_how_much_was_cut(node: NodeProcess, tmp_path: Path) -> None:
+    noisy = script(
+        tmp_path / "noisy.sh", "#!/bin/sh\nhead -c 100000 /dev/zero | tr '\\0' 'x' >&2\necho >&2\necho last-line >&2\n"
+    )
+    stub = node.stub()
+    response = stub.InvokeFunction(
+        pb.InvokeFunctionRequest(
+            invocation_type=pb.INVOCATION_TYPE_NEW_TASK,
+            task_name="noisy",
+            artifact_spec=pb.ArtifactSpec(artifact_type="process", location=str(noisy)),
+        )
+    )
+    assert response.success
+    assert int(response.result.metrics["log_truncated_bytes"]) > 30_000
+    logs = stub.GetExecutionStatus(
+        pb.GetExecutionStatusRequest(execution_id=response.execution_id, include_logs=True)
+    ).logs
+    assert logs[-1] == "last-line" and sum(len(line) + 1 for line in logs) <= 65536

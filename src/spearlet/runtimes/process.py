@@ -165,8 +165,10 @@ class ProcessRuntime(Runtime):
             tail = log_tail(logs)
             if tail:
                 message = f"{message}: {tail}"
+        metrics = {"log_truncated_bytes": str(err.total - limits.log_bytes)} if err.total > limits.log_bytes else {}
         return Outcome(
             status,
+            metrics=metrics,
             output=out.data if status is Status.COMPLETED else b"",
             error_code=code,
             error_message=message,
