@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # Interpreter of python workers; empty: the node's own, or /usr/bin/python3 when the function
     # user cannot run the node's.
     python_executable: str = ""
+    # Where files functions use live (artifact copies, the worker program); empty: the data dir if
+    # the function user can reach it, else /var/lib/spearlet/<id>.
+    shared_dir: Path | None = None
 
     # Artifacts: allowed URL schemes ("file" covers plain paths), local directories (empty: any),
     # and whether every artifact must name its sha256 checksum.
@@ -68,6 +71,12 @@ class Settings(BaseSettings):
     retention_hours: float = Field(24.0, gt=0)
     retention_max_records: int = Field(100_000, ge=1)
     retention_interval_s: float = Field(60.0, gt=0)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Functions run in their own working directories: every path the node hands them is absolute.
+        return value.expanduser().resolve()
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -103,10 +112,6 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "spearlet.db"
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.data_dir / "artifacts"
 
 
 def is_loopback(host: str) -> bool:

@@ -32,7 +32,7 @@ from spearlet.observability.metrics import Metrics
 from spearlet.runtimes.base import Runtime
 from spearlet.runtimes.process import ProcessRuntime
 from spearlet.runtimes.python import PythonRuntime
-from spearlet.runtimes.sandbox import kill_leftovers, resolve_user, set_node_mark, world_traversable
+from spearlet.runtimes.sandbox import FunctionUser, kill_leftovers, resolve_user, set_node_mark, world_traversable
 from spearlet.runtimes.wasm import WasmRuntime
 from spearlet.scheduler import Scheduler
 from spearlet.store.sqlite import SqliteStore
@@ -78,24 +78,15 @@ class Node:
         self.store = SqliteStore(settings.db_path)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.user = resolve_user(settings.run_as)
-        if self.user is not None:
-            # Functions run as another user: they may pass through the data dir to the artifacts,
-            # never list or read it (the store is 0600).
-            settings.data_dir.chmod(0o711)
-            if not world_traversable(settings.data_dir):
-                raise ValueError(
-                    f"functions run as {self.user.name!r}, who cannot reach the data dir "
-                    f"{settings.data_dir.resolve()} (a parent directory is closed to others): choose a data "
-                    "dir under an open path such as /var/lib/spearlet, or set run_as"
-                )
+        self.shared_dir = shared_dir(settings, self.user)
         self.runtimes: dict[str, Runtime] = {
             "process": ProcessRuntime(self.user),
-            "python": PythonRuntime(settings, self.user),
+            "python": PythonRuntime(settings, self.user, self.shared_dir),
             "wasm": WasmRuntime(settings),
         }
         self.lifecycle = Lifecycle()
         fetcher = ArtifactFetcher(
-            settings.cache_dir,
+            self.shared_dir / "artifacts",
             schemes=settings.artifact_schemes,
             local_dirs=settings.artifact_dirs,
             require_checksum=settings.require_checksum,
@@ -184,6 +175,28 @@ class Node:
         for runtime in self.runtimes.values():
             await runtime.close()
         await self.store.close()
+
+
+def shared_dir(settings: Settings, user: FunctionUser | None) -> Path:
+    """Where the files functions use (artifact copies, the Python worker program) live.
+
+    The data dir itself when functions run as the node's user, or when the function user can pass
+    through it (it is then closed to listing: 0711, the store 0600). Otherwise a directory of this
+    node under /var/lib/spearlet, which any user can reach (only root switches users)."""
+    data = settings.data_dir
+    if settings.shared_dir is not None:
+        chosen = settings.shared_dir
+    elif user is None:
+        return data
+    elif world_traversable(data):
+        data.chmod(0o711)
+        return data
+    else:
+        chosen = Path("/var/lib/spearlet") / hashlib.sha256(str(data).encode()).hexdigest()[:16]
+    chosen.mkdir(parents=True, exist_ok=True)
+    for directory in (chosen, chosen.parent):
+        directory.chmod(0o755)
+    return chosen
 
 
 def _family(host: str) -> socket.AddressFamily:

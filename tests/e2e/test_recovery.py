@@ -131,3 +131,32 @@ def test_sigterm_during_a_running_call_leaves_no_process(tmp_path: Path) -> None
     assert node.stop(signal.SIGTERM) == 0
     assert not processes_running(str(long))
     assert not [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_relative_data_dir_works_as_in_the_quick_start(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import open_path
+
+    work = open_path(tmp_path / "checkout")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spearlet", "serve", "--grpc-port", "0", "--http-port", "0"],
+        cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "HTTP" in line:
+                break
+        target = next(line.split()[1] for line in lines if line.strip().startswith("gRPC"))
+        stub = pb_grpc.FunctionServiceStub(grpc.insecure_channel(target))
+        for task in ("hello", "greet", "wasm-hello"):
+            assert stub.InvokeFunction(existing(task)).success, "".join(lines)
+        assert (work / ".spearlet" / "spearlet.db").is_file()
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0

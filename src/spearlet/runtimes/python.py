@@ -161,9 +161,10 @@ class PythonWorker(Instance):
 class PythonRuntime(Runtime):
     name = "python"
 
-    def __init__(self, settings: Settings, user: FunctionUser | None = None) -> None:
+    def __init__(self, settings: Settings, user: FunctionUser | None = None, shared_dir: Path | None = None) -> None:
         self.settings = settings
         self.user = user
+        self.shared_dir = shared_dir or settings.data_dir
         self.pool = Pool(self._start, default_max=settings.max_concurrency)
         self._reaper: asyncio.Task[None] | None = None
         self.interpreter, self.worker_script = self._worker_program()
@@ -177,7 +178,7 @@ class PythonRuntime(Runtime):
             return interpreter, script
         if not self.settings.python_executable and not world_runnable(interpreter):
             interpreter = SYSTEM_PYTHON
-        copy = self.settings.data_dir / "runtime" / WORKER.name
+        copy = self.shared_dir / "runtime" / WORKER.name
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.parent.chmod(0o755)
         shutil.copyfile(WORKER, copy)
