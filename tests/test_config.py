@@ -32,7 +32,9 @@ def test_defaults() -> None:
     assert settings.host == "127.0.0.1"
     assert settings.grpc_port == 50052
     assert settings.http_port == 8081
-    assert settings.data_dir == Path(".spearlet")
+    assert settings.data_dir == Path(".spearlet").resolve()  # absolute: functions run elsewhere
+    assert settings.store == "sqlite"
+    assert settings.run_as == "auto"
     assert settings.tasks == ""
     assert settings.max_concurrency == 16
     assert settings.max_pending == 1000
@@ -40,10 +42,15 @@ def test_defaults() -> None:
     assert settings.node_id  # the host name
 
 
-def test_store_and_cache_live_under_data_dir() -> None:
+def test_the_store_lives_under_the_data_dir() -> None:
     settings = Settings.load(data_dir=Path("/var/lib/spearlet"))
     assert settings.db_path == Path("/var/lib/spearlet/spearlet.db")
-    assert settings.cache_dir == Path("/var/lib/spearlet/artifacts")
+
+
+def test_an_unknown_store_is_refused() -> None:
+    with pytest.raises(ValueError, match="redis://"):
+        Settings.load(store="postgres://x")
+    assert Settings.load(store="redis://127.0.0.1:6379/0").store.startswith("redis://")
 
 
 def test_toml_file_with_top_level_keys(tmp_path: Path) -> None:
@@ -107,7 +114,7 @@ def test_none_overrides_are_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert settings.host == "file"
     assert settings.grpc_port == 7000
     assert settings.http_port == 8081
-    assert settings.data_dir == Path(".spearlet")
+    assert settings.data_dir == Path(".spearlet").resolve()
 
 
 def test_zero_override_is_not_mistaken_for_none() -> None:

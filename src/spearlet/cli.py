@@ -76,6 +76,9 @@ def serve(
         typer.Option(help="tasks file to register at start; 'none' for none [default: bundled examples]"),
     ] = None,
     node_id: Annotated[str | None, typer.Option(help="this node's name [default: hostname]")] = None,
+    store: Annotated[
+        str | None, typer.Option(help="'sqlite' or redis://HOST:PORT/DB for cluster mode [default: sqlite]")
+    ] = None,
     token_file: Annotated[
         Path | None, typer.Option(help="file holding the access token (or set SPEARLET_TOKEN)", exists=True)
     ] = None,
@@ -98,6 +101,7 @@ def serve(
             data_dir=data_dir,
             tasks=tasks,
             node_id=node_id,
+            store=store,
             token_file=token_file,
             insecure=insecure,
         )

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     # Tasks registered at start; empty means the bundled examples, "none" means no tasks.
     tasks: str = ""
     node_id: str = Field(default_factory=socket.gethostname)
+    # "sqlite" (embedded, the default) or "redis://HOST:PORT/DB" (cluster mode: nodes share work).
+    store: str = "sqlite"
+    # Cluster mode: how long a node's claim on running work lasts without renewal.
+    lease_s: float = Field(5.0, gt=0)
     # Prefix for status endpoints, e.g. "https://spear.example.com"; empty gives relative paths.
     public_url: str = ""
 
@@ -71,6 +75,13 @@ class Settings(BaseSettings):
     retention_hours: float = Field(24.0, gt=0)
     retention_max_records: int = Field(100_000, ge=1)
     retention_interval_s: float = Field(60.0, gt=0)
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if value != "sqlite" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"store must be 'sqlite' or a redis:// URL, got {value!r}")
+        return value
 
     @field_validator("data_dir")
     @classmethod

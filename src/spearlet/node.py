@@ -23,6 +23,7 @@ from spearlet.api.http.app import create_app
 from spearlet.api.service import FunctionApi
 from spearlet.artifacts import ArtifactFetcher
 from spearlet.callbacks import Callbacks
+from spearlet.cluster import Cluster
 from spearlet.config import Settings
 from spearlet.core.invoker import Invoker
 from spearlet.core.lifecycle import Lifecycle
@@ -35,6 +36,8 @@ from spearlet.runtimes.python import PythonRuntime
 from spearlet.runtimes.sandbox import FunctionUser, kill_leftovers, resolve_user, set_node_mark, world_traversable
 from spearlet.runtimes.wasm import WasmRuntime
 from spearlet.scheduler import Scheduler
+from spearlet.store.base import Store
+from spearlet.store.redis import RedisStore
 from spearlet.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -75,7 +78,11 @@ class _EmbeddedUvicorn(uvicorn.Server):
 class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = SqliteStore(settings.db_path)
+        self.store: Store = (
+            SqliteStore(settings.db_path)
+            if settings.store == "sqlite"
+            else RedisStore(settings.store, retention_ms=int(settings.retention_hours * 3_600_000))
+        )
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.user = resolve_user(settings.run_as)
         self.shared_dir = shared_dir(settings, self.user)
@@ -91,9 +98,14 @@ class Node:
             local_dirs=settings.artifact_dirs,
             require_checksum=settings.require_checksum,
         )
-        self.tasks = TaskRegistry(self.store, fetcher, self.runtimes)
+        # In a cluster another node may replace a task: read tasks from the store every time.
+        self.tasks = TaskRegistry(self.store, fetcher, self.runtimes, cache=isinstance(self.store, SqliteStore))
         self.scheduler = Scheduler(settings, self.store, self.runtimes, self.lifecycle)
         self.invoker = Invoker(settings, self.store, self.tasks, self.scheduler, self.lifecycle)
+        self.cluster: Cluster | None = None
+        if isinstance(self.store, RedisStore):
+            self.cluster = Cluster(settings, self.store, self.scheduler, self.tasks, self.lifecycle, settings.lease_s)
+            self.invoker.dispatch = self.cluster
         self.api = FunctionApi(self.invoker)
         python = self.runtimes["python"]
         assert isinstance(python, PythonRuntime)
@@ -123,9 +135,12 @@ class Node:
         await self._register_start_tasks()
         await self.tasks.warm_all()
         await self.invoker.expire_records()
-        resubmitted, failed = await self.invoker.recover()
-        if resubmitted or failed:
-            log.warning("recovered unfinished executions: %d resubmitted, %d failed", resubmitted, failed)
+        if self.cluster is not None:
+            await self.cluster.start()  # lost work is reclaimed through the cluster's leases
+        else:
+            resubmitted, failed = await self.invoker.recover()
+            if resubmitted or failed:
+                log.warning("recovered unfinished executions: %d resubmitted, %d failed", resubmitted, failed)
         self._grpc, self.grpc_port, health_servicer = build_server(
             self.api, f"{s.host}:{s.grpc_port}", observe=self.metrics.observe_grpc, token=token
         )
@@ -170,6 +185,8 @@ class Node:
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             await self._http_task
+        if self.cluster is not None:
+            await self.cluster.close()
         await self.scheduler.close()
         await self.callbacks.close()
         for runtime in self.runtimes.values():

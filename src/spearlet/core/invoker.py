@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from spearlet.config import Settings
 from spearlet.core.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -26,6 +26,7 @@ from spearlet.scheduler import Scheduler
 from spearlet.store.base import ExecutionPage, Stats, Store
 
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+WATCH_POLL_S = 0.25
 IDEMPOTENCY_KEY = "idempotency_key"
 
 
@@ -33,6 +34,16 @@ def cache_key(task: Task, function_name: str, params: dict[str, Any]) -> str:
     """Identical calls (same task code, function and parameters) share a key."""
     text = dump_params({"t": task.task_id, "d": task.digest, "f": function_name, "p": params})
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Dispatch(Protocol):
+    """How a cluster shares work (cluster.Cluster); without one, everything runs on this node."""
+
+    async def enqueue(self, record: ExecutionRecord) -> None: ...
+
+    def run_here(self, record: ExecutionRecord) -> None: ...
+
+    async def cancel_elsewhere(self, execution_id: str, force: bool, reason: str) -> None: ...
 
 
 class InvocationType:
@@ -104,6 +115,7 @@ class Invoker:
         self.started_monotonic = time.monotonic()
         # Admission checks (middleware): each may refuse a new execution with InvalidArgument.
         self.checks: list[Callable[[ExecutionRecord], None]] = []
+        self.dispatch: Dispatch | None = None
 
     # Invocation
 
@@ -119,6 +131,11 @@ class Invoker:
         if existing is not None:
             return await self._answer(existing, req.mode, "an execution with this id or idempotency key exists")
         estimate, note = self._estimate(task, record.function_name)
+        if req.mode is Mode.ASYNC and self.dispatch is not None:
+            self.lifecycle.publish(Event.ACCEPTED, record)
+            await self.dispatch.enqueue(record)
+            record.metrics["estimate"] = note
+            return InvokeResult(record, self.status_endpoint(record.execution_id), estimate, "accepted")
         waiter = self.lifecycle.waiter(record.execution_id) if req.mode is not Mode.ASYNC else None
         self._start(record, task)
         if waiter is None:
@@ -162,8 +179,18 @@ class Invoker:
                 return
             current = Event.STARTED if record.status is Status.RUNNING else Event.ACCEPTED
             yield Update(current, execution_id, record.status, record=record)
+            status = record.status
             while True:
-                update = await updates.get()
+                try:
+                    update = await asyncio.wait_for(updates.get(), WATCH_POLL_S)
+                except TimeoutError:
+                    # Nothing heard here: the execution may run on another node; ask the store.
+                    stored = await self.store.get_execution(execution_id)
+                    if stored is None or stored.status is status:
+                        continue
+                    status = stored.status
+                    kind = Event.FINISHED if stored.done else Event.STARTED
+                    update = Update(kind, execution_id, status, record=stored if stored.done else None)
                 yield update
                 if update.event is Event.FINISHED:
                     return
@@ -185,6 +212,8 @@ class Invoker:
     def _start(self, record: ExecutionRecord, task: Task) -> None:
         self.lifecycle.publish(Event.ACCEPTED, record)
         self.scheduler.submit(record, task)
+        if self.dispatch is not None:
+            self.dispatch.run_here(record)
 
     async def _from_cache(self, record: ExecutionRecord, task: Task) -> InvokeResult | None:
         """With the task's `cache_ttl_s`, answer an identical call from a recent success, recorded
@@ -322,6 +351,8 @@ class Invoker:
         waiter = self.lifecycle.waiter(execution_id)
         if not self.scheduler.request_stop(execution_id, force, reason):
             self.lifecycle.drop_waiter(execution_id, waiter)
+            if self.dispatch is not None:
+                return await self._cancel_elsewhere(execution_id, force, reason)
             fresh = await self.store.get_execution(execution_id)
             status = fresh.status if fresh else record.status
             return CancelResult(False, f"execution is not active on this node: {status.name}", status)
@@ -333,6 +364,22 @@ class Invoker:
         if final.status is Status.CANCELLED:
             return CancelResult(True, "cancelled", final.status)
         return CancelResult(False, f"execution finished first: {final.status.name}", final.status)
+
+    async def _cancel_elsewhere(self, execution_id: str, force: bool, reason: str) -> CancelResult:
+        assert self.dispatch is not None
+        await self.dispatch.cancel_elsewhere(execution_id, force, reason)
+        deadline = time.monotonic() + 5.0
+        while True:
+            record = await self.store.get_execution(execution_id)
+            if record is None or record.done or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        if record is not None and record.status is Status.CANCELLED:
+            return CancelResult(True, "cancelled", record.status)
+        status = record.status if record else Status.UNKNOWN
+        if record is not None and not record.done:
+            return CancelResult(True, "cancel requested; the execution is stopping", status)
+        return CancelResult(False, f"execution finished first: {status.name}", status)
 
     async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
         return await self.store.list_executions(task_id, status, page_limit(limit), start_after)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from spearlet.artifacts import ArtifactFetcher
 from spearlet.core.errors import InvalidArgument, NotFound
@@ -32,11 +33,16 @@ def page_limit(limit: int, default: int = 100) -> int:
 class TaskRegistry:
     """Tasks by id, read through an in-memory copy: every invocation resolves one."""
 
-    def __init__(self, store: Store, fetcher: ArtifactFetcher, runtimes: dict[str, Runtime]) -> None:
+    def __init__(
+        self, store: Store, fetcher: ArtifactFetcher, runtimes: dict[str, Runtime], cache: bool = True
+    ) -> None:
         self.store = store
         self.fetcher = fetcher
         self.runtimes = runtimes
         self._cache: dict[str, Task] = {}
+        self._use_cache = cache
+        # Where this node keeps each task's artifact, when another node registered it.
+        self._local_paths: dict[tuple[str, str], str] = {}
 
     def runtime_name(self, artifact_type: str) -> str:
         name = ALIASES.get(artifact_type.lower(), artifact_type.lower())
@@ -79,12 +85,25 @@ class TaskRegistry:
         return task
 
     async def find(self, task_id: str) -> Task | None:
-        task = self._cache.get(task_id)
+        task = self._cache.get(task_id) if self._use_cache else None
         if task is None:
             task = await self.store.get_task(task_id)
             if task is not None:
-                self._cache[task_id] = task
+                await self._localize(task)
+                if self._use_cache:
+                    self._cache[task_id] = task
         return task
+
+    async def _localize(self, task: Task) -> None:
+        """A task registered on another node names that node's copy of the artifact: fetch our own
+        (verified against the digest it was registered with) when that path is not here."""
+        if os.path.exists(task.local_path):
+            return
+        key = (task.location, task.digest)
+        if key not in self._local_paths:
+            artifact = await self.fetcher.fetch(task.location, task.checksum)
+            self._local_paths[key] = str(artifact.path)
+        task.local_path = self._local_paths[key]
 
     async def get(self, task_id: str) -> Task:
         if not task_id:
@@ -112,8 +131,10 @@ class TaskRegistry:
         while True:
             page = await self.store.list_tasks("", MAX_PAGE, start_after)
             for task in page.tasks:
-                self._cache[task.task_id] = task
                 try:
+                    await self._localize(task)
+                    if self._use_cache:
+                        self._cache[task.task_id] = task
                     await self.runtimes[task.artifact_type].warm(task)
                 except Exception as exc:
                     log.warning("task %s could not be warmed: %s", task.task_id, exc)

@@ -1,0 +1,306 @@
+"""The cluster store: tasks and execution records in Redis, shared by every node.
+
+An execution is a hash (`j` the record as JSON, `s` its status, `q` its sequence number) with
+sorted-set indexes by sequence (all, per task) and by creation time. Creation and every status
+change run as Lua scripts, so the forward-only rule and idempotency keys hold across nodes.
+Terminal records expire after the retention; indexes drop expired ids lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task
+from spearlet.core.values import dump_params, load_params
+from spearlet.store.base import ExecutionPage, Stats, Store, TaskPage, TaskSummary
+
+P = "spearlet:"
+TASKS = P + "tasks"
+EXECS = P + "execs"
+BY_TIME = P + "execs-by-time"
+UNFINISHED = P + "unfinished"
+
+_CREATE = """
+-- KEYS: exec key, idempotency key ('' for none)
+-- ARGV: json, status, id, task_id, created_at
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGET', KEYS[1], 'j') end
+if KEYS[2] ~= '' then
+  local other = redis.call('GET', KEYS[2])
+  if other then
+    local found = redis.call('HGET', 'spearlet:exec:' .. other, 'j')
+    if found then return found end
+  end
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+local seq = redis.call('INCR', 'spearlet:seq')
+redis.call('HSET', KEYS[1], 'j', ARGV[1], 's', ARGV[2], 'q', seq)
+redis.call('ZADD', 'spearlet:execs', seq, ARGV[3])
+redis.call('ZADD', 'spearlet:task-execs:' .. ARGV[4], seq, ARGV[3])
+redis.call('ZADD', 'spearlet:execs-by-time', ARGV[5], ARGV[3])
+if tonumber(ARGV[2]) <= 2 then redis.call('SADD', 'spearlet:unfinished', ARGV[3]) end
+return false
+"""
+
+_TRANSITION = """
+-- KEYS: exec key; ARGV: json, new status, id, retention ms, cache key ('' for none), completed_at, allowed...
+local current = redis.call('HGET', KEYS[1], 's')
+if not current then return 0 end
+local ok = false
+for i = 7, #ARGV do if ARGV[i] == current then ok = true end end
+if not ok then return 0 end
+redis.call('HSET', KEYS[1], 'j', ARGV[1], 's', ARGV[2])
+if tonumber(ARGV[2]) >= 3 then
+  redis.call('SREM', 'spearlet:unfinished', ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  if ARGV[5] ~= '' and ARGV[2] == '3' then
+    redis.call('ZADD', 'spearlet:cache:' .. ARGV[5], ARGV[6], ARGV[3])
+    redis.call('PEXPIRE', 'spearlet:cache:' .. ARGV[5], ARGV[4])
+  end
+end
+return 1
+"""
+
+
+def _exec_key(execution_id: str) -> str:
+    return f"{P}exec:{execution_id}"
+
+
+def record_json(record: ExecutionRecord) -> str:
+    body = dataclasses.asdict(record)
+    body["params"] = dump_params(record.params)
+    body["output"] = base64.b64encode(record.output).decode("ascii")
+    body["mode"], body["status"], body["output_kind"] = int(record.mode), int(record.status), int(record.output_kind)
+    return json.dumps(body, separators=(",", ":"))
+
+
+def record_from_json(text: str) -> ExecutionRecord:
+    body = json.loads(text)
+    body["params"] = load_params(body["params"])
+    body["output"] = base64.b64decode(body["output"])
+    body["mode"], body["status"] = Mode(body["mode"]), Status(body["status"])
+    body["output_kind"] = OutputKind(body["output_kind"])
+    return ExecutionRecord(**body)
+
+
+class RedisStore(Store):
+    def __init__(self, url: str, retention_ms: int = 24 * 3_600_000) -> None:
+        self.url = url
+        self.retention_ms = retention_ms
+        # Replies as str; typed Any, as redis-py types each reply as the union of every shape.
+        self.redis: Any = aioredis.from_url(url, decode_responses=True)
+        self._create = self.redis.register_script(_CREATE)
+        self._transition = self.redis.register_script(_TRANSITION)
+        # Queued writes run one after another, and every other operation waits for them, so that
+        # a read after a queued write sees it (Redis orders per connection, a pool does not).
+        self._chain: asyncio.Task[Any] | None = None
+
+    async def open(self) -> None:
+        await self.redis.ping()
+
+    async def close(self) -> None:
+        await self._drain()
+        await self.redis.aclose()
+
+    async def _drain(self) -> None:
+        while self._chain is not None and not self._chain.done():
+            await asyncio.shield(self._chain)
+
+    def _enqueue(self, write: Any) -> None:
+        previous = self._chain
+
+        async def run() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            await write()
+
+        self._chain = asyncio.get_running_loop().create_task(run())
+
+    # Tasks
+
+    async def put_task(self, task: Task) -> None:
+        await self._drain()
+        old = await self.redis.hget(TASKS, task.task_id)
+        if old is not None:
+            task.created_at = json.loads(old)["created_at"]
+        await self.redis.hset(TASKS, task.task_id, json.dumps(dataclasses.asdict(task)))
+
+    async def get_task(self, task_id: str) -> Task | None:
+        raw = await self.redis.hget(TASKS, task_id)
+        return Task(**json.loads(raw)) if raw is not None else None
+
+    async def list_tasks(self, prefix: str, limit: int, start_after: str) -> TaskPage:
+        keys = sorted(k for k in await self.redis.hkeys(TASKS))
+        chosen = [k for k in keys if k.startswith(prefix) and k > start_after]
+        page = chosen[:limit]
+        tasks = [t for t in [await self.get_task(k) for k in page] if t is not None]
+        has_more = len(chosen) > limit
+        return TaskPage(tasks, has_more, page[-1] if has_more else "")
+
+    async def delete_task(self, task_id: str, cleanup_executions: bool) -> tuple[bool, int]:
+        await self._drain()
+        deleted = bool(await self.redis.hdel(TASKS, task_id))
+        cleaned = 0
+        if deleted and cleanup_executions:
+            index = f"{P}task-execs:{task_id}"
+            for raw in await self.redis.zrange(index, 0, -1):
+                execution_id = raw
+                status = await self.redis.hget(_exec_key(execution_id), "s")
+                if status is not None and int(status) >= Status.COMPLETED:
+                    await self.redis.delete(_exec_key(execution_id))
+                    await self.redis.zrem(index, execution_id)
+                    await self.redis.zrem(EXECS, execution_id)
+                    cleaned += 1
+        return deleted, cleaned
+
+    async def task_summaries(self, task_ids: list[str]) -> dict[str, TaskSummary]:
+        out = {}
+        for task_id in task_ids:
+            index = f"{P}task-execs:{task_id}"
+            last = await self.redis.zrevrange(index, 0, 0)
+            status = await self.redis.hget(_exec_key(last[0]), "s") if last else None
+            out[task_id] = TaskSummary(await self.redis.zcard(index), Status(int(status)) if status else Status.UNKNOWN)
+        return out
+
+    async def count_tasks(self) -> int:
+        return int(await self.redis.hlen(TASKS))
+
+    # Executions
+
+    async def create_execution(self, record: ExecutionRecord) -> ExecutionRecord | None:
+        await self._drain()
+        return await self._insert(record)
+
+    async def _insert(self, record: ExecutionRecord) -> ExecutionRecord | None:
+        idem = f"{P}idem:{record.idempotency_key}" if record.idempotency_key else ""
+        found = await self._create(
+            keys=[_exec_key(record.execution_id), idem],
+            args=[record_json(record), int(record.status), record.execution_id, record.task_id, record.created_at],
+        )
+        return record_from_json(found) if found else None
+
+    def queue_insert(self, record: ExecutionRecord) -> None:
+        snapshot = dataclasses.replace(record, params=dict(record.params), metadata=dict(record.metadata))
+
+        async def write() -> None:
+            await self._insert(snapshot)
+
+        self._enqueue(write)
+
+    async def _apply(self, record: ExecutionRecord, text: str) -> bool:
+        allowed = [str(int(s)) for s in ALLOWED_FROM[record.status]]
+        if not allowed:
+            return False
+        changed = await self._transition(
+            keys=[_exec_key(record.execution_id)],
+            args=[text, int(record.status), record.execution_id, self.retention_ms, record.cache_key,
+                  record.completed_at, *allowed],
+        )  # fmt: skip
+        return bool(changed)
+
+    async def transition(self, record: ExecutionRecord) -> bool:
+        await self._drain()
+        return await self._apply(record, record_json(record))
+
+    def queue_transition(self, record: ExecutionRecord) -> None:
+        snapshot = dataclasses.replace(record, metrics=dict(record.metrics))
+        text = record_json(snapshot)
+
+        async def write() -> None:
+            await self._apply(snapshot, text)
+
+        self._enqueue(write)
+
+    async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        await self._drain()
+        raw = await self.redis.hget(_exec_key(execution_id), "j")
+        return record_from_json(raw) if raw is not None else None
+
+    async def _records(self, ids: list[str]) -> list[ExecutionRecord | None]:
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for execution_id in ids:
+                pipe.hget(_exec_key(execution_id), "j")
+            raws = await pipe.execute()
+        return [record_from_json(raw) if raw is not None else None for raw in raws]
+
+    async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
+        await self._drain()
+        index = f"{P}task-execs:{task_id}" if task_id else EXECS
+        top: str = "+inf"
+        if start_after:
+            score = await self.redis.zscore(index, start_after)
+            if score is not None:
+                top = f"({int(score)}"
+        found: list[ExecutionRecord] = []
+        batch = max(limit * 2, 50)
+        while len(found) <= limit:
+            rows = await self.redis.zrevrangebyscore(index, top, "-inf", start=0, num=batch, withscores=True)
+            if not rows:
+                break
+            ids = [raw for raw, _ in rows]
+            for execution_id, record in zip(ids, await self._records(ids), strict=True):
+                if record is None:
+                    await self.redis.zrem(index, execution_id)  # expired: drop from the index
+                elif status is Status.UNKNOWN or record.status is status:
+                    found.append(record)
+            top = f"({int(rows[-1][1])}"
+        records = found[:limit]
+        has_more = len(found) > limit
+        return ExecutionPage(records, has_more, records[-1].execution_id if has_more else "")
+
+    async def unfinished(self) -> list[ExecutionRecord]:
+        await self._drain()
+        ids = [raw for raw in await self.redis.smembers(UNFINISHED)]
+        records = [r for r in await self._records(ids) if r is not None and not r.done]
+        return sorted(records, key=lambda r: (r.created_at, r.execution_id))
+
+    async def cached_result(self, cache_key: str, since_ms: int) -> ExecutionRecord | None:
+        await self._drain()
+        ids = await self.redis.zrevrangebyscore(f"{P}cache:{cache_key}", "+inf", since_ms, start=0, num=1)
+        if not ids:
+            return None
+        record = await self.get_execution(ids[0])
+        return record if record is not None and record.status is Status.COMPLETED else None
+
+    async def expire(self, before_ms: int, keep: int) -> int:
+        # Age is Redis's job (terminal records carry a TTL); here only the count is enforced.
+        await self._drain()
+        excess = int(await self.redis.zcard(EXECS)) - keep
+        if excess <= 0:
+            return 0
+        ids = [raw for raw in await self.redis.zrange(EXECS, 0, excess - 1)]
+        removed = 0
+        for execution_id, record in zip(ids, await self._records(ids), strict=True):
+            if record is None or record.done:
+                await self.redis.delete(_exec_key(execution_id))
+                await self.redis.zrem(EXECS, execution_id)
+                await self.redis.zrem(BY_TIME, execution_id)
+                if record is not None:
+                    await self.redis.zrem(f"{P}task-execs:{record.task_id}", execution_id)
+                removed += 1
+        return removed
+
+    async def stats(self, since_ms: int) -> Stats:
+        await self._drain()
+        ids = [raw for raw in await self.redis.zrangebyscore(BY_TIME, since_ms, "+inf")]
+        stats = Stats()
+        durations = []
+        for record in await self._records(ids):
+            if record is None:
+                continue
+            stats.total += 1
+            stats.by_status[record.status] = stats.by_status.get(record.status, 0) + 1
+            key = f"{record.task_id}/{record.function_name}" if record.function_name else record.task_id
+            stats.by_function[key] = stats.by_function.get(key, 0) + 1
+            stats.by_task[record.task_id] = stats.by_task.get(record.task_id, 0) + 1
+            if record.status is Status.COMPLETED:
+                durations.append(record.execution_time_ms)
+        stats.average_execution_time_ms = sum(durations) / len(durations) if durations else 0.0
+        return stats

@@ -1,0 +1,204 @@
+"""Cluster mode on a real redis-server: three node processes share work, answer for each other,
+cancel across nodes, and take over what a killed node held."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+
+from spearlet.api.grpc import spearlet_pb2 as pb
+from tests.e2e.test_async import processes_running
+from tests.helpers import NodeProcess, existing, params, script, start_node
+
+pytestmark = pytest.mark.timeout(120)
+REDIS = shutil.which("redis-server")
+LEASE_S = "1.5"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    if REDIS is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server); cluster tests need a real one")
+    port = free_port()
+    server = subprocess.Popen(
+        [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    server.terminate()
+    server.wait(10)
+
+
+def start_member(data_dir: Path, redis_url: str, name: str) -> NodeProcess:
+    return start_node(data_dir, "--store", redis_url, "--node-id", name, env={"SPEARLET_LEASE_S": LEASE_S})
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, redis_url: str) -> Iterator[list[NodeProcess]]:
+    subprocess.run(["redis-cli", "-u", redis_url, "FLUSHALL"], check=True, capture_output=True)
+    nodes = [start_member(tmp_path / f"n{i}", redis_url, f"n{i}") for i in range(3)]
+    yield nodes
+    for node in nodes:
+        if node.proc.poll() is None:
+            node.stop()
+
+
+def wait_all_done(node: NodeProcess, ids: list[str], timeout: float = 60) -> dict[str, pb.ExecutionResult]:
+    stub = node.stub()
+    deadline = time.monotonic() + timeout
+    while True:
+        results = {
+            e: stub.GetExecutionStatus(pb.GetExecutionStatusRequest(execution_id=e, include_result=True)).result
+            for e in ids
+        }
+        if all(r.status >= pb.EXECUTION_STATUS_COMPLETED for r in results.values()):
+            return results
+        assert time.monotonic() < deadline, Counter(r.status for r in results.values())
+        time.sleep(0.1)
+
+
+def test_work_spreads_across_nodes_and_any_node_answers(cluster: list[NodeProcess]) -> None:
+    first = cluster[0].stub()
+    ids = [
+        first.InvokeFunction(
+            existing("sleep", mode=pb.EXECUTION_MODE_ASYNC, parameters=params(seconds=0.3))
+        ).execution_id
+        for _ in range(30)
+    ]
+    results = wait_all_done(cluster[2], ids)
+    assert all(r.status == pb.EXECUTION_STATUS_COMPLETED for r in results.values())
+    assert len({r.metrics["node"] for r in results.values()}) >= 2
+    for node in cluster:
+        listed = node.stub().ListExecutions(pb.ListExecutionsRequest(task_id="sleep", limit=100))
+        assert set(ids) <= {e.execution_id for e in listed.executions}
+        status = node.stub().GetExecutionStatus(pb.GetExecutionStatusRequest(execution_id=ids[0]))
+        assert status.found
+    sync = cluster[1].stub().InvokeFunction(existing("greet", parameters=params(name="Ann")))
+    assert sync.success and sync.result.metrics["node"] == "n1"
+
+
+def test_a_cancel_reaches_the_node_that_runs_it(cluster: list[NodeProcess], tmp_path: Path) -> None:
+    stub = cluster[0].stub()
+    accepted = stub.InvokeFunction(existing("sleep", mode=pb.EXECUTION_MODE_ASYNC, parameters=params(seconds=60)))
+    deadline = time.monotonic() + 10
+    while True:
+        status = stub.GetExecutionStatus(pb.GetExecutionStatusRequest(execution_id=accepted.execution_id)).result
+        if status.status == pb.EXECUTION_STATUS_RUNNING and status.metrics.get("node"):
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    runner = status.metrics["node"]
+    other = next(n for n in cluster if not n.data_dir.name.endswith(runner))
+    started = time.perf_counter()
+    cancel = other.stub().CancelExecution(
+        pb.CancelExecutionRequest(execution_id=accepted.execution_id, reason="elsewhere")
+    )
+    assert time.perf_counter() - started < 1.0
+    assert cancel.success and cancel.final_status == pb.EXECUTION_STATUS_CANCELLED
+    assert not [p for p in processes_running("sleep.py") if _env(p).get("SPEAR_EXECUTION_ID") == accepted.execution_id]
+
+
+def _env(process: psutil.Process) -> dict[str, str]:
+    try:
+        return process.environ()
+    except psutil.Error:
+        return {}
+
+
+def test_a_pending_execution_cancelled_from_any_node_never_runs(cluster: list[NodeProcess], tmp_path: Path) -> None:
+    mark = tmp_path / "ran"
+    body = f"#!/bin/sh\ntouch {mark}\n"
+    path = script(tmp_path / "marker.sh", body)
+    from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
+
+    tasks = pb_grpc.TaskServiceStub(grpc.insecure_channel(cluster[0].grpc_target))
+    spec = pb.ArtifactSpec(artifact_type="process", location=str(path))
+    tasks.RegisterTask(pb.RegisterTaskRequest(task_name="marker", artifact_spec=spec, replace=True))
+    # Fill every node so the next one waits in the stream.
+    blockers = [
+        cluster[0].stub().InvokeFunction(existing("sleep", mode=pb.EXECUTION_MODE_ASYNC, parameters=params(seconds=5)))
+        for _ in range(3 * 16)
+    ]
+    queued = cluster[0].stub().InvokeFunction(existing("marker", mode=pb.EXECUTION_MODE_ASYNC))
+    cancel = cluster[2].stub().CancelExecution(pb.CancelExecutionRequest(execution_id=queued.execution_id))
+    assert cancel.success and cancel.final_status == pb.EXECUTION_STATUS_CANCELLED
+    for blocker in blockers:
+        cluster[0].stub().CancelExecution(pb.CancelExecutionRequest(execution_id=blocker.execution_id, force=True))
+    time.sleep(1.0)
+    assert not mark.exists()
+
+
+def test_idempotency_keys_hold_across_nodes(cluster: list[NodeProcess]) -> None:
+    keyed = {"idempotency_key": "order-7"}
+    a = cluster[0].stub().InvokeFunction(existing("hello", mode=pb.EXECUTION_MODE_ASYNC, invocation_metadata=keyed))
+    b = cluster[1].stub().InvokeFunction(existing("hello", mode=pb.EXECUTION_MODE_ASYNC, invocation_metadata=keyed))
+    assert a.execution_id == b.execution_id
+
+
+def test_a_killed_node_s_work_is_finished_by_the_others(
+    cluster: list[NodeProcess], redis_url: str, tmp_path: Path
+) -> None:
+    stub = cluster[0].stub()
+    retry = pb.ExecutionContext(max_retries=1)
+    ids = {
+        stub.InvokeFunction(existing("sleep", mode=pb.EXECUTION_MODE_ASYNC, parameters=params(seconds=2),
+                                     context=retry if i % 2 else None)).execution_id: bool(i % 2)
+        for i in range(12)
+    }  # fmt: skip
+    victim = cluster[1]
+    deadline = time.monotonic() + 10
+    while True:
+        running = [
+            e for e in ids
+            if stub.GetExecutionStatus(pb.GetExecutionStatusRequest(execution_id=e)).result.metrics.get("node") == "n1"
+        ]  # fmt: skip
+        if running:
+            break
+        assert time.monotonic() < deadline, "n1 took no work"
+        time.sleep(0.05)
+    victim.proc.send_signal(signal.SIGKILL)
+    victim.proc.wait(10)
+    results = wait_all_done(cluster[2], list(ids), timeout=60)
+    for execution_id, had_retry in ids.items():
+        result = results[execution_id]
+        if execution_id in running:
+            if had_retry:
+                assert result.status == pb.EXECUTION_STATUS_COMPLETED and result.metrics["node"] != "n1"
+            else:
+                assert result.status == pb.EXECUTION_STATUS_FAILED and result.error_code == "NODE_LOST"
+        else:
+            assert result.status == pb.EXECUTION_STATUS_COMPLETED
+    # The node comes back under its name and takes work again.
+    cluster[1] = start_member(victim.data_dir, redis_url, "n1")
+    more = [
+        stub.InvokeFunction(
+            existing("sleep", mode=pb.EXECUTION_MODE_ASYNC, parameters=params(seconds=0.5))
+        ).execution_id
+        for _ in range(24)
+    ]
+    again = wait_all_done(cluster[1], more)
+    assert "n1" in {r.metrics["node"] for r in again.values()}
