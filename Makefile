@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint proto clean
+.PHONY: setup run test lint proto bench clean
 
 $(BIN)/spearlet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest
+
+# Benchmarks beside a bare gRPC echo, Celery and RQ (needs redis-server); see README, Performance.
+bench: setup
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m bench.suite
 
 proto: setup
 	$(BIN)/python scripts/gen_proto.py

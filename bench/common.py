@@ -59,8 +59,8 @@ def start(cmd: list[str], env: dict[str, str] | None = None) -> Server:
     return Server(proc, target, http)
 
 
-def start_node(*extra: str, env: dict[str, str] | None = None) -> Server:
-    data = tempfile.mkdtemp(prefix="spearlet-bench-")
+def start_node(*extra: str, env: dict[str, str] | None = None, data_dir: Path | None = None) -> Server:
+    data = str(data_dir) if data_dir is not None else tempfile.mkdtemp(prefix="spearlet-bench-")
     cmd = [
         sys.executable,
         "-m",

@@ -363,3 +363,16 @@ async def test_a_local_file_over_the_size_limit_is_refused(tmp_path: Path) -> No
     big.write_bytes(b"x" * 2048)
     with pytest.raises(InvalidArgument, match="larger than 1024 bytes"):
         await ArtifactFetcher(tmp_path / "cache", max_bytes=1024).fetch(str(big))
+
+
+@pytest.mark.parametrize("location", ["~no-such-user-here/tool.sh", "~no-such-user-here"])
+async def test_an_unknown_home_directory_is_refused(fetcher: ArtifactFetcher, location: str) -> None:
+    with pytest.raises(InvalidArgument, match="home directory"):
+        await fetcher.fetch(location)
+
+
+async def test_a_symlink_loop_is_refused(fetcher: ArtifactFetcher, tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(InvalidArgument):
+        await fetcher.fetch(str(tmp_path / "a"))

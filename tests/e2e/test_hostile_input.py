@@ -20,7 +20,10 @@ from tests.helpers import NodeProcess, existing, start_node
 
 pytestmark = pytest.mark.timeout(300)
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Derandomized so that CI is repeatable; run with --hypothesis-seed=random to explore further.
+FUZZ = settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 # Request errors the node may answer with; INTERNAL or UNKNOWN would mean it broke on the input.
 REQUEST_ERRORS = {
     grpc.StatusCode.INVALID_ARGUMENT,

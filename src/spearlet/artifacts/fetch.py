@@ -95,10 +95,17 @@ class ArtifactFetcher:
         if scheme != "file":
             raise InvalidArgument(f"artifact location {location[:200]!r}: unsupported scheme {scheme!r}")
         path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(location)
-        return await asyncio.to_thread(self._local, path.expanduser(), expected, location)
+        try:
+            path = path.expanduser()
+        except RuntimeError as exc:  # `~someone` who does not exist
+            raise InvalidArgument(f"artifact location {location[:200]!r}: {exc}") from exc
+        return await asyncio.to_thread(self._local, path, expected, location)
 
     def _local(self, path: Path, expected: str, location: str) -> Artifact:
-        path = path.resolve()  # symlinks and `..` resolved before the directory check
+        try:
+            path = path.resolve()  # symlinks and `..` resolved before the directory check
+        except (OSError, RuntimeError) as exc:  # a symlink loop, say
+            raise InvalidArgument(f"artifact location {location!r} cannot be resolved: {exc}") from exc
         if self.local_dirs and not any(path.is_relative_to(d) for d in self.local_dirs):
             raise InvalidArgument(
                 f"artifact location {location!r} is outside the directories this node serves artifacts from"

@@ -1,0 +1,253 @@
+"""The benchmark suite: spearlet beside a bare gRPC echo and beside Celery and RQ, in one run.
+
+    make bench            # or: python -m bench.suite [--runs 3] [--quick]
+
+Starts its own node(s), echo server and redis-server on loopback, runs bounded workloads, and prints
+a table of figures (each the median of --runs runs) with ratios to the baselines measured in the
+same run; writes bench/results/suite.json with the machine's description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+from google.protobuf import any_pb2, struct_pb2
+
+from bench import peers
+from bench.common import Server, latencies, percentile, start_echo, start_node, table, throughput, write_results
+from spearlet.api.grpc import spearlet_pb2 as pb
+from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
+from spearlet.core.ids import new_execution_id
+from spearlet.core.models import ExecutionRecord, Mode, Status, now_ms
+from spearlet.store.sqlite import SqliteStore
+
+
+def _call(
+    task: str, function: str = "", mode: int = pb.EXECUTION_MODE_SYNC, **params: float
+) -> pb.InvokeFunctionRequest:
+    parameters = []
+    for name, value in params.items():
+        packed = any_pb2.Any()
+        packed.Pack(struct_pb2.Value(number_value=value))
+        parameters.append(pb.FunctionParameter(name=name, value=packed))
+    return pb.InvokeFunctionRequest(
+        invocation_type=pb.INVOCATION_TYPE_EXISTING_TASK, task_id=task, function_name=function,
+        execution_mode=mode, parameters=parameters,
+    )  # fmt: skip
+
+
+NOOP = _call("greet", "noop")
+NOOP_ASYNC = _call("greet", "noop", pb.EXECUTION_MODE_ASYNC)
+SLEEP10 = _call("greet", "wait", seconds=0.01)
+SLEEP10_ASYNC = _call("greet", "wait", pb.EXECUTION_MODE_ASYNC, seconds=0.01)
+
+
+def _node(data_dir: Path, **env: str) -> Server:
+    return start_node(env=env, data_dir=data_dir)
+
+
+async def _drained(stub: pb_grpc.FunctionServiceStub) -> None:
+    while True:
+        details = (await stub.GetHealth(pb.GetHealthRequest(include_details=True))).details
+        if not details.pending_executions and not details.running_executions:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def _completed_per_s(stub: pb_grpc.FunctionServiceStub, request: pb.InvokeFunctionRequest, n: int) -> float:
+    """Submit `n` async executions 16 at a time, then wait until all are done: end-to-end rate."""
+    started = time.perf_counter()
+    queue = list(range(n))
+
+    async def submitter() -> None:
+        while queue:
+            queue.pop()
+            await stub.InvokeFunction(request)
+
+    await asyncio.gather(*(submitter() for _ in range(16)))
+    await _drained(stub)
+    return n / (time.perf_counter() - started)
+
+
+async def spearlet_figures(node: Server, echo: Server, quick: bool) -> dict[str, float]:
+    calls = 500 if quick else 2000
+    seconds = 3.0 if quick else 8.0
+    async with grpc.aio.insecure_channel(node.target) as nch, grpc.aio.insecure_channel(echo.target) as ech:
+        stub, echo_stub = pb_grpc.FunctionServiceStub(nch), pb_grpc.FunctionServiceStub(ech)
+        f: dict[str, float] = {}
+        floor = await latencies(lambda: echo_stub.InvokeFunction(NOOP), calls)
+        f["echo_p50_ms"], f["echo_p99_ms"] = percentile(floor, 0.5), percentile(floor, 0.99)
+        f["echo_calls_per_s_c16"] = await throughput(lambda: echo_stub.InvokeFunction(NOOP), 16, seconds)
+        warm = await latencies(lambda: stub.InvokeFunction(NOOP), calls)
+        f["sync_noop_p50_ms"], f["sync_noop_p99_ms"] = percentile(warm, 0.5), percentile(warm, 0.99)
+        f["sync_noop_calls_per_s_c16"] = await throughput(lambda: stub.InvokeFunction(NOOP), 16, seconds)
+        sleepy = await latencies(lambda: stub.InvokeFunction(SLEEP10), calls // 4, warmup=20)
+        f["sync_sleep10_p50_ms"], f["sync_sleep10_p99_ms"] = percentile(sleepy, 0.5), percentile(sleepy, 0.99)
+        accept = await latencies(lambda: stub.InvokeFunction(NOOP_ASYNC), calls // 2)
+        f["async_accept_p50_ms"], f["async_accept_p99_ms"] = percentile(accept, 0.5), percentile(accept, 0.99)
+        await _drained(stub)
+        f["async_accepted_per_s_c16"] = await throughput(lambda: stub.InvokeFunction(NOOP_ASYNC), 16, seconds)
+        await _drained(stub)
+        n = 1000 if quick else 3000
+        f["async_noop_completed_per_s"] = await _completed_per_s(stub, NOOP_ASYNC, n)
+        f["async_sleep10_completed_per_s"] = await _completed_per_s(stub, SLEEP10_ASYNC, n // 2)
+        status_request = pb.GetExecutionStatusRequest(
+            execution_id=(await stub.InvokeFunction(NOOP)).execution_id, include_result=True
+        )
+        f["status_queries_per_s_c16"] = await throughput(lambda: stub.GetExecutionStatus(status_request), 16, seconds)
+        cancels = []
+        for _ in range(10 if quick else 30):
+            accepted = await stub.InvokeFunction(_call("greet", "wait", pb.EXECUTION_MODE_ASYNC, seconds=30))
+            while (
+                await stub.GetExecutionStatus(pb.GetExecutionStatusRequest(execution_id=accepted.execution_id))
+            ).result.status != pb.EXECUTION_STATUS_RUNNING:
+                await asyncio.sleep(0.005)
+            started = time.perf_counter()
+            await stub.CancelExecution(pb.CancelExecutionRequest(execution_id=accepted.execution_id))
+            cancels.append((time.perf_counter() - started) * 1000)
+        f["cancel_running_p50_ms"] = percentile(cancels, 0.5)
+        cold_python = await latencies(lambda: stub.InvokeFunction(pb.InvokeFunctionRequest(
+            invocation_type=pb.INVOCATION_TYPE_EXISTING_TASK, task_id="greet", function_name="noop",
+            force_new_instance=True)), 20, warmup=2)  # fmt: skip
+        f["cold_python_worker_call_p50_ms"] = percentile(cold_python, 0.5)
+        cold_process = await latencies(lambda: stub.InvokeFunction(_call("echo")), 50, warmup=5)
+        f["process_call_p50_ms"] = percentile(cold_process, 0.5)
+        wasm = await latencies(lambda: stub.InvokeFunction(_call("wasm-hello")), 200, warmup=20)
+        f["wasm_call_p50_ms"] = percentile(wasm, 0.5)
+    return f
+
+
+def _fill_store(data_dir: Path, count: int) -> None:
+    """`count` finished records, as a node that served them would have kept."""
+
+    async def fill() -> None:
+        store = SqliteStore(data_dir / "spearlet.db")
+        await store.open()
+        now = now_ms()
+        for i in range(count):
+            record = ExecutionRecord(new_execution_id(), "greet", "noop", Mode.ASYNC, status=Status.COMPLETED,
+                                     created_at=now, started_at=now, completed_at=now, attempts=1)  # fmt: skip
+            store.queue_insert(record)
+            if i % 5000 == 4999:
+                await store.count_tasks()  # let the writer catch up
+        await store.close()
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(fill())
+
+
+async def _accept_figures(node: Server, calls: int) -> tuple[float, float]:
+    async with grpc.aio.insecure_channel(node.target) as channel:
+        stub = pb_grpc.FunctionServiceStub(channel)
+        samples = await latencies(lambda: stub.InvokeFunction(NOOP_ASYNC), calls)
+        await _drained(stub)
+    return percentile(samples, 0.5), percentile(samples, 0.99)
+
+
+def growth(quick: bool) -> dict[str, float]:
+    """Accept latency and node RSS with many retained records, and with many queued."""
+    f: dict[str, float] = {}
+    sizes = (1000, 10_000) if quick else (1000, 10_000, 100_000)
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix="spearlet-growth-") as tmp:
+            data = Path(tmp) / "data"
+            _fill_store(data, size)
+            node = _node(data, SPEARLET_RETENTION_MAX_RECORDS="1000000")
+            try:
+                p50, p99 = asyncio.run(_accept_figures(node, 500))
+                f[f"accept_p50_ms_{size}_records"], f[f"accept_p99_ms_{size}_records"] = p50, p99
+                f[f"rss_mb_{size}_records"] = psutil.Process(node.proc.pid).memory_info().rss / 2**20
+            finally:
+                node.stop()
+    queued = 2000 if quick else 10_000
+    with tempfile.TemporaryDirectory(prefix="spearlet-queued-") as tmp:
+        node = _node(Path(tmp) / "data", SPEARLET_MAX_PENDING=str(queued + 100), SPEARLET_MAX_CONCURRENCY="1")
+        try:
+            rss_before = psutil.Process(node.proc.pid).memory_info().rss
+
+            async def fill_queue() -> tuple[float, float]:
+                async with grpc.aio.insecure_channel(node.target) as channel:
+                    stub = pb_grpc.FunctionServiceStub(channel)
+                    slow = _call("greet", "wait", pb.EXECUTION_MODE_ASYNC, seconds=60)
+                    for _ in range(queued // 100):
+                        await asyncio.gather(*(stub.InvokeFunction(slow) for _ in range(100)))
+                    samples = await latencies(lambda: stub.InvokeFunction(slow), 50, warmup=0)
+                return percentile(samples, 0.5), percentile(samples, 0.99)
+
+            f[f"accept_p50_ms_{queued}_queued"], f[f"accept_p99_ms_{queued}_queued"] = asyncio.run(fill_queue())
+            f[f"rss_growth_mb_{queued}_queued"] = (psutil.Process(node.proc.pid).memory_info().rss - rss_before) / 2**20
+        finally:
+            node.stop()
+    return f
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("the peers need redis-server (Debian package redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(0.5)
+    return server, f"redis://127.0.0.1:{port}/0"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smaller workloads, one run")
+    args = parser.parse_args()
+    runs = 1 if args.quick else args.runs
+    own: list[dict[str, float]] = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory(prefix="spearlet-suite-") as tmp:
+            node, echo = _node(Path(tmp) / "data", SPEARLET_MAX_PENDING="100000"), start_echo()
+            try:
+                own.append(asyncio.run(spearlet_figures(node, echo, args.quick)))
+            finally:
+                node.stop()
+                echo.stop()
+    figures: dict[str, Any] = {k: statistics.median(r[k] for r in own) for k in own[0]}
+    figures.update(growth(args.quick))
+    server, url = start_redis()
+    try:
+        sync_calls, async_calls = (100, 300) if args.quick else (300, 1000)
+        for name, measure in (("celery", peers.celery), ("rq", peers.rq)):
+            subprocess.run(["redis-cli", "-u", url, "FLUSHALL"], capture_output=True)
+            for key, value in measure(url, sync_calls, async_calls).items():
+                figures[f"{name}_{key}"] = value
+    finally:
+        server.terminate()
+    ratios = {
+        "sync_p50_over_echo": figures["sync_noop_p50_ms"] / figures["echo_p50_ms"],
+        "accepted_per_s_over_echo_calls_per_s": figures["async_accepted_per_s_c16"] / figures["echo_calls_per_s_c16"],
+        "async_noop_completed_over_celery": figures["async_noop_completed_per_s"]
+        / figures["celery_noop_async_completed_per_s"],
+        "status_queries_over_echo_calls_per_s": figures["status_queries_per_s_c16"] / figures["echo_calls_per_s_c16"],
+    }
+    big = "100000" if not args.quick else "10000"
+    ratios["accept_p99_large_over_1k_records"] = (
+        figures[f"accept_p99_ms_{big}_records"] / figures["accept_p99_ms_1000_records"]
+    )
+    figures["ratios"] = ratios
+    rows = [(k, f"{v:,.2f}") for k, v in figures.items() if isinstance(v, float | int)]
+    rows += [(f"ratio: {k}", f"{v:.2f}") for k, v in ratios.items()]
+    print(table(rows))
+    print(f"wrote {write_results('suite', {'runs': runs, 'quick': args.quick, **figures})}")
+
+
+if __name__ == "__main__":
+    main()
