@@ -59,6 +59,15 @@ def unpack(packed: any_pb2.Any) -> Any:
     raise AssertionError(f"unexpected result type {packed.type_url}")
 
 
+def register(
+    target: str, name: str, location: Path, artifact_type: str = "process", **metadata: str
+) -> pb.RegisterTaskResponse:
+    """Register (or replace) a task through the TaskService extension."""
+    tasks = pb_grpc.TaskServiceStub(grpc.insecure_channel(target))
+    spec = pb.ArtifactSpec(artifact_type=artifact_type, location=str(location), metadata=metadata)
+    return tasks.RegisterTask(pb.RegisterTaskRequest(task_name=name, artifact_spec=spec, replace=True))
+
+
 def existing(task_id: str, mode: int = pb.EXECUTION_MODE_SYNC, **kwargs: Any) -> pb.InvokeFunctionRequest:
     context = kwargs.pop("context", None)
     return pb.InvokeFunctionRequest(

@@ -33,8 +33,6 @@ class Callbacks:
     def __init__(self, allow: list[str], timeout_s: float = 10.0) -> None:
         self.allow = allow
         self.timeout_s = timeout_s
-        self.delivered = 0
-        self.failed = 0
         self._background = Background()
         self._client: httpx.AsyncClient | None = None
 
@@ -85,7 +83,6 @@ class Callbacks:
                     url, json=body, headers={"X-Spearlet-Execution": record.execution_id}
                 )
                 if response.status_code < 300:
-                    self.delivered += 1
                     return
                 problem = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
@@ -94,7 +91,7 @@ class Callbacks:
             if attempt < ATTEMPTS:
                 await asyncio.sleep(delay)
                 delay *= 2
-        self.failed += 1
+        log.error("callback for %s to %s given up after %d attempts", record.execution_id, url, ATTEMPTS)
 
     async def close(self, grace_s: float = 2.0) -> None:
         """Let deliveries in flight finish for a moment; callbacks are best effort at shutdown."""

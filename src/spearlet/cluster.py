@@ -58,8 +58,6 @@ class Cluster:
         self._entries: dict[str, str] = {}  # execution id -> stream entry id, for work read here
         self._loops: list[asyncio.Task[None]] = []
         self._background = Background()
-        self.taken = 0
-        self.reclaimed = 0
 
     @property
     def _heartbeat(self) -> str:
@@ -189,7 +187,6 @@ class Cluster:
                 continue
             for _, entries in batches or []:
                 for entry, fields in entries:
-                    self.taken += 1
                     await self._take(entry, fields["id"], reclaimed=False)
 
     async def _beat(self) -> None:
@@ -227,7 +224,6 @@ class Cluster:
                 execution_id = fields["id"]
                 if execution_id in self._entries:
                     continue
-                self.reclaimed += 1
                 await self._take(entry, execution_id, reclaimed=True)
             if start == "0-0" or not entries:
                 break

@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -13,7 +14,7 @@ import psutil
 import pytest
 
 from spearlet.api.grpc import spearlet_pb2 as pb
-from tests.helpers import NodeProcess, existing, params, script, shared_dir, start_node, unpack
+from tests.helpers import NodeProcess, existing, params, register, script, shared_dir, start_node, unpack
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -30,15 +31,7 @@ json.dump({"runs": runs}, sys.stdout)
 """
 
 
-def new_task(stub, name: str, path: Path, **metadata: str) -> None:  # type: ignore[no-untyped-def]
-    from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
-
-    tasks = pb_grpc.TaskServiceStub(grpc.insecure_channel(stub))
-    spec = pb.ArtifactSpec(artifact_type="process", location=str(path), metadata=metadata)
-    tasks.RegisterTask(pb.RegisterTaskRequest(task_name=name, artifact_spec=spec, replace=True))
-
-
-def wait_done(stub, execution_id: str, timeout: float = 30) -> pb.GetExecutionStatusResponse:  # type: ignore[no-untyped-def]
+def wait_done(stub: Any, execution_id: str, timeout: float = 30) -> pb.GetExecutionStatusResponse:
     deadline = time.monotonic() + timeout
     while True:
         response = stub.GetExecutionStatus(pb.GetExecutionStatusRequest(execution_id=execution_id, include_result=True))
@@ -78,7 +71,7 @@ def test_async_answers_at_once_with_pending_endpoint_and_no_history_note(node: N
 
 def test_estimate_is_measured_not_made_up(node: NodeProcess, tmp_path: Path) -> None:
     nap = script(tmp_path / "nap.sh", "#!/bin/sh\nsleep 0.3\necho '{}'\n")
-    new_task(node.grpc_target, "nap", nap)
+    register(node.grpc_target, "nap", nap)
     stub = node.stub()
     first = stub.InvokeFunction(existing("nap", mode=pb.EXECUTION_MODE_ASYNC))
     assert first.estimated_completion_ms == 0
@@ -119,7 +112,7 @@ def test_status_includes_result_and_logs_only_when_asked(node: NodeProcess) -> N
 def test_cancel_running_stops_the_process_within_a_second(node: NodeProcess, tmp_path: Path) -> None:
     marker = tmp_path / "cancel-me.sh"
     script(marker, "#!/bin/sh\nsleep 600\n")
-    new_task(node.grpc_target, "cancel-me", marker)
+    register(node.grpc_target, "cancel-me", marker)
     stub = node.stub()
     response = stub.InvokeFunction(existing("cancel-me", mode=pb.EXECUTION_MODE_ASYNC))
     deadline = time.monotonic() + 10
@@ -142,10 +135,10 @@ def test_cancel_pending_means_it_never_starts(node: NodeProcess, tmp_path: Path)
     log = shared_dir(tmp_path) / "runs.log"
     gate = script(tmp_path / "gate.sh", "#!/bin/sh\nsleep 600\n")
     counter = script(tmp_path / "counter.py", COUNTER)
-    new_task(node.grpc_target, "one-at-a-time", gate, max_concurrency="1")
+    register(node.grpc_target, "one-at-a-time", gate, max_concurrency="1")
     stub = node.stub()
     blocker = stub.InvokeFunction(existing("one-at-a-time", mode=pb.EXECUTION_MODE_ASYNC))
-    new_task(node.grpc_target, "one-at-a-time", counter, max_concurrency="1")  # queued behind the blocker
+    register(node.grpc_target, "one-at-a-time", counter, max_concurrency="1")  # queued behind the blocker
     queued = stub.InvokeFunction(
         existing("one-at-a-time", mode=pb.EXECUTION_MODE_ASYNC, parameters=params(log=str(log)))
     )
@@ -167,7 +160,7 @@ def test_cancel_unknown_execution_is_not_found(node: NodeProcess) -> None:
 
 def test_retries_rerun_failed_attempts_and_report_the_count(node: NodeProcess, tmp_path: Path) -> None:
     counter = script(tmp_path / "flaky.py", COUNTER)
-    new_task(node.grpc_target, "flaky", counter)
+    register(node.grpc_target, "flaky", counter)
     log = shared_dir(tmp_path) / "flaky.log"
     response = node.stub().InvokeFunction(
         existing("flaky", parameters=params(log=str(log), fail_times=2), context=pb.ExecutionContext(max_retries=3))
@@ -179,7 +172,7 @@ def test_retries_rerun_failed_attempts_and_report_the_count(node: NodeProcess, t
 
 def test_retries_stop_when_attempts_run_out(node: NodeProcess, tmp_path: Path) -> None:
     counter = script(tmp_path / "flaky2.py", COUNTER)
-    new_task(node.grpc_target, "flaky2", counter)
+    register(node.grpc_target, "flaky2", counter)
     log = shared_dir(tmp_path) / "flaky2.log"
     response = node.stub().InvokeFunction(
         existing("flaky2", parameters=params(log=str(log), fail_times=5), context=pb.ExecutionContext(max_retries=1))
@@ -193,7 +186,7 @@ def test_no_retry_after_cancel(node: NodeProcess, tmp_path: Path) -> None:
     slow = script(
         tmp_path / "slow-fail.sh", '#!/bin/sh\necho x >> "$(cat | sed \'s/.*"log":"\\([^"]*\\)".*/\\1/\')"\nsleep 600\n'
     )
-    new_task(node.grpc_target, "slow-fail", slow)
+    register(node.grpc_target, "slow-fail", slow)
     log = shared_dir(tmp_path) / "slow.log"
     stub = node.stub()
     response = stub.InvokeFunction(
@@ -218,7 +211,7 @@ def test_no_retry_after_cancel(node: NodeProcess, tmp_path: Path) -> None:
 
 def test_client_execution_id_and_idempotency_key_run_the_function_once(node: NodeProcess, tmp_path: Path) -> None:
     counter = script(tmp_path / "once.py", COUNTER)
-    new_task(node.grpc_target, "once", counter)
+    register(node.grpc_target, "once", counter)
     stub = node.stub()
     log = shared_dir(tmp_path) / "once.log"
     ctx = pb.ExecutionContext(execution_id="my-run-1")
@@ -239,7 +232,7 @@ def test_client_execution_id_and_idempotency_key_run_the_function_once(node: Nod
 
 def test_result_cache_answers_identical_calls_without_running(node: NodeProcess, tmp_path: Path) -> None:
     counter = script(tmp_path / "cached.py", COUNTER)
-    new_task(node.grpc_target, "cached", counter, cache_ttl_s="60")
+    register(node.grpc_target, "cached", counter, cache_ttl_s="60")
     stub = node.stub()
     log = shared_dir(tmp_path) / "cached.log"
     first = stub.InvokeFunction(existing("cached", parameters=params(log=str(log))))
@@ -254,7 +247,7 @@ def test_result_cache_answers_identical_calls_without_running(node: NodeProcess,
 
 def test_failures_are_never_cached(node: NodeProcess, tmp_path: Path) -> None:
     counter = script(tmp_path / "cfail.py", COUNTER)
-    new_task(node.grpc_target, "cfail", counter, cache_ttl_s="60")
+    register(node.grpc_target, "cfail", counter, cache_ttl_s="60")
     stub = node.stub()
     log = shared_dir(tmp_path) / "cfail.log"
     first = stub.InvokeFunction(existing("cfail", parameters=params(log=str(log), fail_times=1)))

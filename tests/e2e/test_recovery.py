@@ -16,15 +16,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 from tests.e2e.test_async import processes_running, wait_done
-from tests.helpers import existing, params, script, start_node
+from tests.helpers import existing, params, register, script, start_node
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def register(target: str, name: str, path: Path, **metadata: str) -> None:
-    tasks = pb_grpc.TaskServiceStub(grpc.insecure_channel(target))
-    spec = pb.ArtifactSpec(artifact_type="process", location=str(path), metadata=metadata)
-    tasks.RegisterTask(pb.RegisterTaskRequest(task_name=name, artifact_spec=spec, replace=True))
 
 
 def test_tasks_and_records_survive_a_clean_restart(tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ import psutil
 import pytest
 
 from spearlet.api.grpc import spearlet_pb2 as pb
-from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 from tests.e2e.test_async import wait_done
 from tests.helpers import NodeProcess, existing, params, unpack
+from tests.helpers import register as register_task
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,9 +67,7 @@ def big():
 
 
 def register(node: NodeProcess, name: str, location: Path, **metadata: str) -> pb.RegisterTaskResponse:
-    tasks = pb_grpc.TaskServiceStub(grpc.insecure_channel(node.grpc_target))
-    spec = pb.ArtifactSpec(artifact_type="python", location=str(location), metadata=metadata)
-    return tasks.RegisterTask(pb.RegisterTaskRequest(task_name=name, artifact_spec=spec, replace=True))
+    return register_task(node.grpc_target, name, location, "python", **metadata)
 
 
 @pytest.fixture(scope="module")

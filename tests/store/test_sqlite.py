@@ -79,7 +79,7 @@ async def hold_writer(store: SqliteStore) -> tuple[threading.Event, asyncio.Futu
         if not release.wait(20):
             raise TimeoutError("the test never released the writer")
 
-    held = store._run(op)
+    held = store._run(op, inline=False)  # on the writer thread, never on ours
     await asyncio.get_running_loop().run_in_executor(None, entered.wait, 20)
     return release, held
 
@@ -494,7 +494,7 @@ async def test_failing_operation_in_a_batch_does_not_undo_the_others(store: Sqli
     release, held = await hold_writer(store)
     tasks: list[asyncio.Future[Any]] = [
         asyncio.ensure_future(store.create_execution(before)),
-        asyncio.ensure_future(store._run(bad)),
+        asyncio.ensure_future(store._run(bad, inline=False)),
         asyncio.ensure_future(store.put_task(make_task("good"))),
         asyncio.ensure_future(store.create_execution(after)),
     ]
@@ -569,3 +569,14 @@ async def test_queued_writes_are_seen_by_the_next_operation_in_order(store: Sqli
     store.queue_transition(running)
     got = await store.get_execution(record.execution_id)
     assert got is not None and got.status is Status.RUNNING and got.attempts == 1
+
+
+async def test_an_idle_writer_runs_an_awaited_operation_at_once_on_the_callers_thread(store: SqliteStore) -> None:
+    threads: list[str] = []
+    await store._run(lambda conn: threads.append(threading.current_thread().name))
+    release, held = await hold_writer(store)
+    queued = store._run(lambda conn: threads.append(threading.current_thread().name))
+    release.set()
+    await held
+    await queued
+    assert threads == [threading.current_thread().name, "spearlet-sqlite"]  # busy: it waits its turn

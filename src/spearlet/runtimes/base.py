@@ -64,7 +64,8 @@ class Outcome:
 
 
 class LineSplitter:
-    """Feeds complete lines (with their newline) of a byte stream to `emit`; `flush` the rest."""
+    """Feeds complete lines (with their newline) of a byte stream to `emit`; `flush` the rest
+    (to `emit`, or to the given function: the end may be on another thread than the feeding)."""
 
     def __init__(self, emit: Callable[[bytes], None]) -> None:
         self._emit = emit
@@ -79,9 +80,9 @@ class LineSplitter:
         for line in complete.splitlines(keepends=True):
             self._emit(line)
 
-    def flush(self) -> None:
+    def flush(self, emit: Callable[[bytes], None] | None = None) -> None:
         if self._partial:
-            self._emit(bytes(self._partial))
+            (emit or self._emit)(bytes(self._partial))
             self._partial = bytearray()
 
 

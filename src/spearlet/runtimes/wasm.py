@@ -88,11 +88,9 @@ class WasmRuntime(Runtime):
         self.engine = wasmtime.Engine(config)
         self.cache_dir = settings.data_dir / "wasm-cache"
         self._modules: dict[str, wasmtime.Module] = {}
-        self._compile_ms: dict[str, float] = {}
         self._executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="spearlet-wasm")
         self._ticker_stop = threading.Event()
         self._ticker: threading.Thread | None = None
-        self._version = wasmtime.__name__ + getattr(wasmtime, "__version__", "")
 
     # Modules
 
@@ -106,7 +104,6 @@ class WasmRuntime(Runtime):
         if module is not None:
             return module
         cached = self._cache_path(digest)
-        started = time.perf_counter()
         if cached.is_file():
             try:
                 module = wasmtime.Module.deserialize_file(self.engine, str(cached))
@@ -121,13 +118,8 @@ class WasmRuntime(Runtime):
             tmp = cached.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_bytes(module.serialize())
             tmp.replace(cached)
-        self._compile_ms[digest] = (time.perf_counter() - started) * 1000
         self._modules[digest] = module
         return module
-
-    def compile_ms(self, task: Task) -> float | None:
-        """How long loading the module took (compile, or deserialize from the cache)."""
-        return self._compile_ms.get(task.digest)
 
     async def prepare(self, task: Task) -> None:
         if not task.digest:
@@ -196,7 +188,9 @@ class WasmRuntime(Runtime):
                 call.stop_reason = call.stop_reason or "cancelled"  # trapped at the next tick
             outcome = await run
             if call.lines is not None:
-                call.lines.flush()
+                # Here on the loop, after the lines the call's thread handed over: publish the
+                # rest now, before the execution can be reported finished.
+                call.lines.flush(invocation.on_output)
         except asyncio.CancelledError:
             call.stop_reason = "cancelled"
             raise

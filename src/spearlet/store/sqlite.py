@@ -171,22 +171,43 @@ _Op = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any] | None"]
 
 
 class _DatabaseThread(threading.Thread):
-    """Owns the connection; runs queued operations in batches, one commit per batch."""
+    """Owns the connection; runs queued operations in batches, one commit per batch.
+
+    When nothing is queued or running, an awaited operation runs at once on the caller's thread
+    instead (under the same lock): a thread hop each way costs more here than a WAL commit, and an
+    idle writer has nothing to batch it with. Busy, everything goes through the queue in order.
+    """
 
     def __init__(self, path: Path) -> None:
         super().__init__(name="spearlet-sqlite", daemon=True)
         self._path = path
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # whoever holds it uses the connection
+        self._conn: sqlite3.Connection | None = None
+        # Operations handed to the thread, and those it finished: each counter has one writer.
+        self._submitted = 0
+        self._finished = 0
         self.ready = threading.Event()
         self.startup_error: BaseException | None = None
 
-    def submit(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def submit(self, op: Callable[[sqlite3.Connection], T], inline: bool = True) -> asyncio.Future[T]:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        conn = self._conn
+        idle = self._submitted == self._finished and conn is not None
+        if inline and idle and conn is not None and self._lock.acquire(blocking=False):
+            try:
+                ok, value = _run_batch(conn, [(op, future)])[0]
+            finally:
+                self._lock.release()
+            _settle([(future, ok, value)])
+            return future
+        self._submitted += 1
         self._queue.put((op, future))
         return future
 
     def enqueue(self, op: Callable[[sqlite3.Connection], object]) -> None:
         """Queue a write without waiting for it; later operations run after it."""
+        self._submitted += 1
         self._queue.put((op, None))
 
     def stop(self) -> None:
@@ -202,21 +223,33 @@ class _DatabaseThread(threading.Thread):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
+            # Checkpoints (which fsync) are this thread's job when idle, never a caller's commit's.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             _migrate(conn)
             conn.executescript(_SCHEMA)
         except BaseException as exc:  # reported to open(), which raises it in the loop
             self.startup_error = exc
             self.ready.set()
             return
+        self._conn = conn
         self.ready.set()
         try:
             self._serve(conn)
         finally:
-            conn.close()
+            with self._lock:
+                self._conn = None
+                conn.close()
 
     def _serve(self, conn: sqlite3.Connection) -> None:
+        commits = 0
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=1.0 if commits else None)
+            except queue.Empty:
+                with self._lock:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                commits = 0
+                continue
             if first is None:
                 return
             batch = [first]
@@ -230,34 +263,44 @@ class _DatabaseThread(threading.Thread):
                     stop = True
                     break
                 batch.append(item)
-            results: list[tuple[asyncio.Future[Any], bool, Any]] = []
-            conn.execute("BEGIN IMMEDIATE")
-            for op, future in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = op(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    if future is None:
-                        log.error("a queued store write failed: %s", exc)
-                    else:
-                        results.append((future, False, exc))
-                else:
-                    if future is not None:
-                        results.append((future, True, value))
-                conn.execute("RELEASE op")
-            try:
-                conn.execute("COMMIT")
-            except Exception as exc:
-                conn.execute("ROLLBACK")
-                log.error("a store batch of %d operations failed to commit: %s", len(batch), exc)
-                results = [(future, False, exc) for future, _, _ in results]
+            with self._lock:
+                results = _run_batch(conn, batch)
+                commits += 1
+                if commits >= 1000:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    commits = 1
+            self._finished += len(batch)
             # Only after the commit, so a caller told "stored" can rely on it; one wake-up of the
             # event loop for the whole batch.
-            if results:
-                results[0][0].get_loop().call_soon_threadsafe(_settle, results)
+            settled = [(future, ok, value) for (_, future), (ok, value) in zip(batch, results, strict=True) if future]
+            if settled:
+                settled[0][0].get_loop().call_soon_threadsafe(_settle, settled)
             if stop:
                 return
+
+
+def _run_batch(conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, Any]]:
+    """Run operations in one transaction, each in a savepoint so one failure does not undo the
+    others; (ok, result or exception) for each."""
+    results: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    for op, future in batch:
+        conn.execute("SAVEPOINT op")
+        try:
+            results.append((True, op(conn)))
+        except Exception as exc:
+            conn.execute("ROLLBACK TO op")
+            if future is None:
+                log.error("a queued store write failed: %s", exc)
+            results.append((False, exc))
+        conn.execute("RELEASE op")
+    try:
+        conn.execute("COMMIT")
+    except Exception as exc:
+        conn.execute("ROLLBACK")
+        log.error("a store batch of %d operations failed to commit: %s", len(batch), exc)
+        results = [(False, exc)] * len(batch)
+    return results
 
 
 def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -290,10 +333,11 @@ class SqliteStore(Store):
         await asyncio.get_running_loop().run_in_executor(None, self._db.join)
         self._db = None
 
-    def _run(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def _run(self, op: Callable[[sqlite3.Connection], T], inline: bool = True) -> asyncio.Future[T]:
+        """Run `op` with the connection: at once if the writer is idle (and `inline`), else queued."""
         if self._db is None:
             raise RuntimeError("store is not open")
-        return self._db.submit(op)
+        return self._db.submit(op, inline)
 
     def _enqueue(self, op: Callable[[sqlite3.Connection], object]) -> None:
         if self._db is None:
