@@ -130,17 +130,16 @@ class Invoker:
         existing = await self._store_new(record, durable=req.mode is Mode.ASYNC or bool(req.execution_id))
         if existing is not None:
             return await self._answer(existing, req.mode, "an execution with this id or idempotency key exists")
-        estimate, note = self._estimate(task, record.function_name)
-        if req.mode is Mode.ASYNC and self.dispatch is not None:
-            self.lifecycle.publish(Event.ACCEPTED, record)
-            await self.dispatch.enqueue(record)
-            record.metrics["estimate"] = note
+        if req.mode is Mode.ASYNC:
+            estimate, record.metrics["estimate"] = self._estimate(task, record.function_name)
+            if self.dispatch is not None:  # a cluster: whichever node has room runs it
+                self.lifecycle.publish(Event.ACCEPTED, record)
+                await self.dispatch.enqueue(record)
+            else:
+                self._start(record, task)
             return InvokeResult(record, self.status_endpoint(record.execution_id), estimate, "accepted")
-        waiter = self.lifecycle.waiter(record.execution_id) if req.mode is not Mode.ASYNC else None
+        waiter = self.lifecycle.waiter(record.execution_id)
         self._start(record, task)
-        if waiter is None:
-            record.metrics["estimate"] = note
-            return InvokeResult(record, self.status_endpoint(record.execution_id), estimate, "accepted")
         return await self._wait(record, waiter)
 
     async def stream(self, req: InvokeRequest) -> AsyncGenerator[Update, None]:
