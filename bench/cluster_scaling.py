@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import socket
 import subprocess
 import time
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2, struct_pb2
 
-from bench.common import Server, start_node, table, write_results
+from bench.common import Server, start_node, start_redis, table, write_results
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 
@@ -54,20 +52,11 @@ def main() -> None:
     parser.add_argument("--executions", type=int, default=600)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
-    redis_server = shutil.which("redis-server")
-    if redis_server is None:
-        raise SystemExit("redis-server is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([redis_server, "--port", str(port), "--save", "", "--appendonly", "no"],
-                              stdout=subprocess.DEVNULL)  # fmt: skip
-    time.sleep(0.5)
-    url = f"redis://127.0.0.1:{port}/0"
+    server, url = start_redis()
     figures: dict[str, Any] = {"executions": args.executions, "concurrency_per_node": args.concurrency}
     try:
         for count in (1, 2, 3):
-            subprocess.run(["redis-cli", "-p", str(port), "FLUSHALL"], check=True, capture_output=True)
+            subprocess.run(["redis-cli", "-u", url, "FLUSHALL"], check=True, capture_output=True)
             env = {"SPEARLET_STORE": url, "SPEARLET_MAX_CONCURRENCY": str(args.concurrency)}
             nodes = [start_node("--node-id", f"bench{i}", env=env) for i in range(count)]
             try:

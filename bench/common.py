@@ -7,6 +7,8 @@ import json
 import os
 import platform
 import re
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -18,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from google.protobuf import any_pb2, struct_pb2
+
+from spearlet.api.grpc import spearlet_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -79,6 +84,43 @@ def start_node(*extra: str, env: dict[str, str] | None = None, data_dir: Path | 
 
 def start_echo() -> Server:
     return start([sys.executable, str(ROOT / "bench" / "echo_server.py")])
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes], str]:
+    """A throwaway redis-server on a free loopback port: (process, URL)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("this benchmark needs redis-server (Debian package redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    return server, f"redis://127.0.0.1:{port}/0"
+
+
+def invoke_request(
+    task: str, function: str = "", mode: int = pb.EXECUTION_MODE_SYNC, retries: int = 0, **params: float
+) -> pb.InvokeFunctionRequest:
+    """An EXISTING_TASK invocation with numeric parameters."""
+    parameters = []
+    for name, value in params.items():
+        packed = any_pb2.Any()
+        packed.Pack(struct_pb2.Value(number_value=value))
+        parameters.append(pb.FunctionParameter(name=name, value=packed))
+    return pb.InvokeFunctionRequest(
+        invocation_type=pb.INVOCATION_TYPE_EXISTING_TASK, task_id=task, function_name=function,
+        execution_mode=mode, parameters=parameters, context=pb.ExecutionContext(max_retries=retries),
+    )  # fmt: skip
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -26,8 +26,8 @@ from typing import Any
 
 import grpc
 import psutil
-from google.protobuf import any_pb2, struct_pb2
 
+from bench.common import invoke_request
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 
@@ -70,19 +70,6 @@ class Node:
 
     def stub(self) -> pb_grpc.FunctionServiceStub:
         return pb_grpc.FunctionServiceStub(grpc.insecure_channel(self.target))
-
-
-def _request(task: str, function: str, params: dict[str, Any], retries: int) -> pb.InvokeFunctionRequest:
-    parameters = []
-    for name, value in params.items():
-        packed = any_pb2.Any()
-        packed.Pack(struct_pb2.Value(number_value=value))
-        parameters.append(pb.FunctionParameter(name=name, value=packed))
-    return pb.InvokeFunctionRequest(
-        invocation_type=pb.INVOCATION_TYPE_EXISTING_TASK, task_id=task, function_name=function,
-        execution_mode=pb.EXECUTION_MODE_ASYNC, parameters=parameters,
-        context=pb.ExecutionContext(max_retries=retries, timeout_ms=30_000),
-    )  # fmt: skip
 
 
 def _statuses(node: Node, ids: list[str]) -> dict[str, int]:
@@ -131,7 +118,9 @@ def run(executions: int, kills: int, seed: int, data_dir: Path, deadline_s: floa
     def submit(i: int) -> str | None:
         task, function, params = MIX[i % len(MIX)]
         try:
-            return str(stub.InvokeFunction(_request(task, function, params, i % 2), timeout=30).execution_id)
+            request = invoke_request(task, function, pb.EXECUTION_MODE_ASYNC, retries=i % 2, **params)
+            request.context.timeout_ms = 30_000
+            return str(stub.InvokeFunction(request, timeout=30).execution_id)
         except grpc.RpcError:
             return None
 

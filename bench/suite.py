@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -22,29 +20,27 @@ from typing import Any
 
 import grpc
 import psutil
-from google.protobuf import any_pb2, struct_pb2
 
 from bench import peers
-from bench.common import Server, latencies, percentile, start_echo, start_node, table, throughput, write_results
+from bench.common import (
+    Server,
+    invoke_request,
+    latencies,
+    percentile,
+    start_echo,
+    start_node,
+    start_redis,
+    table,
+    throughput,
+    write_results,
+)  # fmt: skip
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 from spearlet.core.ids import new_execution_id
 from spearlet.core.models import ExecutionRecord, Mode, Status, now_ms
 from spearlet.store.sqlite import SqliteStore
 
-
-def _call(
-    task: str, function: str = "", mode: int = pb.EXECUTION_MODE_SYNC, **params: float
-) -> pb.InvokeFunctionRequest:
-    parameters = []
-    for name, value in params.items():
-        packed = any_pb2.Any()
-        packed.Pack(struct_pb2.Value(number_value=value))
-        parameters.append(pb.FunctionParameter(name=name, value=packed))
-    return pb.InvokeFunctionRequest(
-        invocation_type=pb.INVOCATION_TYPE_EXISTING_TASK, task_id=task, function_name=function,
-        execution_mode=mode, parameters=parameters,
-    )  # fmt: skip
+_call = invoke_request
 
 
 NOOP = _call("greet", "noop")
@@ -212,19 +208,6 @@ def growth(quick: bool) -> dict[str, float]:
         finally:
             node.stop()
     return f
-
-
-def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("the peers need redis-server (Debian package redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"],
-                              stdout=subprocess.DEVNULL)  # fmt: skip
-    time.sleep(0.5)
-    return server, f"redis://127.0.0.1:{port}/0"
 
 
 def main() -> None:
