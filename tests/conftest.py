@@ -15,9 +15,10 @@ from tests.helpers import NodeProcess, start_node
 REDIS = shutil.which("redis-server")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    """A real redis-server on a free loopback port, for the cluster and the Redis store."""
+    """A real redis-server on a free loopback port, for the cluster and the Redis store (per module,
+    so that no other test sees it among its children)."""
     if REDIS is None:
         pytest.skip("redis-server is not installed (Debian package redis-server); these tests need a real one")
     with socket.socket() as s:
