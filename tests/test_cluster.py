@@ -22,8 +22,12 @@ pytestmark = pytest.mark.timeout(120)
 LEASE_S = "1.5"
 
 
+SLOTS = 4  # calls at once per node: small, so that filling the cluster is cheap
+
+
 def start_member(data_dir: Path, redis_url: str, name: str) -> NodeProcess:
-    return start_node(data_dir, "--store", redis_url, "--node-id", name, env={"SPEARLET_LEASE_S": LEASE_S})
+    env = {"SPEARLET_LEASE_S": LEASE_S, "SPEARLET_MAX_CONCURRENCY": str(SLOTS)}
+    return start_node(data_dir, "--store", redis_url, "--node-id", name, env=env)
 
 
 @pytest.fixture
@@ -110,13 +114,15 @@ def test_a_pending_execution_cancelled_from_any_node_never_runs(cluster: list[No
     # Fill every node so the next one waits in the stream.
     blockers = [
         cluster[0].stub().InvokeFunction(existing("sleep", mode=pb.EXECUTION_MODE_ASYNC, parameters=params(seconds=5)))
-        for _ in range(3 * 16)
+        for _ in range(3 * SLOTS)
     ]
     queued = cluster[0].stub().InvokeFunction(existing("marker", mode=pb.EXECUTION_MODE_ASYNC))
     cancel = cluster[2].stub().CancelExecution(pb.CancelExecutionRequest(execution_id=queued.execution_id))
     assert cancel.success and cancel.final_status == pb.EXECUTION_STATUS_CANCELLED
+    # Free the slots: were the queued one still around, it would run now.
     for blocker in blockers:
         cluster[0].stub().CancelExecution(pb.CancelExecutionRequest(execution_id=blocker.execution_id, force=True))
+    wait_all_done(cluster[1], [b.execution_id for b in blockers])
     time.sleep(1.0)
     assert not mark.exists()
 
@@ -134,7 +140,7 @@ def test_a_killed_node_s_work_is_finished_by_the_others(
     stub = cluster[0].stub()
     retry = pb.ExecutionContext(max_retries=1)
     ids = {
-        stub.InvokeFunction(existing("sleep", mode=pb.EXECUTION_MODE_ASYNC, parameters=params(seconds=2),
+        stub.InvokeFunction(existing("sleep", mode=pb.EXECUTION_MODE_ASYNC, parameters=params(seconds=6),
                                      context=retry if i % 2 else None)).execution_id: bool(i % 2)
         for i in range(12)
     }  # fmt: skip
@@ -163,10 +169,10 @@ def test_a_killed_node_s_work_is_finished_by_the_others(
             assert result.status == pb.EXECUTION_STATUS_COMPLETED
     # The node comes back under its name and takes work again.
     cluster[1] = start_member(victim.data_dir, redis_url, "n1")
-    # More than the other two can hold at once (2 x 16 slots): the rejoined node must take some.
+    # More than the other two can hold at once (2 x SLOTS): the rejoined node must take some.
     more = [
         stub.InvokeFunction(existing("sleep", mode=pb.EXECUTION_MODE_ASYNC, parameters=params(seconds=1))).execution_id
-        for _ in range(40)
+        for _ in range(4 * SLOTS)
     ]
     again = wait_all_done(cluster[1], more)
     assert "n1" in {r.metrics["node"] for r in again.values()}

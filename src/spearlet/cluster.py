@@ -83,8 +83,10 @@ class Cluster:
     async def close(self) -> None:
         for loop in self._loops:
             loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
-        await self._background.wait()
+        # Bounded: a node must stop even if Redis stopped answering.
+        await asyncio.wait(self._loops, timeout=2.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._background.wait(), 2.0)
 
     # Accepting and finishing work
 
@@ -169,7 +171,8 @@ class Cluster:
                 order: dict[str, Any] = json.loads(message["data"])
                 self.scheduler.request_stop(order["id"], bool(order.get("force")), str(order.get("reason", "")))
         finally:
-            await pubsub.aclose()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pubsub.aclose(), 1.0)
 
     # Loops
 
