@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
 
 from spearlet.api.grpc import spearlet_pb2 as pb
@@ -93,7 +94,17 @@ class NodeProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # Leave nothing behind for the next tests, but say the node did not stop in time.
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                child.kill()
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(
+                f"the node did not stop within {timeout} s:\n" + "\n".join(self.output[-30:])
+            ) from None
 
     def _drain(self) -> None:
         # The node must never block on a full pipe; keep what it prints for assertions.
