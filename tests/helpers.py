@@ -131,15 +131,23 @@ def shared_dir(base: Path) -> Path:
     return path
 
 
-def start_node(data_dir: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 30) -> NodeProcess:
-    """`spearlet serve` as a real process on free ports; returns once it listens."""
-    open_path(data_dir)
-    cmd = [
-        sys.executable, "-m", "spearlet", "serve", "--data-dir", str(data_dir), "--grpc-port", "0", "--http-port", "0",
-        *extra,
-    ]  # fmt: skip
+def start_node(
+    data_dir: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+    cwd: Path | None = None,
+    open_data_dir: bool = True,
+) -> NodeProcess:
+    """`spearlet serve` as a real process on free ports; returns once it listens. With `cwd`,
+    the node runs there with its default (relative) data dir, `data_dir` being where that lands."""
+    if open_data_dir:
+        open_path(data_dir if cwd is None else cwd)
+    where = [] if cwd is not None else ["--data-dir", str(data_dir)]
+    cmd = [sys.executable, "-m", "spearlet", "serve", *where, "--grpc-port", "0", "--http-port", "0", *extra]
     proc = subprocess.Popen(
         cmd,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

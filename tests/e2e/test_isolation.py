@@ -90,30 +90,18 @@ def test_a_file_over_the_size_limit_fails_with_its_own_code(node: NodeProcess, t
 def test_a_data_dir_closed_to_others_keeps_function_files_under_var_lib(tmp_path: Path) -> None:
     import hashlib
     import shutil
-    import subprocess
-    import sys
+
+    from tests.helpers import start_node
 
     closed = tmp_path / "closed" / "data"  # pytest's own tmp dirs are 0700: nobody cannot pass
     closed.mkdir(parents=True)
     (tmp_path / "closed").chmod(0o700)
     shared = Path("/var/lib/spearlet") / hashlib.sha256(str(closed.resolve()).encode()).hexdigest()[:16]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "spearlet", "serve", "--data-dir", str(closed), "--grpc-port", "0", "--http-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    node = start_node(closed, open_data_dir=False)
     try:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "HTTP" in line:
-                break
-        target = next(line.split()[1] for line in lines if line.strip().startswith("gRPC"))
-        stub = pb_grpc.FunctionServiceStub(grpc.insecure_channel(target))
         for task in ("hello", "greet"):
-            assert stub.InvokeFunction(existing(task)).success, "".join(lines)
+            assert node.stub().InvokeFunction(existing(task)).success, "\n".join(node.output)
         assert (shared / "artifacts").is_dir() and (shared / "runtime" / "python_worker.py").is_file()
     finally:
-        proc.terminate()
-        assert proc.wait(15) == 0
+        assert node.stop() == 0
         shutil.rmtree(shared, ignore_errors=True)

@@ -14,7 +14,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from spearlet.api.grpc import spearlet_pb2 as pb
-from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 from tests.e2e.test_async import processes_running, wait_done
 from tests.helpers import existing, params, register, script, start_node
 
@@ -128,29 +127,11 @@ def test_sigterm_during_a_running_call_leaves_no_process(tmp_path: Path) -> None
 
 
 def test_a_relative_data_dir_works_as_in_the_quick_start(tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
-    from tests.helpers import open_path
-
-    work = open_path(tmp_path / "checkout")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "spearlet", "serve", "--grpc-port", "0", "--http-port", "0"],
-        cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(),
-    )  # fmt: skip
+    work = tmp_path / "checkout"
+    node = start_node(work / ".spearlet", cwd=work)
     try:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "HTTP" in line:
-                break
-        target = next(line.split()[1] for line in lines if line.strip().startswith("gRPC"))
-        stub = pb_grpc.FunctionServiceStub(grpc.insecure_channel(target))
         for task in ("hello", "greet", "wasm-hello"):
-            assert stub.InvokeFunction(existing(task)).success, "".join(lines)
+            assert node.stub().InvokeFunction(existing(task)).success, "\n".join(node.output)
         assert (work / ".spearlet" / "spearlet.db").is_file()
     finally:
-        proc.terminate()
-        assert proc.wait(15) == 0
+        assert node.stop() == 0
