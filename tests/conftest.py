@@ -2,14 +2,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 
 import psutil
 import pytest
 
+from bench.common import start_redis
 from tests.helpers import NodeProcess, start_node
 
 REDIS = shutil.which("redis-server")
@@ -21,22 +19,8 @@ def redis_url() -> Iterator[str]:
     so that no other test sees it among its children)."""
     if REDIS is None:
         pytest.skip("redis-server is not installed (Debian package redis-server); these tests need a real one")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
+    server, url = start_redis()
+    yield url
     server.terminate()
     server.wait(10)
 

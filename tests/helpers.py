@@ -177,3 +177,11 @@ def start_node(
 
 def as_json(message: Any) -> dict[str, Any]:
     return json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
+
+
+def environ_of(process: psutil.Process) -> dict[str, str]:
+    """A process's environment, or nothing if it is gone or out of reach."""
+    try:
+        return process.environ()
+    except psutil.Error:
+        return {}

@@ -11,12 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import psutil
 import pytest
 
 from spearlet.api.grpc import spearlet_pb2 as pb
 from tests.e2e.test_async import processes_running
-from tests.helpers import NodeProcess, existing, params, script, start_node
+from tests.helpers import NodeProcess, environ_of, existing, params, script, start_node
 
 pytestmark = pytest.mark.timeout(120)
 LEASE_S = "1.5"
@@ -92,14 +91,9 @@ def test_a_cancel_reaches_the_node_that_runs_it(cluster: list[NodeProcess], tmp_
     )
     assert time.perf_counter() - started < 1.0
     assert cancel.success and cancel.final_status == pb.EXECUTION_STATUS_CANCELLED
-    assert not [p for p in processes_running("sleep.py") if _env(p).get("SPEAR_EXECUTION_ID") == accepted.execution_id]
-
-
-def _env(process: psutil.Process) -> dict[str, str]:
-    try:
-        return process.environ()
-    except psutil.Error:
-        return {}
+    assert not [
+        p for p in processes_running("sleep.py") if environ_of(p).get("SPEAR_EXECUTION_ID") == accepted.execution_id
+    ]
 
 
 def test_a_pending_execution_cancelled_from_any_node_never_runs(cluster: list[NodeProcess], tmp_path: Path) -> None:

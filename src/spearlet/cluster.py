@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 from spearlet.config import Settings
 from spearlet.core.background import Background
 from spearlet.core.lifecycle import Event, Lifecycle
-from spearlet.core.models import ExecutionRecord, Mode, Status, now_ms
+from spearlet.core.models import ExecutionRecord, Mode, Status
 from spearlet.core.tasks import TaskRegistry
 from spearlet.scheduler import Scheduler
 from spearlet.store.redis import P, RedisStore
@@ -138,10 +138,8 @@ class Cluster:
         record = await self.store.get_execution(execution_id)
         if record is None or record.done:
             return
-        record.status, record.error_code, record.error_message = Status.FAILED, code, message
-        record.completed_at = now_ms()
-        if await self.store.transition(record):
-            self.lifecycle.publish(Event.FINISHED, record)
+        record.end(Status.FAILED, code, message)
+        await self.scheduler.settle(record)
 
     # Cancel across nodes
 
@@ -152,11 +150,8 @@ class Cluster:
         if record is None or record.done:
             return
         if record.status is Status.PENDING:
-            record.status, record.error_code = Status.CANCELLED, "CANCELLED"
-            record.error_message = f"cancelled before it started{': ' + reason if reason else ''}"
-            record.completed_at = now_ms()
-            if await self.store.transition(record):
-                self.lifecycle.publish(Event.FINISHED, record)
+            record.end(Status.CANCELLED, "CANCELLED", f"cancelled before it started{': ' + reason if reason else ''}")
+            if await self.scheduler.settle(record):
                 return
         message = json.dumps({"id": execution_id, "force": force, "reason": reason})
         await self.redis.publish(CANCELS, message)

@@ -159,12 +159,8 @@ class Scheduler:
             job.runner = asyncio.get_running_loop().create_task(self._run(job))
 
     async def _finish_unstarted(self, job: _Job, reason: str) -> None:
-        record = job.record
-        record.status = Status.CANCELLED
-        record.error_code = "CANCELLED"
-        record.error_message = f"cancelled before it started{': ' + reason if reason else ''}"
-        record.completed_at = now_ms()
-        await self._finalize(record)
+        job.record.end(Status.CANCELLED, "CANCELLED", f"cancelled before it started{': ' + reason if reason else ''}")
+        await self._finalize(job.record)
 
     async def _run(self, job: _Job) -> None:
         record, task = job.record, job.task
@@ -174,10 +170,7 @@ class Scheduler:
             raise
         except Exception as exc:  # a bug, not a function failure: still end the record
             log.exception("execution %s failed inside the node", record.execution_id)
-            record.status = Status.FAILED
-            record.error_code = "INTERNAL"
-            record.error_message = f"internal error: {exc}"
-            record.completed_at = now_ms()
+            record.end(Status.FAILED, "INTERNAL", f"internal error: {exc}")
             await self._finalize(record)
         finally:
             self._running.pop(record.execution_id, None)
@@ -249,9 +242,15 @@ class Scheduler:
         record.instance_id = outcome.instance_id or record.instance_id
         record.metrics.update(outcome.metrics)
 
-    async def _finalize(self, record: ExecutionRecord) -> None:
+    async def settle(self, record: ExecutionRecord) -> bool:
+        """Store an ended record and announce it, unless another ending came first (then False)."""
         if await self.store.transition(record):
             self.lifecycle.publish(Event.FINISHED, record)
+            return True
+        return False
+
+    async def _finalize(self, record: ExecutionRecord) -> None:
+        if await self.settle(record):
             return
         # Someone else ended it first (a cancel racing completion): theirs is the final state.
         stored = await self.store.get_execution(record.execution_id)

@@ -12,7 +12,7 @@ import pytest
 
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
-from tests.helpers import NodeProcess, existing, params, script, unpack
+from tests.helpers import NodeProcess, environ_of, existing, params, script, unpack
 
 pytestmark = pytest.mark.timeout(60)
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs a node running as root")
@@ -67,16 +67,9 @@ def test_a_fork_bomb_is_contained(node: NodeProcess, tmp_path: Path) -> None:
     if response.result.status == pb.EXECUTION_STATUS_FAILED:
         assert response.result.error_code == "PROCESS_LIMIT_EXCEEDED"
     time.sleep(0.5)
-    left = [p for p in psutil.process_iter() if _env(p).get("SPEAR_EXECUTION_ID") == response.execution_id]
+    left = [p for p in psutil.process_iter() if environ_of(p).get("SPEAR_EXECUTION_ID") == response.execution_id]
     assert not left
     assert node.stub().InvokeFunction(existing("echo", parameters=params(ok=1))).success
-
-
-def _env(process: psutil.Process) -> dict[str, str]:
-    try:
-        return process.environ()
-    except psutil.Error:
-        return {}
 
 
 def test_a_file_over_the_size_limit_fails_with_its_own_code(node: NodeProcess, tmp_path: Path) -> None:

@@ -447,14 +447,11 @@ class Invoker:
                 self.scheduler.submit(record, task)
                 resubmitted += 1
                 continue
-            record.status = Status.FAILED
-            record.completed_at = now_ms()
             if task is None:
-                record.error_code, record.error_message = "TASK_DELETED", "the task was deleted before it ran"
+                record.end(Status.FAILED, "TASK_DELETED", "the task was deleted before it ran")
             else:
-                record.error_code = "NODE_RESTARTED"
-                record.error_message = f"the node restarted during attempt {record.attempts} and no retries were left"
-            if await self.store.transition(record):
-                self.lifecycle.publish(Event.FINISHED, record)
+                message = f"the node restarted during attempt {record.attempts} and no retries were left"
+                record.end(Status.FAILED, "NODE_RESTARTED", message)
+            await self.scheduler.settle(record)
             failed += 1
         return resubmitted, failed

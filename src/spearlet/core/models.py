@@ -128,6 +128,11 @@ class ExecutionRecord:
     def done(self) -> bool:
         return self.status.terminal
 
+    def end(self, status: Status, code: str, message: str) -> None:
+        """Mark the record ended without a result (cancelled, failed by the node); not stored yet."""
+        self.status, self.error_code, self.error_message = status, code, message
+        self.completed_at = now_ms()
+
     @property
     def queue_wait_ms(self) -> int:
         return max(0, self.started_at - self.created_at) if self.started_at else 0
