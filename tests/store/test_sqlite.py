@@ -15,7 +15,7 @@ import pytest
 
 from spearlet.core.ids import new_execution_id
 from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task, now_ms
-from spearlet.store.sqlite import SqliteStore
+from spearlet.store.sqlite import STAGE_S, SqliteStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,9 +46,8 @@ def make_task(task_id: str, **fields: Any) -> Task:
 
 def make_record(task_id: str = "t", function_name: str = "f", **fields: Any) -> ExecutionRecord:
     fields.setdefault("created_at", now_ms())
-    return ExecutionRecord(
-        execution_id=new_execution_id(), task_id=task_id, function_name=function_name, mode=Mode.ASYNC, **fields
-    )
+    fields.setdefault("mode", Mode.ASYNC)
+    return ExecutionRecord(execution_id=new_execution_id(), task_id=task_id, function_name=function_name, **fields)
 
 
 async def add(store: SqliteStore, status: Status = Status.PENDING, **fields: Any) -> ExecutionRecord:
@@ -580,3 +579,71 @@ async def test_an_idle_writer_runs_an_awaited_operation_at_once_on_the_callers_t
     await held
     await queued
     assert threads == [threading.current_thread().name, "spearlet-sqlite"]  # busy: it waits its turn
+
+
+# Staged records: a sync call with a node-chosen id
+
+
+def on_disk(path: Path, execution_id: str) -> Status | None:
+    """The record's status as another reader of the file sees it."""
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute("SELECT status FROM executions WHERE execution_id = ?", (execution_id,)).fetchone()
+        return Status(row[0]) if row else None
+    finally:
+        conn.close()
+
+
+async def test_a_queued_insert_is_read_at_once_and_written_once_the_staging_delay_passes(store: SqliteStore) -> None:
+    record = make_record(mode=Mode.SYNC)
+    store.queue_insert(record)
+    assert on_disk(store.path, record.execution_id) is None
+    got = await store.get_execution(record.execution_id)
+    assert got == record and got is not record  # a copy: the live record goes on changing
+    await asyncio.sleep(STAGE_S + 0.05)
+    await store.count_tasks()  # after the staged write in the writer's order
+    assert on_disk(store.path, record.execution_id) is Status.PENDING
+
+
+async def test_a_call_that_ends_while_staged_costs_one_insert_with_its_final_state(store: SqliteStore) -> None:
+    statements: list[str] = []
+    await store._run(lambda conn: conn.set_trace_callback(statements.append))
+    try:
+        record = make_record(mode=Mode.SYNC)
+        store.queue_insert(record)
+        record.status, record.attempts, record.started_at = Status.RUNNING, 1, now_ms()
+        store.queue_transition(record)
+        record.status, record.output, record.completed_at = Status.COMPLETED, b"done", now_ms()
+        assert await store.transition(record)
+    finally:
+        await store._run(lambda conn: conn.set_trace_callback(None))
+    writes = [s for s in statements if s.lstrip().upper().startswith(("INSERT", "UPDATE"))]
+    assert len(writes) == 1 and writes[0].lstrip().upper().startswith("INSERT INTO EXECUTIONS")
+    assert on_disk(store.path, record.execution_id) is Status.COMPLETED  # written before transition returned
+    await asyncio.sleep(STAGE_S + 0.05)  # the staging timer was cancelled: nothing more is written
+    assert await store.get_execution(record.execution_id) == record
+
+
+async def test_listings_and_stats_include_staged_records(store: SqliteStore) -> None:
+    record = make_record(task_id="staged", mode=Mode.SYNC)
+    store.queue_insert(record)
+    assert await all_executions(store, "staged") == [record.execution_id]
+    assert (await store.stats(0)).by_task == {"staged": 1}
+
+
+async def test_closing_the_store_writes_staged_records_for_the_next_start(tmp_path: Path) -> None:
+    path = tmp_path / "spearlet.db"
+    first = SqliteStore(path)
+    await first.open()
+    record = make_record(mode=Mode.SYNC)
+    first.queue_insert(record)
+    record.status, record.attempts = Status.RUNNING, 1
+    first.queue_transition(record)
+    await first.close()
+    again = SqliteStore(path)
+    await again.open()
+    try:
+        assert [r.execution_id for r in await again.unfinished()] == [record.execution_id]
+        assert (await again.get_execution(record.execution_id)) == record
+    finally:
+        await again.close()
