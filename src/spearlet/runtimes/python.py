@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,74 @@ def output_bytes(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+class _Frames(asyncio.Protocol):
+    """The worker's frames, cut out of its pipe as the data arrives: a reader waiting for the next
+    one is woken once, with the whole frame. A frame announced larger than `limit` is not kept."""
+
+    def __init__(self) -> None:
+        self.limit = 1 << 20
+        self._buffer = bytearray()
+        self._frames: deque[bytes] = deque()
+        self._ended: WorkerGone | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._transport: asyncio.ReadTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.ReadTransport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._ended is not None:
+            return
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(buffer)
+            if length > self.limit:
+                self._end(WorkerGone(f"OUTPUT_TOO_LARGE:{length}"))
+                buffer.clear()
+                return
+            end = _HEADER.size + length
+            if len(buffer) < end:
+                break
+            self._frames.append(bytes(buffer[_HEADER.size : end]))
+            del buffer[:end]
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._end(WorkerGone("the worker closed its pipe"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(WorkerGone(str(exc) if exc else "the worker closed its pipe"))
+
+    async def next(self, limit: int) -> bytes:
+        self.limit = limit
+        while not self._frames:
+            if self._ended is not None:
+                raise self._ended
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        frame = self._frames.popleft()
+        if len(frame) > limit:
+            raise WorkerGone(f"OUTPUT_TOO_LARGE:{len(frame)}")
+        return frame
+
+    def _end(self, reason: WorkerGone) -> None:
+        if self._ended is None:
+            self._ended = reason
+        if self._transport is not None and reason.args[0].startswith("OUTPUT_TOO_LARGE"):
+            self._transport.pause_reading()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
 class PythonWorker(Instance):
     def __init__(self, instance_id: str, proc: subprocess.Popen[bytes], workdir: str) -> None:
         super().__init__(instance_id)
@@ -105,7 +174,7 @@ class PythonWorker(Instance):
         self.memory = PeakMemory(self.pid)
         self.stderr = PipeCollector(16 << 10, tail=True)
         self._stderr_task = asyncio.ensure_future(collect(proc.stderr, self.stderr))  # type: ignore[arg-type]
-        self._reader = asyncio.StreamReader(limit=1 << 30)
+        self._frames = _Frames()
         self._writer: asyncio.WriteTransport | None = None
         self.broken = False
 
@@ -115,8 +184,7 @@ class PythonWorker(Instance):
 
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
-        reader = self._reader
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), self.proc.stdout)
+        await loop.connect_read_pipe(lambda: self._frames, self.proc.stdout)
         self._writer, _ = await loop.connect_write_pipe(asyncio.Protocol, self.proc.stdin)
 
     def send(self, message: dict[str, Any]) -> None:
@@ -126,14 +194,9 @@ class PythonWorker(Instance):
 
     async def receive(self, max_bytes: int) -> dict[str, Any]:
         try:
-            header = await self._reader.readexactly(_HEADER.size)
-            (length,) = _HEADER.unpack(header)
-            if length > max_bytes:
-                self.broken = True
-                raise WorkerGone(f"OUTPUT_TOO_LARGE:{length}")
-            message: dict[str, Any] = json.loads(await self._reader.readexactly(length))
+            message: dict[str, Any] = json.loads(await self._frames.next(max_bytes))
             return message
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+        except (WorkerGone, ValueError) as exc:
             self.broken = True
             raise WorkerGone(str(exc)) from exc
 

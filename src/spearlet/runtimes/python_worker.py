@@ -60,8 +60,9 @@ def _decode(value: Any) -> Any:
 
 class Channel:
     def __init__(self, read_fd: int, write_fd: int) -> None:
-        self._in = os.fdopen(read_fd, "rb", buffering=0)
+        self._in = read_fd
         self._out = os.fdopen(write_fd, "wb", buffering=0)
+        self._buffer = bytearray()
 
     def send(self, message: dict[str, Any]) -> None:
         data = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
@@ -78,13 +79,15 @@ class Channel:
         return message
 
     def _read(self, n: int) -> bytes | None:
-        chunks = bytearray()
-        while len(chunks) < n:
-            chunk = self._in.read(n - len(chunks))
+        # Whatever the pipe holds in one read: a whole request usually, header and body together.
+        while len(self._buffer) < n:
+            chunk = os.read(self._in, max(n - len(self._buffer), 1 << 16))
             if not chunk:
                 return None
-            chunks += chunk
-        return bytes(chunks)
+            self._buffer += chunk
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
 
 
 class LogForwarder:
@@ -123,12 +126,33 @@ class Context:
         return max(0.0, self.deadline - time.time()) if self.deadline else None
 
 
+_signatures: dict[Any, inspect.Signature | None] = {}
+
+
+def _signature(function: Any) -> inspect.Signature | None:
+    """The function's signature, worked out once per function (it costs more than a no-op call)."""
+    try:
+        return _signatures[function]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable callable object: no cache
+        return _signature_of(function)
+    signature = _signatures[function] = _signature_of(function)
+    return signature
+
+
+def _signature_of(function: Any) -> inspect.Signature | None:
+    try:
+        return inspect.signature(function)
+    except (TypeError, ValueError):
+        return None
+
+
 def _call(function: Any, params: dict[str, Any], context: Context) -> Any:
     """Keyword arguments when the signature takes them, else the parameters as one dict; a
     parameter named `context` receives the Context."""
-    try:
-        signature = inspect.signature(function)
-    except (TypeError, ValueError):
+    signature = _signature(function)
+    if signature is None:
         return function(**params)
     kwargs = dict(params)
     if "context" in signature.parameters:
