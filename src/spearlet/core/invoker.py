@@ -250,8 +250,10 @@ class Invoker:
         return await self._wait(record, waiter)
 
     async def _wait(self, record: ExecutionRecord, waiter: asyncio.Future[ExecutionRecord]) -> InvokeResult:
+        # The waiter is this caller's alone: the timeout may cancel it (cheaper than wait_for).
         try:
-            final = await asyncio.wait_for(asyncio.shield(waiter), self.settings.max_sync_wait_s)
+            async with asyncio.timeout(self.settings.max_sync_wait_s):
+                final = await waiter
         except TimeoutError:
             self.lifecycle.drop_waiter(record.execution_id, waiter)
             current = await self.store.get_execution(record.execution_id) or record

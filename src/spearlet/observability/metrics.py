@@ -9,9 +9,11 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from spearlet.core.lifecycle import Event
@@ -19,6 +21,7 @@ from spearlet.core.models import ExecutionRecord, Status
 from spearlet.pool import Pool
 from spearlet.scheduler import Scheduler
 
+M = TypeVar("M", bound=MetricWrapperBase)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -53,18 +56,27 @@ class Metrics:
             "spearlet_grpc_requests_total", "gRPC calls by status code", ["method", "code"], registry=r
         )
         self._completions: deque[float] = deque()
+        self._children: dict[tuple[object, ...], Any] = {}  # (id of the metric, *labels) -> child
         r.register(_LiveFigures(scheduler, pools, self))
 
     def on_event(self, event: Event, record: ExecutionRecord) -> None:
         if event is Event.STARTED and record.attempts == 1:
-            self.queue_wait.labels(record.task_id).observe(record.queue_wait_ms / 1000)
+            self._child(self.queue_wait, record.task_id).observe(record.queue_wait_ms / 1000)
         elif event is Event.FINISHED:
-            labels = (record.task_id, record.function_name)
-            self.finished.labels(*labels, record.status.name.lower()).inc()
+            task, function = record.task_id, record.function_name
+            self._child(self.finished, task, function, record.status.name.lower()).inc()
             if record.started_at:
-                self.duration.labels(*labels).observe(record.execution_time_ms / 1000)
+                self._child(self.duration, task, function).observe(record.execution_time_ms / 1000)
             if record.status is Status.COMPLETED:
                 self._completions.append(time.monotonic())
+
+    def _child(self, metric: M, *labels: str) -> M:
+        """`metric.labels(*labels)`, remembered: labels() takes a lock and builds keys each call."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def completion_rate(self, window_s: float = 60.0) -> float:
         """Executions completed per second over the last minute."""
@@ -77,10 +89,10 @@ class Metrics:
         return generate_latest(self.registry)
 
     def observe_grpc(self, method: str, code: str, seconds: float) -> None:
-        self.grpc_latency.labels(method).observe(seconds)
-        self.grpc_codes.labels(method, code).inc()
+        self._child(self.grpc_latency, method).observe(seconds)
+        self._child(self.grpc_codes, method, code).inc()
         if method == "GetExecutionStatus":
-            self.status_queries.labels("grpc").inc()
+            self._child(self.status_queries, "grpc").inc()
 
 
 class _LiveFigures(Collector):
