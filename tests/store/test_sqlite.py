@@ -15,7 +15,7 @@ import pytest
 
 from spearlet.core.ids import new_execution_id
 from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task, now_ms
-from spearlet.store.sqlite import STAGE_S, SqliteStore
+from spearlet.store.sqlite import STAGE_S, SqliteStore, _exec_row, _insert_op
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -211,6 +211,14 @@ async def test_create_execution_duplicate_idempotency_key_returns_existing(store
     assert await store.create_execution(retry) == original
     assert await store.get_execution(retry.execution_id) is None
     assert await all_executions(store) == [original.execution_id]
+
+
+async def test_the_file_itself_refuses_a_second_record_with_the_same_idempotency_key(store: SqliteStore) -> None:
+    first = make_record(idempotency_key="t:k")
+    assert await store.create_execution(first) is None
+    second = make_record(idempotency_key="t:k")
+    with pytest.raises(sqlite3.IntegrityError):  # written past create_execution's own check
+        await store._run(_insert_op(_exec_row(second)))
 
 
 async def test_create_execution_without_idempotency_key_never_collides(store: SqliteStore) -> None:

@@ -20,6 +20,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,8 +50,10 @@ CREATE TABLE IF NOT EXISTS tasks (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
+-- seq is the rowid, without AUTOINCREMENT (which writes a sequence table on every insert): paging
+-- compares only rows that exist. Most records have no idempotency key: a partial index skips them.
 CREATE TABLE IF NOT EXISTS executions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     execution_id TEXT NOT NULL UNIQUE,
     task_id TEXT NOT NULL,
     function_name TEXT NOT NULL,
@@ -61,7 +64,7 @@ CREATE TABLE IF NOT EXISTS executions (
     max_retries INTEGER NOT NULL,
     environment TEXT NOT NULL,
     metadata TEXT NOT NULL,
-    idempotency_key TEXT UNIQUE,
+    idempotency_key TEXT,
     cache_key TEXT NOT NULL,
     node TEXT NOT NULL,
     instance_id TEXT NOT NULL,
@@ -82,6 +85,8 @@ CREATE INDEX IF NOT EXISTS executions_task ON executions (task_id, seq);
 CREATE INDEX IF NOT EXISTS executions_status ON executions (status, seq);
 CREATE INDEX IF NOT EXISTS executions_created ON executions (created_at);
 CREATE INDEX IF NOT EXISTS executions_cache ON executions (cache_key, completed_at) WHERE cache_key != '';
+CREATE UNIQUE INDEX IF NOT EXISTS executions_idempotency ON executions (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 """
 
 _EXEC_COLUMNS = (
@@ -340,7 +345,8 @@ class SqliteStore(Store):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: _DatabaseThread | None = None
-        self._staged: dict[str, tuple[ExecutionRecord, asyncio.TimerHandle]] = {}
+        self._staged: dict[str, tuple[ExecutionRecord, float]] = {}  # id -> (record, when to write it)
+        self._stage_timer: asyncio.TimerHandle | None = None
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -354,6 +360,9 @@ class SqliteStore(Store):
         if self._db is None:
             return
         self._write_staged()  # calls still running are RUNNING in the store, for the next start
+        if self._stage_timer is not None:
+            self._stage_timer.cancel()
+            self._stage_timer = None
         self._db.stop()
         await asyncio.get_running_loop().run_in_executor(None, self._db.join)
         self._db = None
@@ -451,34 +460,40 @@ class SqliteStore(Store):
         return await self._run(op)
 
     def queue_insert(self, record: ExecutionRecord) -> None:
-        timer = asyncio.get_running_loop().call_later(STAGE_S, self._write_staged, record.execution_id)
-        self._staged[record.execution_id] = (record, timer)
+        self._staged[record.execution_id] = (record, time.monotonic() + STAGE_S)
+        if self._stage_timer is None:
+            self._stage_timer = asyncio.get_running_loop().call_later(STAGE_S, self._write_due)
 
-    def _write_staged(self, execution_id: str = "") -> None:
-        """Queue the insert of one staged record (all of them without an id), as it is now."""
-        for key in [execution_id] if execution_id else list(self._staged):
-            staged = self._staged.pop(key, None)
-            if staged is not None:
-                staged[1].cancel()
-                self._enqueue(_insert_op(_exec_row(staged[0])))
+    def _write_due(self) -> None:
+        """Write the records staged for STAGE_S (the oldest are first in the dict), as they are now."""
+        self._stage_timer = None
+        now = time.monotonic()
+        while self._staged:
+            execution_id, (record, due) = next(iter(self._staged.items()))
+            if due > now:
+                self._stage_timer = asyncio.get_running_loop().call_later(due - now, self._write_due)
+                return
+            del self._staged[execution_id]
+            self._enqueue(_insert_op(_exec_row(record)))
+
+    def _write_staged(self) -> None:
+        """Write every staged record now, as it is now."""
+        for record, _ in self._staged.values():
+            self._enqueue(_insert_op(_exec_row(record)))
+        self._staged.clear()
 
     def _transition_op(self, record: ExecutionRecord) -> Callable[[sqlite3.Connection], bool]:
-        allowed = tuple(int(s) for s in ALLOWED_FROM[record.status])
-        row = _progress_row(record)  # now: the record object may change before the op runs
-        sql = (
-            f"UPDATE executions SET ({_PROGRESS_COLUMNS}) = ({_marks(14)}) "
-            f"WHERE execution_id = ? AND status IN ({_marks(len(allowed))})"
-        )
+        sql, allowed = _TRANSITIONS[record.status]
+        row = (*_progress_row(record), record.execution_id, *allowed)  # now: the record may change
 
         def op(conn: sqlite3.Connection) -> bool:
-            return bool(allowed) and conn.execute(sql, (*row, record.execution_id, *allowed)).rowcount > 0
+            return bool(allowed) and conn.execute(sql, row).rowcount > 0
 
         return op
 
     async def transition(self, record: ExecutionRecord) -> bool:
-        staged = self._staged.pop(record.execution_id, None)
-        if staged is not None:  # never written, so nothing stored can have moved on
-            staged[1].cancel()
+        if self._staged.pop(record.execution_id, None) is not None:
+            # Never written, so nothing stored can have moved on.
             await self._run(_insert_op(_exec_row(record)))
             return True
         return await self._run(self._transition_op(record))
@@ -606,10 +621,22 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 def _insert_op(row: tuple[Any, ...]) -> Callable[[sqlite3.Connection], None]:
     def op(conn: sqlite3.Connection) -> None:
-        conn.execute(f"INSERT INTO executions ({_EXEC_COLUMNS}) VALUES ({_marks(26)})", row)
+        conn.execute(_INSERT, row)
 
     return op
 
 
 def _marks(n: int) -> str:
     return ", ".join("?" * n)
+
+
+# For each new status: the compare-and-set UPDATE, and the stored statuses it may follow.
+_TRANSITIONS = {
+    status: (
+        f"UPDATE executions SET ({_PROGRESS_COLUMNS}) = ({_marks(14)}) "
+        f"WHERE execution_id = ? AND status IN ({_marks(len(ALLOWED_FROM[status]))})",
+        tuple(int(s) for s in ALLOWED_FROM[status]),
+    )
+    for status in ALLOWED_FROM
+}
+_INSERT = f"INSERT INTO executions ({_EXEC_COLUMNS}) VALUES ({_marks(26)})"
