@@ -18,7 +18,7 @@ import time
 import zipfile
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from spearlet.config import Settings
 from spearlet.core.errors import InvalidArgument
@@ -109,8 +109,7 @@ class _Frames(asyncio.Protocol):
         self._transport: asyncio.ReadTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.ReadTransport)
-        self._transport = transport
+        self._transport = cast(asyncio.ReadTransport, transport)  # a read pipe's
 
     def data_received(self, data: bytes) -> None:
         if self._ended is not None:
