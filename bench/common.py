@@ -156,6 +156,41 @@ async def throughput(call: Callable[[], Awaitable[Any]], concurrency: int, secon
     return done / (time.perf_counter() - started)
 
 
+async def paired_latencies(
+    calls: dict[str, Callable[[], Awaitable[Any]]], n: int, block: int = 50, warmup: int = 100
+) -> dict[str, list[float]]:
+    """Milliseconds of `n` sequential calls of each kind, taken in turns of `block` calls, so that
+    a figure and its baseline see the same moments of a noisy machine."""
+    for call in calls.values():
+        for _ in range(warmup):
+            await call()
+    out: dict[str, list[float]] = {name: [] for name in calls}
+    while len(out[next(iter(calls))]) < n:
+        for name, call in calls.items():
+            for _ in range(block):
+                started = time.perf_counter()
+                await call()
+                out[name].append((time.perf_counter() - started) * 1000)
+    return out
+
+
+async def paired_throughput(
+    calls: dict[str, Callable[[], Awaitable[Any]]], concurrency: int, seconds: float, turn_s: float = 0.5
+) -> dict[str, float]:
+    """Calls per second of each kind with `concurrency` callers, in turns of `turn_s` over `seconds`
+    each: a figure and its baseline share the machine's good and bad moments."""
+    done = dict.fromkeys(calls, 0.0)
+    spent = dict.fromkeys(calls, 0.0)
+    while min(spent.values()) < seconds:
+        for name, call in calls.items():
+            started = time.perf_counter()
+            rate = await throughput(call, concurrency, turn_s)
+            elapsed = time.perf_counter() - started
+            done[name] += rate * elapsed
+            spent[name] += elapsed
+    return {name: done[name] / spent[name] for name in calls}
+
+
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 

@@ -26,6 +26,8 @@ from bench.common import (
     Server,
     invoke_request,
     latencies,
+    paired_latencies,
+    paired_throughput,
     percentile,
     start_echo,
     start_node,
@@ -82,12 +84,28 @@ async def spearlet_figures(node: Server, echo: Server, quick: bool) -> dict[str,
     async with grpc.aio.insecure_channel(node.target) as nch, grpc.aio.insecure_channel(echo.target) as ech:
         stub, echo_stub = pb_grpc.FunctionServiceStub(nch), pb_grpc.FunctionServiceStub(ech)
         f: dict[str, float] = {}
-        floor = await latencies(lambda: echo_stub.InvokeFunction(NOOP), calls)
-        f["echo_p50_ms"], f["echo_p99_ms"] = percentile(floor, 0.5), percentile(floor, 0.99)
-        f["echo_calls_per_s_c16"] = await throughput(lambda: echo_stub.InvokeFunction(NOOP), 16, seconds)
-        warm = await latencies(lambda: stub.InvokeFunction(NOOP), calls)
-        f["sync_noop_p50_ms"], f["sync_noop_p99_ms"] = percentile(warm, 0.5), percentile(warm, 0.99)
-        f["sync_noop_calls_per_s_c16"] = await throughput(lambda: stub.InvokeFunction(NOOP), 16, seconds)
+        # Each speed in turns with the echo floor, so a noisy moment of the machine hits both.
+        paired = await paired_latencies(
+            {"echo": lambda: echo_stub.InvokeFunction(NOOP), "sync": lambda: stub.InvokeFunction(NOOP)}, calls
+        )
+        f["echo_p50_ms"], f["echo_p99_ms"] = percentile(paired["echo"], 0.5), percentile(paired["echo"], 0.99)
+        f["sync_noop_p50_ms"] = percentile(paired["sync"], 0.5)
+        f["sync_noop_p99_ms"] = percentile(paired["sync"], 0.99)
+        status_request = pb.GetExecutionStatusRequest(
+            execution_id=(await stub.InvokeFunction(NOOP)).execution_id, include_result=True
+        )
+        rates = await paired_throughput(
+            {
+                "echo": lambda: echo_stub.InvokeFunction(NOOP),
+                "sync": lambda: stub.InvokeFunction(NOOP),
+                "status": lambda: stub.GetExecutionStatus(status_request),
+            },
+            16,
+            seconds,
+        )
+        f["echo_calls_per_s_c16"] = rates["echo"]
+        f["sync_noop_calls_per_s_c16"] = rates["sync"]
+        f["status_queries_per_s_c16"] = rates["status"]
         sleepy = await latencies(lambda: stub.InvokeFunction(SLEEP10), calls // 4, warmup=20)
         f["sync_sleep10_p50_ms"], f["sync_sleep10_p99_ms"] = percentile(sleepy, 0.5), percentile(sleepy, 0.99)
         accept = await latencies(lambda: stub.InvokeFunction(NOOP_ASYNC), calls // 2)
@@ -102,10 +120,6 @@ async def spearlet_figures(node: Server, echo: Server, quick: bool) -> dict[str,
         n = 1000 if quick else 3000
         f["async_noop_completed_per_s"] = await _completed_per_s(stub, NOOP_ASYNC, n)
         f["async_sleep10_completed_per_s"] = await _completed_per_s(stub, SLEEP10_ASYNC, n // 2)
-        status_request = pb.GetExecutionStatusRequest(
-            execution_id=(await stub.InvokeFunction(NOOP)).execution_id, include_result=True
-        )
-        f["status_queries_per_s_c16"] = await throughput(lambda: stub.GetExecutionStatus(status_request), 16, seconds)
         cancels = []
         for _ in range(10 if quick else 30):
             accepted = await stub.InvokeFunction(_call("greet", "wait", pb.EXECUTION_MODE_ASYNC, seconds=30))
@@ -128,18 +142,27 @@ async def spearlet_figures(node: Server, echo: Server, quick: bool) -> dict[str,
     return f
 
 
-def accept_rate(seconds: float) -> float:
+def accept_rate(echo: Server, seconds: float) -> dict[str, float]:
     """Async accepts per second, each committed before its answer, while the accepted work waits
-    (long sleeps): the node's acceptance alone. A node of its own, thrown away after."""
+    (long sleeps): the node's acceptance alone, in turns with the echo floor. A node of its own,
+    thrown away after."""
     with tempfile.TemporaryDirectory(prefix="spearlet-accept-") as tmp:
         node = _node(Path(tmp) / "data", SPEARLET_MAX_PENDING="1000000")
         try:
 
-            async def measure() -> float:
-                async with grpc.aio.insecure_channel(node.target) as channel:
+            async def measure() -> dict[str, float]:
+                async with (
+                    grpc.aio.insecure_channel(node.target) as channel,
+                    grpc.aio.insecure_channel(echo.target) as echo_channel,
+                ):
                     stub = pb_grpc.FunctionServiceStub(channel)
+                    echo_stub = pb_grpc.FunctionServiceStub(echo_channel)
                     queued = _call("sleep", mode=pb.EXECUTION_MODE_ASYNC, seconds=600)
-                    return await throughput(lambda: stub.InvokeFunction(queued), 16, seconds)
+                    return await paired_throughput(
+                        {"echo": lambda: echo_stub.InvokeFunction(NOOP), "accept": lambda: stub.InvokeFunction(queued)},
+                        16,
+                        seconds,
+                    )
 
             return asyncio.run(measure())
         finally:
@@ -225,7 +248,9 @@ def main() -> None:
             finally:
                 node.stop()
             try:
-                run["async_accepted_per_s_c16"] = accept_rate(3.0 if args.quick else 8.0)
+                rates = accept_rate(echo, 3.0 if args.quick else 8.0)
+                run["async_accepted_per_s_c16"] = rates["accept"]
+                run["echo_calls_per_s_c16_beside_accepts"] = rates["echo"]
             finally:
                 echo.stop()
             own.append(run)
@@ -242,7 +267,8 @@ def main() -> None:
         server.terminate()
     ratios = {
         "sync_p50_over_echo": figures["sync_noop_p50_ms"] / figures["echo_p50_ms"],
-        "accepted_per_s_over_echo_calls_per_s": figures["async_accepted_per_s_c16"] / figures["echo_calls_per_s_c16"],
+        "accepted_per_s_over_echo_calls_per_s": figures["async_accepted_per_s_c16"]
+        / figures["echo_calls_per_s_c16_beside_accepts"],
         "async_noop_completed_over_celery": figures["async_noop_completed_per_s"]
         / figures["celery_noop_async_completed_per_s"],
         "status_queries_over_echo_calls_per_s": figures["status_queries_per_s_c16"] / figures["echo_calls_per_s_c16"],

@@ -13,7 +13,16 @@ import asyncio
 
 import grpc
 
-from bench.common import latencies, median_of, percentile, start_echo, start_node, table, write_results
+from bench.common import (
+    latencies,
+    median_of,
+    paired_latencies,
+    percentile,
+    start_echo,
+    start_node,
+    table,
+    write_results,
+)
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 
@@ -35,8 +44,10 @@ async def one_run(node_target: str, echo_target: str, calls: int) -> dict[str, f
     async with grpc.aio.insecure_channel(node_target) as node_ch, grpc.aio.insecure_channel(echo_target) as echo_ch:
         node = pb_grpc.FunctionServiceStub(node_ch)
         echo = pb_grpc.FunctionServiceStub(echo_ch)
-        floor = await latencies(lambda: echo.InvokeFunction(NOOP), calls)
-        warm = await latencies(lambda: node.InvokeFunction(NOOP), calls)
+        paired = await paired_latencies(
+            {"echo": lambda: echo.InvokeFunction(NOOP), "warm": lambda: node.InvokeFunction(NOOP)}, calls
+        )
+        floor, warm = paired["echo"], paired["warm"]
         fresh = await latencies(lambda: node.InvokeFunction(FRESH), 40, warmup=3)
         accept = await latencies(lambda: node.InvokeFunction(ACCEPT), 500, warmup=20)
     return {
