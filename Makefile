@@ -19,7 +19,7 @@ run: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy src
+	$(BIN)/mypy src bench
 
 test: lint
 	$(BIN)/pytest

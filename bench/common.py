@@ -86,6 +86,10 @@ def start_echo() -> Server:
     return start([sys.executable, str(ROOT / "bench" / "echo_server.py")])
 
 
+def start_floor() -> Server:
+    return start([sys.executable, str(ROOT / "bench" / "floor_server.py")])
+
+
 def start_redis() -> tuple[subprocess.Popen[bytes], str]:
     """A throwaway redis-server on a free loopback port: (process, URL)."""
     binary = shutil.which("redis-server")
@@ -109,7 +113,11 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
 
 
 def invoke_request(
-    task: str, function: str = "", mode: int = pb.EXECUTION_MODE_SYNC, retries: int = 0, **params: float
+    task: str,
+    function: str = "",
+    mode: pb.ExecutionMode = pb.EXECUTION_MODE_SYNC,
+    retries: int = 0,
+    **params: float,
 ) -> pb.InvokeFunctionRequest:
     """An EXISTING_TASK invocation with numeric parameters."""
     parameters = []

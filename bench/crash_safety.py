@@ -35,7 +35,11 @@ TERMINAL = {pb.EXECUTION_STATUS_COMPLETED, pb.EXECUTION_STATUS_FAILED, pb.EXECUT
             pb.EXECUTION_STATUS_TIMEOUT}  # fmt: skip
 WORK = "#!/bin/sh\ncat > /dev/null\nsleep 0.$(( $$ % 3 ))\necho '{\"ok\": true}'\n"
 # (task, function, parameters) of the mix: a process, a warm Python function, a WASM module.
-MIX = [("crash-work", "", {}), ("greet", "wait", {"seconds": 0.05}), ("wasm-echo", "", {"n": 1})]
+MIX: list[tuple[str, str, dict[str, float]]] = [
+    ("crash-work", "", {}),
+    ("greet", "wait", {"seconds": 0.05}),
+    ("wasm-echo", "", {"n": 1}),
+]
 
 
 class Node:

@@ -26,7 +26,7 @@ from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 
 
-def _request(function: str, mode: int, seconds: float = 0.0) -> pb.InvokeFunctionRequest:
+def _request(function: str, mode: pb.ExecutionMode, seconds: float = 0.0) -> pb.InvokeFunctionRequest:
     parameters = []
     if seconds:
         packed = any_pb2.Any()

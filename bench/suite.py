@@ -30,6 +30,7 @@ from bench.common import (
     paired_throughput,
     percentile,
     start_echo,
+    start_floor,
     start_node,
     start_redis,
     table,
@@ -78,17 +79,29 @@ async def _completed_per_s(stub: pb_grpc.FunctionServiceStub, request: pb.Invoke
     return n / (time.perf_counter() - started)
 
 
-async def spearlet_figures(node: Server, echo: Server, quick: bool) -> dict[str, float]:
+async def spearlet_figures(node: Server, echo: Server, floor: Server, quick: bool) -> dict[str, float]:
     calls = 500 if quick else 2000
     seconds = 3.0 if quick else 8.0
-    async with grpc.aio.insecure_channel(node.target) as nch, grpc.aio.insecure_channel(echo.target) as ech:
+    async with (
+        grpc.aio.insecure_channel(node.target) as nch,
+        grpc.aio.insecure_channel(echo.target) as ech,
+        grpc.aio.insecure_channel(floor.target) as fch,
+    ):
         stub, echo_stub = pb_grpc.FunctionServiceStub(nch), pb_grpc.FunctionServiceStub(ech)
+        floor_stub = pb_grpc.FunctionServiceStub(fch)
         f: dict[str, float] = {}
-        # Each speed in turns with the echo floor, so a noisy moment of the machine hits both.
+        # Each speed in turns with the echo, so a noisy moment of the machine hits both; the floor
+        # server does the least a sync call of this design must (bench/floor_server.py).
         paired = await paired_latencies(
-            {"echo": lambda: echo_stub.InvokeFunction(NOOP), "sync": lambda: stub.InvokeFunction(NOOP)}, calls
+            {
+                "echo": lambda: echo_stub.InvokeFunction(NOOP),
+                "floor": lambda: floor_stub.InvokeFunction(NOOP),
+                "sync": lambda: stub.InvokeFunction(NOOP),
+            },
+            calls,
         )
         f["echo_p50_ms"], f["echo_p99_ms"] = percentile(paired["echo"], 0.5), percentile(paired["echo"], 0.99)
+        f["floor_p50_ms"], f["floor_p99_ms"] = percentile(paired["floor"], 0.5), percentile(paired["floor"], 0.99)
         f["sync_noop_p50_ms"] = percentile(paired["sync"], 0.5)
         f["sync_noop_p99_ms"] = percentile(paired["sync"], 0.99)
         status_request = pb.GetExecutionStatusRequest(
@@ -242,11 +255,12 @@ def main() -> None:
     own: list[dict[str, float]] = []
     for _ in range(runs):
         with tempfile.TemporaryDirectory(prefix="spearlet-suite-") as tmp:
-            node, echo = _node(Path(tmp) / "data", SPEARLET_MAX_PENDING="1000000"), start_echo()
+            node, echo, floor = _node(Path(tmp) / "data", SPEARLET_MAX_PENDING="1000000"), start_echo(), start_floor()
             try:
-                run = asyncio.run(spearlet_figures(node, echo, args.quick))
+                run = asyncio.run(spearlet_figures(node, echo, floor, args.quick))
             finally:
                 node.stop()
+                floor.stop()
             try:
                 rates = accept_rate(echo, 3.0 if args.quick else 8.0)
                 run["async_accepted_per_s_c16"] = rates["accept"]
@@ -267,6 +281,7 @@ def main() -> None:
         server.terminate()
     ratios = {
         "sync_p50_over_echo": figures["sync_noop_p50_ms"] / figures["echo_p50_ms"],
+        "floor_p50_over_echo": figures["floor_p50_ms"] / figures["echo_p50_ms"],
         "accepted_per_s_over_echo_calls_per_s": figures["async_accepted_per_s_c16"]
         / figures["echo_calls_per_s_c16_beside_accepts"],
         "async_noop_completed_over_celery": figures["async_noop_completed_per_s"]
