@@ -203,13 +203,17 @@ class _DatabaseThread(threading.Thread):
         self.ready = threading.Event()
         self.startup_error: BaseException | None = None
 
-    def submit(self, op: Callable[[sqlite3.Connection], T], inline: bool = True) -> asyncio.Future[T]:
+    def submit(
+        self, op: Callable[[sqlite3.Connection], T], inline: bool = True, read: bool = False
+    ) -> asyncio.Future[T]:
+        """`read`: `op` only reads, so inline it needs no transaction of its own (nobody else
+        writes while we hold the connection)."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         conn = self._conn
         idle = self._submitted == self._finished and conn is not None
         if inline and idle and conn is not None and self._lock.acquire(blocking=False):
             try:
-                ok, value = _run_batch(conn, [(op, future)])[0]
+                ok, value = _run_read(conn, op) if read else _run_alone(conn, op, future)
             finally:
                 self._lock.release()
             _settle([(future, ok, value)])
@@ -318,6 +322,13 @@ def _run_batch(conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, A
     return results
 
 
+def _run_read(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any]:
+    try:
+        return True, op(conn)
+    except Exception as exc:
+        return False, exc
+
+
 def _run_alone(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any], future: object) -> tuple[bool, Any]:
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -373,6 +384,12 @@ class SqliteStore(Store):
             raise RuntimeError("store is not open")
         return self._db.submit(op, inline)
 
+    def _read(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """`_run` for an operation that only reads."""
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db.submit(op, read=True)
+
     def _enqueue(self, op: Callable[[sqlite3.Connection], object]) -> None:
         if self._db is None:
             raise RuntimeError("store is not open")
@@ -394,7 +411,7 @@ class SqliteStore(Store):
             row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
             return _task_from_row(row) if row else None
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def list_tasks(self, prefix: str, limit: int, start_after: str) -> TaskPage:
         def op(conn: sqlite3.Connection) -> TaskPage:
@@ -407,7 +424,7 @@ class SqliteStore(Store):
             has_more = len(rows) > limit
             return TaskPage(tasks, has_more, tasks[-1].task_id if has_more else "")
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def delete_task(self, task_id: str, cleanup_executions: bool) -> tuple[bool, int]:
         def op(conn: sqlite3.Connection) -> tuple[bool, int]:
@@ -436,10 +453,10 @@ class SqliteStore(Store):
                 out[task_id] = TaskSummary(count[0], Status(last[0]) if last else Status.UNKNOWN)
             return out
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def count_tasks(self) -> int:
-        return await self._run(lambda conn: int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0]))
+        return await self._read(lambda conn: int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0]))
 
     # Executions
 
@@ -447,15 +464,18 @@ class SqliteStore(Store):
         insert = _insert_op(_exec_row(record))
 
         def op(conn: sqlite3.Connection) -> ExecutionRecord | None:
-            found = conn.execute(
-                f"SELECT {_EXEC_COLUMNS} FROM executions WHERE execution_id = ? "
-                "OR (idempotency_key IS NOT NULL AND idempotency_key = ?)",
-                (record.execution_id, record.idempotency_key),
-            ).fetchone()
-            if found is not None:
+            try:  # a fresh id and key, almost always: one statement
+                insert(conn)
+                return None
+            except sqlite3.IntegrityError:
+                found = conn.execute(
+                    f"SELECT {_EXEC_COLUMNS} FROM executions WHERE execution_id = ? "
+                    "OR (idempotency_key IS NOT NULL AND idempotency_key = ?)",
+                    (record.execution_id, record.idempotency_key),
+                ).fetchone()
+                if found is None:
+                    raise
                 return _exec_from_row(found)
-            insert(conn)
-            return None
 
         return await self._run(op)
 
@@ -516,7 +536,7 @@ class SqliteStore(Store):
             ).fetchone()
             return _exec_from_row(row) if row else None
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
         self._write_staged()
@@ -542,7 +562,7 @@ class SqliteStore(Store):
             has_more = len(rows) > limit
             return ExecutionPage(records, has_more, records[-1].execution_id if has_more else "")
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def cached_result(self, cache_key: str, since_ms: int) -> ExecutionRecord | None:
         def op(conn: sqlite3.Connection) -> ExecutionRecord | None:
@@ -553,7 +573,7 @@ class SqliteStore(Store):
             ).fetchone()
             return _exec_from_row(row) if row else None
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def expire(self, before_ms: int, keep: int) -> int:
         terminal = tuple(int(s) for s in Status if s.terminal)
@@ -582,7 +602,7 @@ class SqliteStore(Store):
             ).fetchall()
             return [_exec_from_row(r) for r in rows]
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def stats(self, since_ms: int) -> Stats:
         self._write_staged()
@@ -609,7 +629,7 @@ class SqliteStore(Store):
                 stats.by_task[task_id] = stats.by_task.get(task_id, 0) + count
             return stats
 
-        return await self._run(op)
+        return await self._read(op)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
