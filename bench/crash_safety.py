@@ -166,6 +166,12 @@ def run(executions: int, kills: int, seed: int, data_dir: Path, deadline_s: floa
     orphans_left = len(_marked_processes(data_dir))
     with sqlite3.connect(data_dir / "spearlet.db") as db:
         integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+        failed_codes = dict(
+            db.execute(
+                "SELECT error_code, count(*) FROM executions WHERE status = ? GROUP BY error_code",
+                (pb.EXECUTION_STATUS_FAILED,),
+            ).fetchall()
+        )
     codes = Counter(pb.ExecutionStatus.Name(s).removeprefix("EXECUTION_STATUS_") if s >= 0 else "NOT_FOUND"
                     for s in final.values())  # fmt: skip
     return {
@@ -178,6 +184,7 @@ def run(executions: int, kills: int, seed: int, data_dir: Path, deadline_s: floa
         "stuck": sum(1 for s in final.values() if s not in TERMINAL and s != -1),
         "changed_after_terminal": changed_after_terminal,
         "final_statuses": dict(codes),
+        "failed_error_codes": failed_codes,
         "orphans_after_a_kill": orphans_seen,
         "orphans_left": orphans_left,
         "integrity_check": integrity,
