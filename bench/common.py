@@ -199,6 +199,18 @@ async def paired_throughput(
     return {name: done[name] / spent[name] for name in calls}
 
 
+async def cpu_per_call(pid: int, call: Callable[[], Awaitable[Any]], concurrency: int, seconds: float) -> float:
+    """Microseconds of CPU (all threads of process `pid`) per call at `concurrency`: what a
+    server spends on each call, which is what bounds its throughput on a small machine."""
+    process = psutil.Process(pid)
+    before = process.cpu_times()
+    started = time.perf_counter()
+    rate = await throughput(call, concurrency, seconds)
+    calls = rate * (time.perf_counter() - started)
+    after = process.cpu_times()
+    return (after.user + after.system - before.user - before.system) / calls * 1e6
+
+
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 

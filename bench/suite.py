@@ -24,6 +24,7 @@ import psutil
 from bench import peers
 from bench.common import (
     Server,
+    cpu_per_call,
     invoke_request,
     latencies,
     paired_latencies,
@@ -119,6 +120,12 @@ async def spearlet_figures(node: Server, echo: Server, floor: Server, quick: boo
         f["echo_calls_per_s_c16"] = rates["echo"]
         f["sync_noop_calls_per_s_c16"] = rates["sync"]
         f["status_queries_per_s_c16"] = rates["status"]
+        f["echo_server_cpu_us_per_call"] = await cpu_per_call(
+            echo.proc.pid, lambda: echo_stub.InvokeFunction(NOOP), 16, 2
+        )
+        f["status_node_cpu_us_per_call"] = await cpu_per_call(
+            node.proc.pid, lambda: stub.GetExecutionStatus(status_request), 16, 2
+        )
         sleepy = await latencies(lambda: stub.InvokeFunction(SLEEP10), calls // 4, warmup=20)
         f["sync_sleep10_p50_ms"], f["sync_sleep10_p99_ms"] = percentile(sleepy, 0.5), percentile(sleepy, 0.99)
         accept = await latencies(lambda: stub.InvokeFunction(NOOP_ASYNC), calls // 2)
@@ -171,11 +178,15 @@ def accept_rate(echo: Server, seconds: float) -> dict[str, float]:
                     stub = pb_grpc.FunctionServiceStub(channel)
                     echo_stub = pb_grpc.FunctionServiceStub(echo_channel)
                     queued = _call("sleep", mode=pb.EXECUTION_MODE_ASYNC, seconds=600)
-                    return await paired_throughput(
+                    rates = await paired_throughput(
                         {"echo": lambda: echo_stub.InvokeFunction(NOOP), "accept": lambda: stub.InvokeFunction(queued)},
                         16,
                         seconds,
                     )
+                    rates["cpu_us_per_accept"] = await cpu_per_call(
+                        node.proc.pid, lambda: stub.InvokeFunction(queued), 16, 2
+                    )
+                    return rates
 
             return asyncio.run(measure())
         finally:
@@ -265,6 +276,7 @@ def main() -> None:
                 rates = accept_rate(echo, 3.0 if args.quick else 8.0)
                 run["async_accepted_per_s_c16"] = rates["accept"]
                 run["echo_calls_per_s_c16_beside_accepts"] = rates["echo"]
+                run["accept_node_cpu_us_per_call"] = rates["cpu_us_per_accept"]
             finally:
                 echo.stop()
             own.append(run)
