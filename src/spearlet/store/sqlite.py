@@ -124,34 +124,45 @@ def _progress_row(r: ExecutionRecord) -> tuple[Any, ...]:
 
 
 def _exec_from_row(row: sqlite3.Row) -> ExecutionRecord:
+    # By position, in _EXEC_COLUMNS order: a Row looks names up one by one, which made this the
+    # dearest part of a status query.
+    (
+        execution_id, task_id, function_name, mode, status, params, timeout_ms, max_retries, environment,
+        metadata, idempotency_key, cache_key, node, instance_id, attempts, created_at, started_at, completed_at,
+        execution_time_ms, memory_used_bytes, output, output_kind, error_code, error_message, logs, metrics,
+    ) = row  # fmt: skip
     return ExecutionRecord(
-        execution_id=row["execution_id"],
-        task_id=row["task_id"],
-        function_name=row["function_name"],
-        mode=Mode(row["mode"]),
-        status=Status(row["status"]),
-        params=load_params(row["params"]),
-        timeout_ms=row["timeout_ms"],
-        max_retries=row["max_retries"],
-        environment=json.loads(row["environment"]),
-        metadata=json.loads(row["metadata"]),
-        idempotency_key=row["idempotency_key"],
-        cache_key=row["cache_key"],
-        node=row["node"],
-        instance_id=row["instance_id"],
-        attempts=row["attempts"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
-        execution_time_ms=row["execution_time_ms"],
-        memory_used_bytes=row["memory_used_bytes"],
-        output=bytes(row["output"]),
-        output_kind=OutputKind(row["output_kind"]),
-        error_code=row["error_code"],
-        error_message=row["error_message"],
-        logs=row["logs"],
-        metrics=json.loads(row["metrics"]),
+        execution_id=execution_id,
+        task_id=task_id,
+        function_name=function_name,
+        mode=Mode(mode),
+        status=Status(status),
+        params=load_params(params),
+        timeout_ms=timeout_ms,
+        max_retries=max_retries,
+        environment=_load_object(environment),
+        metadata=_load_object(metadata),
+        idempotency_key=idempotency_key,
+        cache_key=cache_key,
+        node=node,
+        instance_id=instance_id,
+        attempts=attempts,
+        created_at=created_at,
+        started_at=started_at,
+        completed_at=completed_at,
+        execution_time_ms=execution_time_ms,
+        memory_used_bytes=memory_used_bytes,
+        output=bytes(output),
+        output_kind=OutputKind(output_kind),
+        error_code=error_code,
+        error_message=error_message,
+        logs=logs,
+        metrics=_load_object(metrics),
     )
+
+
+def _load_object(text: str) -> Any:
+    return {} if text == "{}" else json.loads(text)
 
 
 def _task_row(t: Task) -> tuple[Any, ...]:
