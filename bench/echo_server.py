@@ -3,10 +3,10 @@ with a fixed, realistic response and doing nothing else. Prints its port, serves
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import grpc
+import uvloop
 
 from spearlet.api.grpc import spearlet_pb2 as pb
 
@@ -35,4 +35,4 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 0))
+    uvloop.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 0))  # the loop the node runs on

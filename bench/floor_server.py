@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import grpc
+import uvloop
 
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.node import bundled_tasks_file
@@ -89,4 +90,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())  # the loop the node runs on
