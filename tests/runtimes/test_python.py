@@ -63,6 +63,9 @@ def deadline(context):
 
 def big():
     return "x" * 5_000_000
+
+def large():
+    return "y" * 3_000_000
 """
 
 
@@ -188,6 +191,12 @@ def test_cancel_of_a_running_call_replaces_the_worker(node: NodeProcess, fns: st
     assert cancel.success and time.perf_counter() - started < 1.0
     assert wait_done(stub, accepted.execution_id).result.status == pb.EXECUTION_STATUS_CANCELLED
     assert call(node, fns).success
+
+
+def test_an_output_in_many_pipe_reads_comes_back_whole(node: NodeProcess, fns: str) -> None:
+    response = call(node, fns, "large")  # 3 MB: dozens of reads of the worker's pipe
+    assert response.success, response.result.error_message
+    assert unpack(response.result.result) == "y" * 3_000_000
 
 
 def test_output_over_the_limit_fails_and_the_node_keeps_serving(node: NodeProcess, fns: str) -> None:

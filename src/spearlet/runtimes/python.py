@@ -116,6 +116,7 @@ class _Frames(asyncio.Protocol):
             return
         buffer = self._buffer
         buffer += data
+        complete = len(self._frames)
         while len(buffer) >= _HEADER.size:
             (length,) = _HEADER.unpack_from(buffer)
             if length > self.limit:
@@ -127,7 +128,8 @@ class _Frames(asyncio.Protocol):
                 break
             self._frames.append(bytes(buffer[_HEADER.size : end]))
             del buffer[:end]
-        self._wake()
+        if len(self._frames) > complete:  # not for each piece of a long frame
+            self._wake()
 
     def eof_received(self) -> bool:
         self._end(WorkerGone("the worker closed its pipe"))

@@ -75,7 +75,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def queue_insert(self, record: ExecutionRecord) -> None:
         """Store a new record without waiting: for an id that cannot exist yet (a fresh UUIDv7).
-        Every later operation of this store sees it; a failure is logged."""
+        Every later operation of this store sees it; a failure is logged. A store may hold it in
+        memory for a moment and write it once, as it is then (SQLite: up to STAGE_S)."""
 
     @abc.abstractmethod
     def queue_transition(self, record: ExecutionRecord) -> None:
