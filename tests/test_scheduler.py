@@ -23,7 +23,7 @@ from spearlet.core.models import ExecutionRecord, Mode, OutputKind, Status, Task
 from spearlet.runtimes.base import Invocation, Outcome, StopRequest
 from spearlet.runtimes.process import ProcessRuntime
 from spearlet.scheduler import BACKOFF_BASE_S, BACKOFF_CAP_S, Scheduler, backoff_s
-from spearlet.store.sqlite import SqliteStore
+from spearlet.store.sqlite import STAGE_S, SqliteStore
 from tests.helpers import script
 
 pytestmark = pytest.mark.timeout(60)
@@ -430,6 +430,30 @@ async def test_request_stop_between_attempts_cancels_the_retry(
     assert len(counter.read_text().splitlines()) == 1
     stored = await h.stored(record)
     assert (stored.status, stored.attempts) == (Status.CANCELLED, 1)
+
+
+async def test_a_staged_sync_record_retried_after_the_staging_delay_ends_completed_and_reads_running_between(
+    make: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("spearlet.scheduler.backoff_s", lambda attempt: STAGE_S * 5)  # spans the staging delay
+    h = make()
+    counter = h.dir / "counter"
+    task = h.task("flaky", f"#!/bin/sh\necho x >> {counter}\nn=$(wc -l < {counter})\n[ $n -ge 2 ]\n")
+    record = ExecutionRecord(new_execution_id(), task.task_id, "", Mode.SYNC, created_at=now_ms(), max_retries=1)
+    h.store.queue_insert(record)  # as the invoker stores a sync call with an id of its own
+    waiter = h.lifecycle.waiter(record.execution_id)
+    h.scheduler.submit(record, task)
+    await wait_until(lambda: record.status is Status.FAILED)  # the first attempt failed: backing off
+
+    between = await h.stored(record)
+    assert between.status is Status.RUNNING  # waiting to retry is not an end
+    await asyncio.sleep(STAGE_S * 2)  # written by now, still not as an end
+    assert (await h.stored(record)).status is Status.RUNNING
+    final = await asyncio.wait_for(waiter, 10)
+
+    assert (final.status, final.attempts) == (Status.COMPLETED, 2), final.error_message
+    stored = await h.stored(record)
+    assert (stored.status, stored.attempts) == (Status.COMPLETED, 2)
 
 
 def test_backoff_stays_within_full_jitter_bounds_and_varies() -> None:

@@ -231,6 +231,7 @@ async def serve(settings: Settings, announce: Any = print) -> None:
     await node.start()
     # What the node built to serve (modules, app, servers) lives as long as it does: a full
     # collection that scanned it all would stall every call for tens of milliseconds.
+    gc.collect()
     gc.freeze()
     host = settings.host
     announce(f"spearlet node {settings.node_id!r} serving")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import struct
 import time
 import zipfile
 from pathlib import Path
@@ -12,6 +14,7 @@ import psutil
 import pytest
 
 from spearlet.api.grpc import spearlet_pb2 as pb
+from spearlet.runtimes.python import WorkerGone, _Frames
 from tests.e2e.test_async import wait_done
 from tests.helpers import NodeProcess, existing, params, unpack
 from tests.helpers import register as register_task
@@ -204,6 +207,21 @@ def test_output_over_the_limit_fails_and_the_node_keeps_serving(node: NodeProces
     assert response.result.status == pb.EXECUTION_STATUS_FAILED
     assert response.result.error_code == "OUTPUT_TOO_LARGE"
     assert call(node, fns).success
+
+
+async def test_a_frame_announced_over_the_limit_closes_the_worker_pipe_at_once() -> None:
+    read_fd, write_fd = os.pipe()
+    frames = _Frames()
+    reader = os.fdopen(read_fd, "rb", buffering=0)
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(lambda: frames, reader)
+    try:
+        os.write(write_fd, struct.pack(">I", 5_000_000) + b"x" * 1000)
+        with pytest.raises(WorkerGone, match="OUTPUT_TOO_LARGE:5000000"):
+            await asyncio.wait_for(frames.next(limit=4_000_000), 5)
+        assert transport.is_closing()  # read no more: the pipe is not left open behind the worker
+    finally:
+        transport.close()
+        os.close(write_fd)
 
 
 def test_package_directory_and_zip_artifacts(node: NodeProcess, tmp_path: Path) -> None:

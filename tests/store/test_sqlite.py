@@ -655,3 +655,11 @@ async def test_closing_the_store_writes_staged_records_for_the_next_start(tmp_pa
         assert (await again.get_execution(record.execution_id)) == record
     finally:
         await again.close()
+
+
+async def test_an_id_that_is_staged_is_taken(store: SqliteStore) -> None:
+    staged = make_record(mode=Mode.STREAM)
+    store.queue_insert(staged)  # a stream's id reaches its client at once
+    again = dataclasses.replace(staged, mode=Mode.SYNC)  # the client sends it back as its own id
+    existing = await store.create_execution(again)
+    assert existing is not None and existing.mode is Mode.STREAM

@@ -255,6 +255,8 @@ class Invoker:
             async with asyncio.timeout(self.settings.max_sync_wait_s):
                 final = await waiter
         except TimeoutError:
+            if waiter.done() and not waiter.cancelled():  # it ended in the same turn as the deadline
+                return InvokeResult(waiter.result(), "", 0, "")
             self.lifecycle.drop_waiter(record.execution_id, waiter)
             current = await self.store.get_execution(record.execution_id) or record
             return InvokeResult(

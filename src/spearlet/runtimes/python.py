@@ -98,7 +98,7 @@ def output_bytes(value: Any) -> bytes:
 
 class _Frames(asyncio.Protocol):
     """The worker's frames, cut out of its pipe as the data arrives: a reader waiting for the next
-    one is woken once, with the whole frame. A frame announced larger than `limit` is not kept."""
+    one is woken once, with the whole frame. A frame announced larger than `limit` ends the reading."""
 
     def __init__(self) -> None:
         self.limit = 1 << 20
@@ -153,11 +153,15 @@ class _Frames(asyncio.Protocol):
             raise WorkerGone(f"OUTPUT_TOO_LARGE:{len(frame)}")
         return frame
 
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
     def _end(self, reason: WorkerGone) -> None:
         if self._ended is None:
             self._ended = reason
-        if self._transport is not None and reason.args[0].startswith("OUTPUT_TOO_LARGE"):
-            self._transport.pause_reading()
+        if reason.args[0].startswith("OUTPUT_TOO_LARGE"):
+            self.close()  # read no more of it; the worker is stopped next
         self._wake()
 
     def _wake(self) -> None:
@@ -217,6 +221,7 @@ class PythonWorker(Instance):
         kill_group(self.pid)  # whatever it left in its group
         if self._writer is not None:
             self._writer.close()
+        self._frames.close()
         await self._stderr_task
         self.memory.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)

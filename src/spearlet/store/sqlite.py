@@ -161,6 +161,12 @@ def _exec_from_row(row: sqlite3.Row) -> ExecutionRecord:
     )
 
 
+def _unended(record: ExecutionRecord) -> ExecutionRecord:
+    """A staged record as anyone but its final `transition` may see it. Between attempts the
+    scheduler holds the failed attempt's status while it waits to retry: that is not an end."""
+    return dataclasses.replace(record, status=Status.RUNNING) if record.done else record
+
+
 def _load_object(text: str) -> Any:
     return {} if text == "{}" else json.loads(text)
 
@@ -327,7 +333,8 @@ def _run_batch(conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, A
     try:
         conn.execute("COMMIT")
     except Exception as exc:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         log.error("a store batch of %d operations failed to commit: %s", len(batch), exc)
         results = [(False, exc)] * len(batch)
     return results
@@ -346,7 +353,8 @@ def _run_alone(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any]
         value = op(conn)
         conn.execute("COMMIT")
     except Exception as exc:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+            conn.execute("ROLLBACK")
         if future is None:
             log.error("a queued store write failed: %s", exc)
         return False, exc
@@ -472,6 +480,9 @@ class SqliteStore(Store):
     # Executions
 
     async def create_execution(self, record: ExecutionRecord) -> ExecutionRecord | None:
+        staged = self._staged_copy(record.execution_id)  # a stream's id reaches its client at once
+        if staged is not None:
+            return staged
         insert = _insert_op(_exec_row(record))
 
         def op(conn: sqlite3.Connection) -> ExecutionRecord | None:
@@ -505,13 +516,21 @@ class SqliteStore(Store):
                 self._stage_timer = asyncio.get_running_loop().call_later(due - now, self._write_due)
                 return
             del self._staged[execution_id]
-            self._enqueue(_insert_op(_exec_row(record)))
+            self._enqueue(_insert_op(_exec_row(_unended(record))))
 
     def _write_staged(self) -> None:
         """Write every staged record now, as it is now."""
         for record, _ in self._staged.values():
-            self._enqueue(_insert_op(_exec_row(record)))
+            self._enqueue(_insert_op(_exec_row(_unended(record))))
         self._staged.clear()
+
+    def _staged_copy(self, execution_id: str) -> ExecutionRecord | None:
+        """A staged record as it is now, for a reader: the record goes on changing as it runs."""
+        staged = self._staged.get(execution_id)
+        if staged is None:
+            return None
+        record = _unended(staged[0])
+        return dataclasses.replace(record, metrics=dict(record.metrics))
 
     def _transition_op(self, record: ExecutionRecord) -> Callable[[sqlite3.Connection], bool]:
         sql, allowed = _TRANSITIONS[record.status]
@@ -537,9 +556,9 @@ class SqliteStore(Store):
         self._enqueue(self._transition_op(record))
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
-        staged = self._staged.get(execution_id)
-        if staged is not None:  # a copy as it is now: the record goes on changing as it runs
-            return dataclasses.replace(staged[0], metrics=dict(staged[0].metrics))
+        staged = self._staged_copy(execution_id)
+        if staged is not None:
+            return staged
 
         def op(conn: sqlite3.Connection) -> ExecutionRecord | None:
             row = conn.execute(
