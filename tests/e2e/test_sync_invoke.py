@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from spearlet.api.grpc import spearlet_pb2 as pb
 from tests.helpers import NodeProcess, existing, params, script, unpack, value
@@ -232,6 +233,18 @@ def test_unsupported_parameter_type_names_the_parameter(node: NodeProcess) -> No
         node.stub().InvokeFunction(existing("echo", parameters=[bad]))
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "'when'" in err.value.details()
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_a_number_that_is_not_json_deep_in_a_parameter_names_the_parameter(node: NodeProcess, number: float) -> None:
+    nested = struct_pb2.Struct()
+    nested.update({"points": [1, {"x": number}]})
+    bad = pb.FunctionParameter(name="shape")
+    bad.value.Pack(struct_pb2.Value(struct_value=nested))
+    with pytest.raises(grpc.RpcError) as err:  # it was UNKNOWN, from inside json_format
+        node.stub().InvokeFunction(existing("echo", parameters=[bad]))
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "'shape'" in err.value.details() and "NaN and infinity" in err.value.details()
 
 
 def test_bad_artifacts_are_refused_clearly(node: NodeProcess, tmp_path: Path) -> None:

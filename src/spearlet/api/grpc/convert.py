@@ -55,12 +55,34 @@ def unpack_value(name: str, value: any_pb2.Any, present: bool) -> Any:
         message.ParseFromString(value.value)
     except (DecodeError, RecursionError) as exc:
         raise InvalidArgument(f"parameter {name!r}: value is not a valid {full_name}: {exc}") from exc
-    if full_name in _JSON_TYPES:
-        return tidy_numbers(json_format.MessageToDict(message))
+    if isinstance(message, struct_pb2.Value):
+        return _plain(name, message)
+    if isinstance(message, struct_pb2.Struct):
+        return {k: _plain(name, v) for k, v in message.fields.items()}
+    if isinstance(message, struct_pb2.ListValue):
+        return [_plain(name, v) for v in message.values]
     plain = message.value  # type: ignore[attr-defined]
     if isinstance(plain, float):
         check_number(name, plain)
     return plain
+
+
+def _plain(name: str, value: struct_pb2.Value) -> Any:
+    """A Value as the plain JSON value it stands for; whole numbers as ints, as tidy_numbers does,
+    and NaN or infinity (not JSON) refused naming the parameter."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = check_number(name, value.number_value)
+        return int(number) if number.is_integer() and abs(number) <= _MAX_SAFE_INT else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return {k: _plain(name, v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_plain(name, v) for v in value.list_value.values]
+    return None  # null_value, or nothing set
 
 
 def params_from(parameters: Any) -> dict[str, Any]:
