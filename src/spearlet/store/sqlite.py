@@ -397,17 +397,12 @@ class SqliteStore(Store):
         await asyncio.get_running_loop().run_in_executor(None, self._db.join)
         self._db = None
 
-    def _run(self, op: Callable[[sqlite3.Connection], T], inline: bool = True) -> asyncio.Future[T]:
-        """Run `op` with the connection: at once if the writer is idle (and `inline`), else queued."""
+    def _run(self, op: Callable[[sqlite3.Connection], T], inline: bool = True, read: bool = False) -> asyncio.Future[T]:
+        """Run `op` with the connection: at once if the writer is idle (and `inline`), else queued.
+        `read`: `op` only reads."""
         if self._db is None:
             raise RuntimeError("store is not open")
-        return self._db.submit(op, inline)
-
-    def _read(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """`_run` for an operation that only reads."""
-        if self._db is None:
-            raise RuntimeError("store is not open")
-        return self._db.submit(op, read=True)
+        return self._db.submit(op, inline, read)
 
     def _enqueue(self, op: Callable[[sqlite3.Connection], object]) -> None:
         if self._db is None:
@@ -430,7 +425,7 @@ class SqliteStore(Store):
             row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
             return _task_from_row(row) if row else None
 
-        return await self._read(op)
+        return await self._run(op, read=True)
 
     async def list_tasks(self, prefix: str, limit: int, start_after: str) -> TaskPage:
         def op(conn: sqlite3.Connection) -> TaskPage:
@@ -443,7 +438,7 @@ class SqliteStore(Store):
             has_more = len(rows) > limit
             return TaskPage(tasks, has_more, tasks[-1].task_id if has_more else "")
 
-        return await self._read(op)
+        return await self._run(op, read=True)
 
     async def delete_task(self, task_id: str, cleanup_executions: bool) -> tuple[bool, int]:
         def op(conn: sqlite3.Connection) -> tuple[bool, int]:
@@ -472,10 +467,10 @@ class SqliteStore(Store):
                 out[task_id] = TaskSummary(count[0], Status(last[0]) if last else Status.UNKNOWN)
             return out
 
-        return await self._read(op)
+        return await self._run(op, read=True)
 
     async def count_tasks(self) -> int:
-        return await self._read(lambda conn: int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0]))
+        return await self._run(lambda conn: int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0]), read=True)
 
     # Executions
 
@@ -516,13 +511,16 @@ class SqliteStore(Store):
                 self._stage_timer = asyncio.get_running_loop().call_later(due - now, self._write_due)
                 return
             del self._staged[execution_id]
-            self._enqueue(_insert_op(_exec_row(_unended(record))))
+            self._write(record)
 
     def _write_staged(self) -> None:
         """Write every staged record now, as it is now."""
         for record, _ in self._staged.values():
-            self._enqueue(_insert_op(_exec_row(_unended(record))))
+            self._write(record)
         self._staged.clear()
+
+    def _write(self, staged: ExecutionRecord) -> None:
+        self._enqueue(_insert_op(_exec_row(_unended(staged))))
 
     def _staged_copy(self, execution_id: str) -> ExecutionRecord | None:
         """A staged record as it is now, for a reader: the record goes on changing as it runs."""
@@ -566,7 +564,7 @@ class SqliteStore(Store):
             ).fetchone()
             return _exec_from_row(row) if row else None
 
-        return await self._read(op)
+        return await self._run(op, read=True)
 
     async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
         self._write_staged()
@@ -592,7 +590,7 @@ class SqliteStore(Store):
             has_more = len(rows) > limit
             return ExecutionPage(records, has_more, records[-1].execution_id if has_more else "")
 
-        return await self._read(op)
+        return await self._run(op, read=True)
 
     async def cached_result(self, cache_key: str, since_ms: int) -> ExecutionRecord | None:
         def op(conn: sqlite3.Connection) -> ExecutionRecord | None:
@@ -603,7 +601,7 @@ class SqliteStore(Store):
             ).fetchone()
             return _exec_from_row(row) if row else None
 
-        return await self._read(op)
+        return await self._run(op, read=True)
 
     async def expire(self, before_ms: int, keep: int) -> int:
         terminal = tuple(int(s) for s in Status if s.terminal)
@@ -632,7 +630,7 @@ class SqliteStore(Store):
             ).fetchall()
             return [_exec_from_row(r) for r in rows]
 
-        return await self._read(op)
+        return await self._run(op, read=True)
 
     async def stats(self, since_ms: int) -> Stats:
         self._write_staged()
@@ -659,7 +657,7 @@ class SqliteStore(Store):
                 stats.by_task[task_id] = stats.by_task.get(task_id, 0) + count
             return stats
 
-        return await self._read(op)
+        return await self._run(op, read=True)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
