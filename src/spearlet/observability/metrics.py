@@ -92,7 +92,10 @@ class Metrics:
         self._child(self.grpc_latency, method).observe(seconds)
         self._child(self.grpc_codes, method, code).inc()
         if method == "GetExecutionStatus":
-            self._child(self.status_queries, "grpc").inc()
+            self.count_status_query("grpc")
+
+    def count_status_query(self, transport: str) -> None:
+        self._child(self.status_queries, transport).inc()
 
 
 class _LiveFigures(Collector):

@@ -126,7 +126,7 @@ def create_app(
 
     def count_status_query() -> None:
         if metrics is not None:
-            metrics.status_queries.labels("http").inc()
+            metrics.count_status_query("http")
 
     @app.get("/health", tags=["node"])
     async def health() -> dict[str, Any]:
