@@ -11,10 +11,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 from spearlet.core.models import ExecutionRecord, Status
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Event(Enum):
@@ -83,11 +85,7 @@ class Lifecycle:
         return queue
 
     def unwatch(self, execution_id: str, queue: asyncio.Queue[Update]) -> None:
-        queues = self._watchers.get(execution_id)
-        if queues and queue in queues:
-            queues.remove(queue)
-            if not queues:
-                del self._watchers[execution_id]
+        _discard(self._watchers, execution_id, queue)
 
     def waiter(self, execution_id: str) -> asyncio.Future[ExecutionRecord]:
         """A future resolved with the final record. Take it before the work can finish."""
@@ -96,8 +94,13 @@ class Lifecycle:
         return future
 
     def drop_waiter(self, execution_id: str, future: asyncio.Future[ExecutionRecord]) -> None:
-        waiters = self._waiters.get(execution_id)
-        if waiters and future in waiters:
-            waiters.remove(future)
-            if not waiters:
-                del self._waiters[execution_id]
+        _discard(self._waiters, execution_id, future)
+
+
+def _discard(lists: dict[str, list[T]], key: str, item: T) -> None:
+    """Take `item` out of `lists[key]`, and the key with its last item."""
+    items = lists.get(key)
+    if items and item in items:
+        items.remove(item)
+        if not items:
+            del lists[key]
