@@ -2,15 +2,28 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import psutil
 import pytest
 
 from bench.common import start_redis
+from spearlet.store.sqlite import SqliteStore
 from tests.helpers import NodeProcess, start_node
 
 REDIS = shutil.which("redis-server")
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """A fresh embedded store in the test's own directory (tests/store/test_redis.py has its own)."""
+    s = SqliteStore(tmp_path / "spearlet.db")
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
 
 
 @pytest.fixture(scope="module")

@@ -73,16 +73,6 @@ class Harness:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "spearlet.db")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@pytest.fixture
 async def make(tmp_path: Path, store: SqliteStore) -> AsyncIterator[Callable[..., Harness]]:
     """make(runtime=None, **settings) -> a Harness; every scheduler made is closed at the end of the test."""
     made: list[Harness] = []

@@ -7,7 +7,7 @@ import dataclasses
 import itertools
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +20,6 @@ from spearlet.store.sqlite import STAGE_S, SqliteStore, _exec_row, _insert_op
 pytestmark = pytest.mark.timeout(60)
 
 REAL_STATUSES = [s for s in Status if s is not Status.UNKNOWN]
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "spearlet.db")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def make_task(task_id: str, **fields: Any) -> Task:
