@@ -15,7 +15,7 @@ import pytest
 
 from spearlet.core.ids import new_execution_id
 from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task, now_ms
-from spearlet.store.sqlite import STAGE_S, SqliteStore, _exec_row, _insert_op
+from spearlet.store.sqlite import FINISHED_KEPT, FINISHED_KEPT_MAX_BYTES, STAGE_S, SqliteStore, _exec_row, _insert_op
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -653,3 +653,86 @@ async def test_an_id_that_is_staged_is_taken(store: SqliteStore) -> None:
     again = dataclasses.replace(staged, mode=Mode.SYNC)  # the client sends it back as its own id
     existing = await store.create_execution(again)
     assert existing is not None and existing.mode is Mode.STREAM
+
+
+# Finished records kept for readers
+
+
+async def selects_while(store: SqliteStore, reads: Callable[[], Any]) -> int:
+    """How many SELECT statements reach the file while `reads()` runs."""
+    statements: list[str] = []
+    await store._run(lambda conn: conn.set_trace_callback(statements.append))
+    try:
+        await reads()
+    finally:
+        await store._run(lambda conn: conn.set_trace_callback(None))
+    return sum(s.lstrip().upper().startswith("SELECT") for s in statements)
+
+
+async def test_a_finished_record_read_again_costs_no_statement(store: SqliteStore) -> None:
+    record = await add(store, Status.COMPLETED, output=b"result")
+
+    async def read_three_times() -> None:
+        for _ in range(3):
+            assert await store.get_execution(record.execution_id) == record
+
+    assert await selects_while(store, read_three_times) == 1
+
+
+async def test_unfinished_and_large_records_are_read_from_the_file_each_time(store: SqliteStore) -> None:
+    running = await add(store, Status.RUNNING)
+    large = await add(store, Status.COMPLETED, output=b"x" * (FINISHED_KEPT_MAX_BYTES + 1))
+
+    async def read_each_twice() -> None:
+        for record in (running, running, large, large):
+            assert await store.get_execution(record.execution_id) == record
+
+    assert await selects_while(store, read_each_twice) == 4
+
+
+async def test_a_reader_changing_its_copy_does_not_change_the_kept_record(store: SqliteStore) -> None:
+    record = await add(store, Status.COMPLETED, metrics={"attempts": "1"})
+    first = await store.get_execution(record.execution_id)
+    assert first is not None
+    first.metrics["cache_hit"] = "true"
+    first.error_message = "changed by a reader"
+    assert await store.get_execution(record.execution_id) == record
+
+
+async def test_expired_records_are_not_found_even_after_being_kept(store: SqliteStore) -> None:
+    record = await add(store, Status.COMPLETED, completed_at=1_000)
+    assert await store.get_execution(record.execution_id) is not None  # now kept in memory
+    assert await store.expire(before_ms=now_ms(), keep=100) == 1
+    assert await store.get_execution(record.execution_id) is None
+
+
+async def test_records_cleaned_up_with_their_task_are_not_found_even_after_being_kept(store: SqliteStore) -> None:
+    await store.put_task(make_task("gone"))
+    record = await add(store, Status.FAILED, task_id="gone")
+    assert await store.get_execution(record.execution_id) is not None
+    assert await store.delete_task("gone", cleanup_executions=True) == (True, 1)
+    assert await store.get_execution(record.execution_id) is None
+
+
+async def test_a_read_that_overlaps_a_deletion_is_not_kept(store: SqliteStore) -> None:
+    record = await add(store, Status.COMPLETED, completed_at=1_000)
+    release, held = await hold_writer(store)
+    read = asyncio.ensure_future(store.get_execution(record.execution_id))  # queued before the deletion
+    expired = asyncio.ensure_future(store.expire(before_ms=now_ms(), keep=100))
+    await settle_submissions()
+    release.set()
+    await held
+    assert await read is not None and await expired == 1  # the read ran first and saw the record
+    assert await store.get_execution(record.execution_id) is None
+
+
+async def test_only_the_most_recently_read_finished_records_are_kept(store: SqliteStore) -> None:
+    records = [await add(store, Status.COMPLETED) for _ in range(FINISHED_KEPT + 1)]
+    for record in records:
+        await store.get_execution(record.execution_id)
+
+    async def read_oldest_and_newest() -> None:
+        await store.get_execution(records[0].execution_id)
+        await store.get_execution(records[-1].execution_id)
+
+    assert await selects_while(store, read_oldest_and_newest) == 1  # the oldest was let go

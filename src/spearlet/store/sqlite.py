@@ -8,6 +8,10 @@ A record queued with `queue_insert` (a sync call with a node-chosen id) is stage
 STAGE_S before it is written: a call that ends sooner costs one write, with its final state, instead
 of three, and the writer thread stays out of the call's way. Reads see staged records; listings
 write them first.
+
+Finished records never change (no transition leaves a terminal status), so the FINISHED_KEPT read
+from the file most recently are kept in memory: a result read again (a poller, a dashboard, a watch
+after a poll) costs no statement. Deleting records forgets them all.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 STAGE_S = 0.02
+FINISHED_KEPT = 1024
+FINISHED_KEPT_MAX_BYTES = 64 << 10  # a record with more output and logs is read from the file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -165,6 +171,12 @@ def _unended(record: ExecutionRecord) -> ExecutionRecord:
     """A staged record as anyone but its final `transition` may see it. Between attempts the
     scheduler holds the failed attempt's status while it waits to retry: that is not an end."""
     return dataclasses.replace(record, status=Status.RUNNING) if record.done else record
+
+
+def _copy(record: ExecutionRecord) -> ExecutionRecord:
+    """A copy a reader may change (metrics is the one mapping the core adds to) without touching
+    the record kept here."""
+    return dataclasses.replace(record, metrics=dict(record.metrics))
 
 
 def _load_object(text: str) -> Any:
@@ -377,6 +389,7 @@ class SqliteStore(Store):
         self._db: _DatabaseThread | None = None
         self._staged: dict[str, tuple[ExecutionRecord, float]] = {}  # id -> (record, when to write it)
         self._stage_timer: asyncio.TimerHandle | None = None
+        self._finished: dict[str, ExecutionRecord] = {}  # oldest first
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -452,7 +465,7 @@ class SqliteStore(Store):
                 ).rowcount
             return deleted, cleaned
 
-        return await self._run(op)
+        return await self._deleting(self._run(op))
 
     async def task_summaries(self, task_ids: list[str]) -> dict[str, TaskSummary]:
         self._write_staged()
@@ -525,10 +538,22 @@ class SqliteStore(Store):
     def _staged_copy(self, execution_id: str) -> ExecutionRecord | None:
         """A staged record as it is now, for a reader: the record goes on changing as it runs."""
         staged = self._staged.get(execution_id)
-        if staged is None:
-            return None
-        record = _unended(staged[0])
-        return dataclasses.replace(record, metrics=dict(record.metrics))
+        return None if staged is None else _copy(_unended(staged[0]))
+
+    def _keep_finished(self, record: ExecutionRecord) -> None:
+        if len(record.output) + len(record.logs) > FINISHED_KEPT_MAX_BYTES:
+            return
+        if len(self._finished) >= FINISHED_KEPT:
+            del self._finished[next(iter(self._finished))]
+        self._finished[record.execution_id] = record
+
+    async def _deleting(self, deletion: asyncio.Future[T]) -> T:
+        try:
+            return await deletion
+        finally:
+            # Only now: a read queued before the deletion resumes first, and may have kept a
+            # record the deletion then removed.
+            self._finished.clear()
 
     def _transition_op(self, record: ExecutionRecord) -> Callable[[sqlite3.Connection], bool]:
         sql, allowed = _TRANSITIONS[record.status]
@@ -557,6 +582,9 @@ class SqliteStore(Store):
         staged = self._staged_copy(execution_id)
         if staged is not None:
             return staged
+        finished = self._finished.get(execution_id)
+        if finished is not None:
+            return _copy(finished)
 
         def op(conn: sqlite3.Connection) -> ExecutionRecord | None:
             row = conn.execute(
@@ -564,7 +592,10 @@ class SqliteStore(Store):
             ).fetchone()
             return _exec_from_row(row) if row else None
 
-        return await self._run(op, read=True)
+        record = await self._run(op, read=True)
+        if record is not None and record.done:
+            self._keep_finished(_copy(record))
+        return record
 
     async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
         self._write_staged()
@@ -618,7 +649,7 @@ class SqliteStore(Store):
             ).rowcount
             return removed
 
-        return await self._run(op)
+        return await self._deleting(self._run(op))
 
     async def unfinished(self) -> list[ExecutionRecord]:
         self._write_staged()

@@ -160,11 +160,8 @@ def pb_mode(mode: Mode) -> pb.ExecutionMode:
 
 
 def _timestamp(ms: int) -> timestamp_pb2.Timestamp | None:
-    if not ms:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
+    # The constructor, not FromMilliseconds: that one is Python, and a status query builds two.
+    return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=ms % 1000 * 1_000_000) if ms else None
 
 
 def record_metrics(record: ExecutionRecord) -> dict[str, str]:
