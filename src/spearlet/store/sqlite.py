@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -390,6 +391,7 @@ class SqliteStore(Store):
         self._staged: dict[str, tuple[ExecutionRecord, float]] = {}  # id -> (record, when to write it)
         self._stage_timer: asyncio.TimerHandle | None = None
         self._finished: dict[str, ExecutionRecord] = {}  # oldest first
+        self._creating: list[tuple[ExecutionRecord, asyncio.Future[ExecutionRecord | None]]] = []
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -402,6 +404,8 @@ class SqliteStore(Store):
     async def close(self) -> None:
         if self._db is None:
             return
+        if self._creating:
+            self._create_together()
         self._write_staged()  # calls still running are RUNNING in the store, for the next start
         if self._stage_timer is not None:
             self._stage_timer.cancel()
@@ -491,23 +495,36 @@ class SqliteStore(Store):
         staged = self._staged_copy(record.execution_id)  # a stream's id reaches its client at once
         if staged is not None:
             return staged
-        insert = _insert_op(_exec_row(record))
+        future: asyncio.Future[ExecutionRecord | None] = asyncio.get_running_loop().create_future()
+        self._creating.append((record, future))
+        if len(self._creating) == 1:
+            # Creates that arrive in the same turn of the loop (concurrent accepts) are written
+            # together: one transaction and one executemany instead of three statements each.
+            asyncio.get_running_loop().call_soon(self._create_together)
+        return await future
 
-        def op(conn: sqlite3.Connection) -> ExecutionRecord | None:
-            try:  # a fresh id and key, almost always: one statement
-                insert(conn)
-                return None
-            except sqlite3.IntegrityError:
-                found = conn.execute(
-                    f"SELECT {_EXEC_COLUMNS} FROM executions WHERE execution_id = ? "
-                    "OR (idempotency_key IS NOT NULL AND idempotency_key = ?)",
-                    (record.execution_id, record.idempotency_key),
-                ).fetchone()
-                if found is None:
-                    raise
-                return _exec_from_row(found)
+    def _create_together(self) -> None:
+        batch, self._creating = self._creating, []
+        rows = [_exec_row(record) for record, _ in batch]
 
-        return await self._run(op)
+        def op(conn: sqlite3.Connection) -> list[ExecutionRecord | None]:
+            if len(rows) > 1:
+                conn.execute("SAVEPOINT creates")
+                try:
+                    conn.executemany(_INSERT, rows)
+                    return [None] * len(rows)
+                except sqlite3.IntegrityError:  # a taken id or key: the slow way, one by one
+                    conn.execute("ROLLBACK TO creates")
+                finally:
+                    conn.execute("RELEASE creates")
+            return [_create_one(conn, record, row) for (record, _), row in zip(batch, rows, strict=True)]
+
+        futures = [future for _, future in batch]
+        done = self._run(op)
+        if done.done():  # ran at once: no need to wait a turn of the loop for the callback
+            _settle_each(futures, done)
+        else:
+            done.add_done_callback(functools.partial(_settle_each, futures))
 
     def queue_insert(self, record: ExecutionRecord) -> None:
         self._staged[record.execution_id] = (record, time.monotonic() + STAGE_S)
@@ -696,6 +713,36 @@ def _migrate(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(executions)")}
     if columns and "cache_key" not in columns:
         conn.execute("ALTER TABLE executions ADD COLUMN cache_key TEXT NOT NULL DEFAULT ''")
+
+
+def _create_one(conn: sqlite3.Connection, record: ExecutionRecord, row: tuple[Any, ...]) -> ExecutionRecord | None:
+    """Insert a new record, or return the one that already has its id or idempotency key."""
+    try:  # a fresh id and key, almost always: one statement
+        conn.execute(_INSERT, row)
+        return None
+    except sqlite3.IntegrityError:
+        found = conn.execute(
+            f"SELECT {_EXEC_COLUMNS} FROM executions WHERE execution_id = ? "
+            "OR (idempotency_key IS NOT NULL AND idempotency_key = ?)",
+            (record.execution_id, record.idempotency_key),
+        ).fetchone()
+        if found is None:
+            raise
+        return _exec_from_row(found)
+
+
+def _settle_each(futures: list[asyncio.Future[Any]], done: asyncio.Future[list[Any]]) -> None:
+    """Hand each waiter its own result from an operation done for all of them."""
+    error = None if done.cancelled() else done.exception()
+    for i, future in enumerate(futures):
+        if future.done():
+            continue
+        if done.cancelled():
+            future.cancel()
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(done.result()[i])
 
 
 def _insert_op(row: tuple[Any, ...]) -> Callable[[sqlite3.Connection], None]:
