@@ -15,7 +15,15 @@ import pytest
 
 from spearlet.core.ids import new_execution_id
 from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task, now_ms
-from spearlet.store.sqlite import FINISHED_KEPT, FINISHED_KEPT_MAX_BYTES, STAGE_S, SqliteStore, _exec_row, _insert_op
+from spearlet.store.sqlite import (
+    _SELECT_UNFINISHED,
+    FINISHED_KEPT,
+    FINISHED_KEPT_MAX_BYTES,
+    STAGE_S,
+    SqliteStore,
+    _exec_row,
+    _insert_op,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -555,6 +563,29 @@ async def test_a_store_from_before_the_result_cache_opens_and_gains_the_column(t
         assert (await store.get_execution(record.execution_id)) is not None
     finally:
         await store.close()
+
+
+async def test_a_store_with_the_earlier_indexes_opens_without_them(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    first = SqliteStore(path)
+    await first.open()
+    await first.close()
+    with sqlite3.connect(path) as conn:  # as stores were written before the indexes were cut
+        conn.execute("DROP INDEX executions_unfinished")
+        conn.execute("CREATE INDEX executions_status ON executions (status, seq)")
+        conn.execute("CREATE INDEX executions_created ON executions (created_at)")
+    again = SqliteStore(path)
+    await again.open()
+    await again.close()
+    with sqlite3.connect(path) as conn:
+        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"executions_unfinished", "executions_task"} <= indexes
+    assert not indexes & {"executions_status", "executions_created"}
+
+
+async def test_recovery_finds_unfinished_records_through_their_own_index(store: SqliteStore) -> None:
+    plan = await store._run(lambda conn: conn.execute(f"EXPLAIN QUERY PLAN {_SELECT_UNFINISHED}").fetchall(), read=True)
+    assert any("executions_unfinished" in row[3] for row in plan), plan
 
 
 async def test_expire_removes_old_terminal_records_but_never_unfinished_ones(store: SqliteStore) -> None:
