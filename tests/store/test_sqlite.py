@@ -683,6 +683,20 @@ async def test_listings_and_stats_include_staged_records(store: SqliteStore) -> 
     assert (await store.stats(0)).by_task == {"staged": 1}
 
 
+async def test_counting_records_includes_staged_ones_without_writing_them(store: SqliteStore) -> None:
+    await add(store, Status.COMPLETED)
+    await add(store, Status.PENDING)
+    store.queue_insert(make_record(mode=Mode.SYNC))
+    statements: list[str] = []
+    await store._run(lambda conn: conn.set_trace_callback(statements.append), read=True)
+    try:
+        assert await store.count_executions() == 3
+    finally:
+        await store._run(lambda conn: conn.set_trace_callback(None), read=True)
+    assert not [s for s in statements if s.lstrip().upper().startswith("INSERT")]
+    assert (await store.stats(0)).total == 3  # the same figure, the slow way (it writes staged records)
+
+
 async def test_closing_the_store_writes_staged_records_for_the_next_start(tmp_path: Path) -> None:
     path = tmp_path / "spearlet.db"
     first = SqliteStore(path)

@@ -410,7 +410,6 @@ class Invoker:
         return int(time.monotonic() - self.started_monotonic)
 
     async def health(self) -> Health:
-        stats = await self.store.stats(0)
         pending = self.scheduler.pending_count
         status, message = "healthy", "serving"
         if pending >= self.settings.max_pending:
@@ -424,7 +423,7 @@ class Invoker:
             await self.store.count_tasks(),
             self.scheduler.running_count,
             pending,
-            stats.total,
+            await self.store.count_executions(),
         )
 
     async def stats(self, time_range_hours: int) -> Stats:

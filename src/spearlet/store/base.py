@@ -112,5 +112,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def stats(self, since_ms: int) -> Stats: ...
 
+    async def count_executions(self) -> int:
+        """How many records the store holds (health asks on every probe: a store that can count
+        without reading them all should)."""
+        return (await self.stats(0)).total
+
     @abc.abstractmethod
     async def count_tasks(self) -> int: ...

@@ -491,6 +491,13 @@ class SqliteStore(Store):
 
         return await self._run(op, read=True)
 
+    async def count_executions(self) -> int:
+        # Staged records are not in the file yet; counting them beats writing them for a count.
+        rows = await self._run(
+            lambda conn: int(conn.execute("SELECT count(*) FROM executions").fetchone()[0]), read=True
+        )
+        return rows + len(self._staged)
+
     async def count_tasks(self) -> int:
         return await self._run(lambda conn: int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0]), read=True)
 
