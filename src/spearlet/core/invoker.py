@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from spearlet.config import Settings
+from spearlet.core.background import Background
 from spearlet.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from spearlet.core.ids import check_client_execution_id, new_execution_id
 from spearlet.core.lifecycle import Event, Lifecycle, Update
@@ -116,6 +117,7 @@ class Invoker:
         # Admission checks (middleware): each may refuse a new execution with InvalidArgument.
         self.checks: list[Callable[[ExecutionRecord], None]] = []
         self.dispatch: Dispatch | None = None
+        self._background = Background()
 
     # Invocation
 
@@ -127,7 +129,7 @@ class Invoker:
         cached = await self._from_cache(record, task)
         if cached is not None:
             return cached
-        existing = await self._store_new(record, durable=req.mode is Mode.ASYNC or bool(req.execution_id))
+        existing = await self._store_new(record, task, durable=req.mode is Mode.ASYNC or bool(req.execution_id))
         if existing is not None:
             return await self._answer(existing, req.mode, "an execution with this id or idempotency key exists")
         if req.mode is Mode.ASYNC:
@@ -148,7 +150,7 @@ class Invoker:
         req.mode = Mode.STREAM
         task = await self._resolve_task(req)
         record = self._new_record(req, task)
-        existing = await self._store_new(record, durable=bool(req.execution_id))
+        existing = await self._store_new(record, task, durable=bool(req.execution_id))
         if existing is not None:
             async for update in self.watch(existing.execution_id):
                 yield update
@@ -196,17 +198,37 @@ class Invoker:
         finally:
             self.lifecycle.unwatch(execution_id, updates)
 
-    async def _store_new(self, record: ExecutionRecord, durable: bool) -> ExecutionRecord | None:
+    async def _store_new(self, record: ExecutionRecord, task: Task, durable: bool) -> ExecutionRecord | None:
         """Admit and store a new record; the existing one if its id or idempotency key is taken.
         `durable`: wait for the write (an async accept, or a client's own id that may exist)."""
         self.scheduler.ensure_room()
         if durable or record.idempotency_key:
             # Durable before the answer, and the only way to learn that the id exists already.
-            return await self.store.create_execution(record)
+            writing = asyncio.ensure_future(self.store.create_execution(record))
+            try:
+                return await asyncio.shield(writing)
+            except asyncio.CancelledError:
+                # The caller went away during the write, which goes on. A record it stores is
+                # accepted work all the same (an idempotent retry will find it): it must not wait
+                # for the next start to run.
+                writing.add_done_callback(lambda done: self._orphaned(done, record, task))
+                raise
         # A fresh id that cannot exist yet: the record is written while the call runs; the final
         # write, which follows it, is awaited before the answer.
         self.store.queue_insert(record)
         return None
+
+    def _orphaned(self, writing: asyncio.Future[ExecutionRecord | None], record: ExecutionRecord, task: Task) -> None:
+        if writing.cancelled() or writing.exception() is not None or writing.result() is not None:
+            return  # not stored, or an existing record that has a life of its own
+        if record.mode is Mode.STREAM:  # a stream's client leaving cancels it
+            record.end(Status.CANCELLED, "CANCELLED", "the streaming client went away before it started")
+            self._background.spawn(self.scheduler.settle(record))
+        elif record.mode is Mode.ASYNC and self.dispatch is not None:
+            self.lifecycle.publish(Event.ACCEPTED, record)
+            self._background.spawn(self.dispatch.enqueue(record))
+        else:
+            self._start(record, task)
 
     def _start(self, record: ExecutionRecord, task: Task) -> None:
         self.lifecycle.publish(Event.ACCEPTED, record)

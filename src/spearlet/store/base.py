@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from spearlet.core.models import ExecutionRecord, Status, Task
@@ -68,9 +69,10 @@ class Store(abc.ABC):
 
     # Executions
     @abc.abstractmethod
-    async def create_execution(self, record: ExecutionRecord) -> ExecutionRecord | None:
+    def create_execution(self, record: ExecutionRecord) -> Awaitable[ExecutionRecord | None]:
         """Store a new PENDING record durably. If its id or idempotency key exists already,
-        store nothing and return the existing record."""
+        store nothing and return the existing record. (A coroutine or a future: a caller that
+        goes away may leave the write to finish, and learn how it went, see Invoker._store_new.)"""
 
     @abc.abstractmethod
     def queue_insert(self, record: ExecutionRecord) -> None:

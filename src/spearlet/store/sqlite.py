@@ -503,17 +503,19 @@ class SqliteStore(Store):
 
     # Executions
 
-    async def create_execution(self, record: ExecutionRecord) -> ExecutionRecord | None:
+    def create_execution(self, record: ExecutionRecord) -> asyncio.Future[ExecutionRecord | None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ExecutionRecord | None] = loop.create_future()
         staged = self._staged_copy(record.execution_id)  # a stream's id reaches its client at once
         if staged is not None:
-            return staged
-        future: asyncio.Future[ExecutionRecord | None] = asyncio.get_running_loop().create_future()
+            future.set_result(staged)
+            return future
         self._creating.append((record, future))
         if len(self._creating) == 1:
             # Creates that arrive in the same turn of the loop (concurrent accepts) are written
             # together: one transaction and one executemany instead of three statements each.
-            asyncio.get_running_loop().call_soon(self._create_together)
-        return await future
+            loop.call_soon(self._create_together)
+        return future
 
     def _create_together(self) -> None:
         batch, self._creating = self._creating, []
