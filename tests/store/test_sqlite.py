@@ -18,6 +18,7 @@ from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind
 from spearlet.store.sqlite import (
     _SELECT_UNFINISHED,
     FINISHED_KEPT,
+    FINISHED_KEPT_BYTES,
     FINISHED_KEPT_MAX_BYTES,
     STAGE_S,
     SqliteStore,
@@ -804,3 +805,17 @@ async def test_only_the_most_recently_read_finished_records_are_kept(store: Sqli
         await store.get_execution(records[-1].execution_id)
 
     assert await selects_while(store, read_oldest_and_newest) == 1  # the oldest was let go
+
+
+async def test_finished_records_are_kept_within_a_budget_of_bytes(store: SqliteStore) -> None:
+    size = FINISHED_KEPT_MAX_BYTES // 2
+    records = [await add(store, Status.COMPLETED, output=b"x" * size) for _ in range(FINISHED_KEPT_BYTES // size + 1)]
+    for record in records:
+        await store.get_execution(record.execution_id)
+    assert store._finished_bytes <= FINISHED_KEPT_BYTES
+
+    async def read_oldest_and_newest() -> None:
+        await store.get_execution(records[0].execution_id)
+        await store.get_execution(records[-1].execution_id)
+
+    assert await selects_while(store, read_oldest_and_newest) == 1  # the oldest made room

@@ -204,14 +204,15 @@ class Invoker:
         self.scheduler.ensure_room()
         if durable or record.idempotency_key:
             # Durable before the answer, and the only way to learn that the id exists already.
-            writing = asyncio.ensure_future(self.store.create_execution(record))
+            writing = self.store.create_execution(record)
             try:
-                return await asyncio.shield(writing)
+                return await writing
             except asyncio.CancelledError:
-                # The caller went away during the write, which goes on. A record it stores is
-                # accepted work all the same (an idempotent retry will find it): it must not wait
-                # for the next start to run.
-                writing.add_done_callback(lambda done: self._orphaned(done, record, task))
+                # The caller went away; the write cannot be called back, and the cancel reaches
+                # us once it is done. A record it stored is accepted work all the same (an
+                # idempotent retry will find it): it must not wait for the next start to run.
+                if writing.done():
+                    self._orphaned(writing, record, task)
                 raise
         # A fresh id that cannot exist yet: the record is written while the call runs; the final
         # write, which follows it, is awaited before the answer.

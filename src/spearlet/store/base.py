@@ -3,10 +3,45 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable
+import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 from spearlet.core.models import ExecutionRecord, Status, Task
+
+T = TypeVar("T")
+
+
+class PendingWrite(asyncio.Future[T]):
+    """A write that, once asked for, happens: cancelling whoever waits for it does not cancel
+    it, and they can still read how it went (Invoker._store_new starts work stored for a caller
+    that went away). Cheaper than asyncio.shield, which costs a future and a turn of the loop."""
+
+    _task: asyncio.Task[T] | None = None  # the write, when it is a coroutine (pending_write)
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
+
+
+def pending_write(write: Coroutine[Any, Any, T]) -> PendingWrite[T]:
+    """`write` run as a task that cannot be cancelled from outside."""
+    loop = asyncio.get_running_loop()
+    pending: PendingWrite[T] = PendingWrite(loop=loop)
+    task = loop.create_task(write)
+
+    def settle(done: asyncio.Task[T]) -> None:
+        pending._task = None
+        if done.cancelled():  # the loop is closing
+            super(PendingWrite, pending).cancel()
+        elif done.exception() is not None:
+            pending.set_exception(cast(BaseException, done.exception()))
+        else:
+            pending.set_result(done.result())
+
+    pending._task = task  # the loop keeps only a weak reference to a task
+    task.add_done_callback(settle)
+    return pending
 
 
 @dataclass(slots=True)
@@ -69,10 +104,9 @@ class Store(abc.ABC):
 
     # Executions
     @abc.abstractmethod
-    def create_execution(self, record: ExecutionRecord) -> Awaitable[ExecutionRecord | None]:
+    def create_execution(self, record: ExecutionRecord) -> PendingWrite[ExecutionRecord | None]:
         """Store a new PENDING record durably. If its id or idempotency key exists already,
-        store nothing and return the existing record. (A coroutine or a future: a caller that
-        goes away may leave the write to finish, and learn how it went, see Invoker._store_new.)"""
+        store nothing and return the existing record."""
 
     @abc.abstractmethod
     def queue_insert(self, record: ExecutionRecord) -> None:

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task
 from spearlet.core.values import dump_params, load_params
-from spearlet.store.base import ExecutionPage, Stats, Store, TaskPage, TaskSummary
+from spearlet.store.base import ExecutionPage, PendingWrite, Stats, Store, TaskPage, TaskSummary, pending_write
 
 P = "spearlet:"
 TASKS = P + "tasks"
@@ -172,7 +172,10 @@ class RedisStore(Store):
 
     # Executions
 
-    async def create_execution(self, record: ExecutionRecord) -> ExecutionRecord | None:
+    def create_execution(self, record: ExecutionRecord) -> PendingWrite[ExecutionRecord | None]:
+        return pending_write(self._create_execution(record))
+
+    async def _create_execution(self, record: ExecutionRecord) -> ExecutionRecord | None:
         await self._drain()
         return await self._insert(record)
 

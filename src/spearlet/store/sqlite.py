@@ -10,15 +10,14 @@ of three, and the writer thread stays out of the call's way. Reads see staged re
 write them first.
 
 Finished records never change (no transition leaves a terminal status), so the FINISHED_KEPT read
-from the file most recently are kept in memory: a result read again (a poller, a dashboard, a watch
-after a poll) costs no statement. Deleting records forgets them all.
+from the file most recently (within FINISHED_KEPT_BYTES) are kept in memory: a result read again (a
+poller, a dashboard, a watch after a poll) costs no statement. Deleting records forgets them all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -32,13 +31,14 @@ from typing import Any, TypeVar
 
 from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task
 from spearlet.core.values import dump_params, load_params
-from spearlet.store.base import ExecutionPage, Stats, Store, TaskPage, TaskSummary
+from spearlet.store.base import ExecutionPage, PendingWrite, Stats, Store, TaskPage, TaskSummary
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 STAGE_S = 0.02
 FINISHED_KEPT = 1024
+FINISHED_KEPT_BYTES = 4 << 20  # of output and logs, all kept records together
 FINISHED_KEPT_MAX_BYTES = 64 << 10  # a record with more output and logs is read from the file
 
 # Literal statuses: SQLite uses a partial index only for a query whose WHERE it can see implies the
@@ -179,6 +179,10 @@ def _unended(record: ExecutionRecord) -> ExecutionRecord:
     return dataclasses.replace(record, status=Status.RUNNING) if record.done else record
 
 
+def _kept_size(record: ExecutionRecord) -> int:
+    return len(record.output) + len(record.logs)
+
+
 def _copy(record: ExecutionRecord) -> ExecutionRecord:
     """A copy a reader may change (metrics is the one mapping the core adds to) without touching
     the record kept here."""
@@ -215,7 +219,32 @@ def _task_from_row(row: sqlite3.Row) -> Task:
 
 
 # An operation and the future for its result; None for a queued write nobody waits for.
-_Op = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any] | None"]
+class _Each:
+    """Futures settled as one: the i-th gets item i of the list that an operation done for all of
+    them returns (creates written together, settled in the writer's one wake-up of the loop)."""
+
+    def __init__(self, futures: list[asyncio.Future[Any]]) -> None:
+        self.futures = futures
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self.futures[0].get_loop()
+
+    def done(self) -> bool:
+        return all(future.done() for future in self.futures)
+
+    def set_result(self, values: list[Any]) -> None:
+        for future, value in zip(self.futures, values, strict=True):
+            if not future.done():
+                future.set_result(value)
+
+    def set_exception(self, exc: BaseException) -> None:
+        for future in self.futures:
+            if not future.done():
+                future.set_exception(exc)
+
+
+# An operation and whom to tell its result; None for a queued write nobody waits for.
+_Op = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any] | _Each | None"]
 
 
 class _DatabaseThread(threading.Thread):
@@ -244,18 +273,27 @@ class _DatabaseThread(threading.Thread):
         """`read`: `op` only reads, so inline it needs no transaction of its own (nobody else
         writes while we hold the connection)."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._submit(op, future, inline, read)
+        return future
+
+    def submit_each(self, op: Callable[[sqlite3.Connection], list[Any]], futures: list[asyncio.Future[Any]]) -> None:
+        """`op` returns one result for each of `futures`."""
+        self._submit(op, _Each(futures), inline=True, read=False)
+
+    def _submit(
+        self, op: Callable[[sqlite3.Connection], Any], to: asyncio.Future[Any] | _Each, inline: bool, read: bool
+    ) -> None:
         conn = self._conn
         idle = self._submitted == self._finished and conn is not None
         if inline and idle and conn is not None and self._lock.acquire(blocking=False):
             try:
-                ok, value = _run_read(conn, op) if read else _run_alone(conn, op, future)
+                ok, value = _run_read(conn, op) if read else _run_alone(conn, op, to)
             finally:
                 self._lock.release()
-            _settle([(future, ok, value)])
-            return future
+            _settle([(to, ok, value)])
+            return
         self._submitted += 1
-        self._queue.put((op, future))
-        return future
+        self._queue.put((op, to))
 
     def enqueue(self, op: Callable[[sqlite3.Connection], object]) -> None:
         """Queue a write without waiting for it; later operations run after it."""
@@ -379,7 +417,7 @@ def _run_alone(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any]
     return True, value
 
 
-def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+def _settle(results: list[tuple[asyncio.Future[Any] | _Each, bool, Any]]) -> None:
     for future, ok, value in results:
         if future.done():
             continue
@@ -396,6 +434,7 @@ class SqliteStore(Store):
         self._staged: dict[str, tuple[ExecutionRecord, float]] = {}  # id -> (record, when to write it)
         self._stage_timer: asyncio.TimerHandle | None = None
         self._finished: dict[str, ExecutionRecord] = {}  # oldest first
+        self._finished_bytes = 0
         self._creating: list[tuple[ExecutionRecord, asyncio.Future[ExecutionRecord | None]]] = []
 
     async def open(self) -> None:
@@ -503,9 +542,9 @@ class SqliteStore(Store):
 
     # Executions
 
-    def create_execution(self, record: ExecutionRecord) -> asyncio.Future[ExecutionRecord | None]:
+    def create_execution(self, record: ExecutionRecord) -> PendingWrite[ExecutionRecord | None]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[ExecutionRecord | None] = loop.create_future()
+        future: PendingWrite[ExecutionRecord | None] = PendingWrite(loop=loop)
         staged = self._staged_copy(record.execution_id)  # a stream's id reaches its client at once
         if staged is not None:
             future.set_result(staged)
@@ -533,12 +572,11 @@ class SqliteStore(Store):
                     conn.execute("RELEASE creates")
             return [_create_one(conn, record, row) for (record, _), row in zip(batch, rows, strict=True)]
 
-        futures = [future for _, future in batch]
-        done = self._run(op)
-        if done.done():  # ran at once: no need to wait a turn of the loop for the callback
-            _settle_each(futures, done)
+        futures: list[asyncio.Future[Any]] = [future for _, future in batch]
+        if self._db is None:
+            _Each(futures).set_exception(RuntimeError("store is not open"))
         else:
-            done.add_done_callback(functools.partial(_settle_each, futures))
+            self._db.submit_each(op, futures)
 
     def queue_insert(self, record: ExecutionRecord) -> None:
         self._staged[record.execution_id] = (record, time.monotonic() + STAGE_S)
@@ -572,11 +610,14 @@ class SqliteStore(Store):
         return None if staged is None else _copy(_unended(staged[0]))
 
     def _keep_finished(self, record: ExecutionRecord) -> None:
-        if len(record.output) + len(record.logs) > FINISHED_KEPT_MAX_BYTES:
+        size = _kept_size(record)
+        if size > FINISHED_KEPT_MAX_BYTES:
             return
-        if len(self._finished) >= FINISHED_KEPT:
-            del self._finished[next(iter(self._finished))]
-        self._finished[record.execution_id] = record
+        kept = self._finished
+        while kept and (len(kept) >= FINISHED_KEPT or self._finished_bytes + size > FINISHED_KEPT_BYTES):
+            self._finished_bytes -= _kept_size(kept.pop(next(iter(kept))))
+        kept[record.execution_id] = record
+        self._finished_bytes += size
 
     async def _deleting(self, deletion: asyncio.Future[T]) -> T:
         try:
@@ -585,6 +626,7 @@ class SqliteStore(Store):
             # Only now: a read queued before the deletion resumes first, and may have kept a
             # record the deletion then removed.
             self._finished.clear()
+            self._finished_bytes = 0
 
     def _transition_op(self, record: ExecutionRecord) -> Callable[[sqlite3.Connection], bool]:
         sql, allowed = _TRANSITIONS[record.status]
@@ -742,20 +784,6 @@ def _create_one(conn: sqlite3.Connection, record: ExecutionRecord, row: tuple[An
         if found is None:
             raise
         return _exec_from_row(found)
-
-
-def _settle_each(futures: list[asyncio.Future[Any]], done: asyncio.Future[list[Any]]) -> None:
-    """Hand each waiter its own result from an operation done for all of them."""
-    error = None if done.cancelled() else done.exception()
-    for i, future in enumerate(futures):
-        if future.done():
-            continue
-        if done.cancelled():
-            future.cancel()
-        elif error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(done.result()[i])
 
 
 def _insert_op(row: tuple[Any, ...]) -> Callable[[sqlite3.Connection], None]:
