@@ -572,7 +572,7 @@ async def test_a_store_with_the_earlier_indexes_opens_without_them(tmp_path: Pat
     await first.open()
     await first.close()
     with sqlite3.connect(path) as conn:  # as stores were written before the indexes were cut
-        conn.execute("DROP INDEX executions_unfinished")
+        conn.execute("DROP INDEX executions_not_completed")
         conn.execute("CREATE INDEX executions_status ON executions (status, seq)")
         conn.execute("CREATE INDEX executions_created ON executions (created_at)")
     again = SqliteStore(path)
@@ -580,13 +580,28 @@ async def test_a_store_with_the_earlier_indexes_opens_without_them(tmp_path: Pat
     await again.close()
     with sqlite3.connect(path) as conn:
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"executions_unfinished", "executions_task"} <= indexes
+    assert {"executions_not_completed", "executions_task"} <= indexes
     assert not indexes & {"executions_status", "executions_created"}
 
 
-async def test_recovery_finds_unfinished_records_through_their_own_index(store: SqliteStore) -> None:
-    plan = await store._run(lambda conn: conn.execute(f"EXPLAIN QUERY PLAN {_SELECT_UNFINISHED}").fetchall(), read=True)
-    assert any("executions_unfinished" in row[3] for row in plan), plan
+async def query_plan(store: SqliteStore, sql: str, *args: Any) -> str:
+    plan = await store._run(lambda conn: conn.execute(f"EXPLAIN QUERY PLAN {sql}", args).fetchall(), read=True)
+    return " / ".join(row[3] for row in plan)
+
+
+async def test_recovery_finds_unfinished_records_through_the_status_index(store: SqliteStore) -> None:
+    assert "executions_not_completed" in await query_plan(store, _SELECT_UNFINISHED)
+
+
+async def test_a_listing_by_a_status_other_than_completed_uses_the_status_index(store: SqliteStore) -> None:
+    statements: list[str] = []
+    await store._run(lambda conn: conn.set_trace_callback(statements.append), read=True)
+    try:
+        await store.list_executions("", Status.FAILED, 10, "")
+    finally:
+        await store._run(lambda conn: conn.set_trace_callback(None), read=True)
+    listing = next(s for s in statements if s.lstrip().startswith("SELECT"))
+    assert "executions_not_completed" in await query_plan(store, listing)
 
 
 async def test_expire_removes_old_terminal_records_but_never_unfinished_ones(store: SqliteStore) -> None:
