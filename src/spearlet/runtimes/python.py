@@ -32,6 +32,7 @@ from spearlet.runtimes.sandbox import (
     PeakMemory,
     PipeCollector,
     collect,
+    connect_pipe,
     function_environment,
     kill_group,
     limited_argv,
@@ -188,9 +189,10 @@ class PythonWorker(Instance):
         return not self.broken and not self.exited.done()
 
     async def connect(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.connect_read_pipe(lambda: self._frames, self.proc.stdout)
-        self._writer, _ = await loop.connect_write_pipe(asyncio.Protocol, self.proc.stdin)
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        await connect_pipe(self._frames, self.proc.stdout)
+        writer, _ = await connect_pipe(asyncio.Protocol(), self.proc.stdin, write=True)
+        self._writer = cast(asyncio.WriteTransport, writer)
 
     def send(self, message: dict[str, Any]) -> None:
         assert self._writer is not None

@@ -22,11 +22,14 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import psutil
+import uvloop
 
 from spearlet.runtimes.base import Limits
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 PRLIMIT = shutil.which("prlimit", path=SYSTEM_PATH)
@@ -280,9 +283,26 @@ class PipeCollector(asyncio.Protocol):
         return bytes(self._chunks[-self.cap :] if self.tail else self._chunks)
 
 
-async def collect(pipe: IO[bytes], collector: PipeCollector) -> PipeCollector:
+async def connect_pipe(protocol: P, pipe: IO[bytes], write: bool = False) -> tuple[asyncio.BaseTransport, P]:
+    """`loop.connect_read_pipe` (or `connect_write_pipe`), with the pipe's descriptor closed once.
+
+    asyncio's transport closes the file object it is given. uvloop's closes the descriptor itself,
+    and the file object later closes the same number again, by then perhaps another descriptor of
+    this process (MagicStack/uvloop#763; here it closed the input memfd of a concurrent call). So
+    under uvloop the transport gets a duplicate, wrapped in a file object that leaves it alone, and
+    the original is closed at once by its owner."""
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.connect_read_pipe(lambda: collector, pipe)
+    if isinstance(loop, uvloop.Loop):
+        duplicate = os.dup(pipe.fileno())
+        pipe.close()
+        pipe = open(duplicate, "wb" if write else "rb", buffering=0, closefd=False)  # noqa: SIM115
+    connect = loop.connect_write_pipe if write else loop.connect_read_pipe
+    transport, _ = await connect(lambda: protocol, pipe)
+    return transport, protocol
+
+
+async def collect(pipe: IO[bytes], collector: PipeCollector) -> PipeCollector:
+    transport, _ = await connect_pipe(collector, pipe)
     try:
         await collector.closed
     finally:
