@@ -172,6 +172,8 @@ def run(executions: int, kills: int, seed: int, data_dir: Path, deadline_s: floa
                 (pb.EXECUTION_STATUS_FAILED,),
             ).fetchall()
         )
+        # INTERNAL is the node's own failure, a bug: its messages say where.
+        internal = [row[0] for row in db.execute("SELECT error_message FROM executions WHERE error_code = 'INTERNAL'")]
     codes = Counter(pb.ExecutionStatus.Name(s).removeprefix("EXECUTION_STATUS_") if s >= 0 else "NOT_FOUND"
                     for s in final.values())  # fmt: skip
     return {
@@ -185,6 +187,7 @@ def run(executions: int, kills: int, seed: int, data_dir: Path, deadline_s: floa
         "changed_after_terminal": changed_after_terminal,
         "final_statuses": dict(codes),
         "failed_error_codes": failed_codes,
+        "internal_errors": internal[:5],
         "orphans_after_a_kill": orphans_seen,
         "orphans_left": orphans_left,
         "integrity_check": integrity,
