@@ -465,12 +465,12 @@ async def test_concurrent_creates_all_land(store: SqliteStore) -> None:
 
 async def test_creates_made_in_the_same_turn_of_the_loop_share_one_commit(store: SqliteStore) -> None:
     statements: list[str] = []
-    await store._run(lambda conn: conn.set_trace_callback(statements.append), read=True)
+    await store._run(lambda conn: conn.set_trace_callback(statements.append), atomic=True)
     try:
         records = [make_record(task_id="together") for _ in range(16)]
         assert await asyncio.gather(*(store.create_execution(r) for r in records)) == [None] * 16
     finally:
-        await store._run(lambda conn: conn.set_trace_callback(None), read=True)
+        await store._run(lambda conn: conn.set_trace_callback(None), atomic=True)
     assert sum(s.strip().upper() == "COMMIT" for s in statements) == 1
     assert set(await all_executions(store, "together")) == {r.execution_id for r in records}
 
@@ -585,7 +585,7 @@ async def test_a_store_with_the_earlier_indexes_opens_without_them(tmp_path: Pat
 
 
 async def query_plan(store: SqliteStore, sql: str, *args: Any) -> str:
-    plan = await store._run(lambda conn: conn.execute(f"EXPLAIN QUERY PLAN {sql}", args).fetchall(), read=True)
+    plan = await store._run(lambda conn: conn.execute(f"EXPLAIN QUERY PLAN {sql}", args).fetchall(), atomic=True)
     return " / ".join(row[3] for row in plan)
 
 
@@ -595,11 +595,11 @@ async def test_recovery_finds_unfinished_records_through_the_status_index(store:
 
 async def test_a_listing_by_a_status_other_than_completed_uses_the_status_index(store: SqliteStore) -> None:
     statements: list[str] = []
-    await store._run(lambda conn: conn.set_trace_callback(statements.append), read=True)
+    await store._run(lambda conn: conn.set_trace_callback(statements.append), atomic=True)
     try:
         await store.list_executions("", Status.FAILED, 10, "")
     finally:
-        await store._run(lambda conn: conn.set_trace_callback(None), read=True)
+        await store._run(lambda conn: conn.set_trace_callback(None), atomic=True)
     listing = next(s for s in statements if s.lstrip().startswith("SELECT"))
     assert "executions_not_completed" in await query_plan(store, listing)
 
@@ -675,7 +675,7 @@ async def test_a_queued_insert_is_read_at_once_and_written_once_the_staging_dela
 
 async def test_a_call_that_ends_while_staged_costs_one_insert_with_its_final_state(store: SqliteStore) -> None:
     statements: list[str] = []
-    await store._run(lambda conn: conn.set_trace_callback(statements.append))
+    await store._run(lambda conn: conn.set_trace_callback(statements.append), atomic=True)
     try:
         record = make_record(mode=Mode.SYNC)
         store.queue_insert(record)
@@ -684,9 +684,9 @@ async def test_a_call_that_ends_while_staged_costs_one_insert_with_its_final_sta
         record.status, record.output, record.completed_at = Status.COMPLETED, b"done", now_ms()
         assert await store.transition(record)
     finally:
-        await store._run(lambda conn: conn.set_trace_callback(None))
-    writes = [s for s in statements if s.lstrip().upper().startswith(("INSERT", "UPDATE"))]
-    assert len(writes) == 1 and writes[0].lstrip().upper().startswith("INSERT INTO EXECUTIONS")
+        await store._run(lambda conn: conn.set_trace_callback(None), atomic=True)
+    # One statement, which SQLite commits by itself: no BEGIN and COMMIT around it.
+    assert [s.split("(")[0].strip().upper() for s in statements] == ["INSERT INTO EXECUTIONS"]
     assert on_disk(store.path, record.execution_id) is Status.COMPLETED  # written before transition returned
     await asyncio.sleep(STAGE_S + 0.05)  # the staging timer was cancelled: nothing more is written
     assert await store.get_execution(record.execution_id) == record
@@ -704,11 +704,11 @@ async def test_counting_records_includes_staged_ones_without_writing_them(store:
     await add(store, Status.PENDING)
     store.queue_insert(make_record(mode=Mode.SYNC))
     statements: list[str] = []
-    await store._run(lambda conn: conn.set_trace_callback(statements.append), read=True)
+    await store._run(lambda conn: conn.set_trace_callback(statements.append), atomic=True)
     try:
         assert await store.count_executions() == 3
     finally:
-        await store._run(lambda conn: conn.set_trace_callback(None), read=True)
+        await store._run(lambda conn: conn.set_trace_callback(None), atomic=True)
     assert not [s for s in statements if s.lstrip().upper().startswith("INSERT")]
     assert (await store.stats(0)).total == 3  # the same figure, the slow way (it writes staged records)
 

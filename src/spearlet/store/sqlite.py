@@ -122,10 +122,10 @@ _TASK_COLUMNS = (
 def _exec_row(r: ExecutionRecord) -> tuple[Any, ...]:
     return (
         r.execution_id, r.task_id, r.function_name, int(r.mode), int(r.status), dump_params(r.params),
-        r.timeout_ms, r.max_retries, json.dumps(r.environment), json.dumps(r.metadata), r.idempotency_key,
+        r.timeout_ms, r.max_retries, _dump_object(r.environment), _dump_object(r.metadata), r.idempotency_key,
         r.cache_key, r.node, r.instance_id, r.attempts, r.created_at, r.started_at, r.completed_at,
         r.execution_time_ms, r.memory_used_bytes, r.output, int(r.output_kind), r.error_code,
-        r.error_message, r.logs, json.dumps(r.metrics),
+        r.error_message, r.logs, _dump_object(r.metrics),
     )  # fmt: skip
 
 
@@ -133,7 +133,7 @@ def _progress_row(r: ExecutionRecord) -> tuple[Any, ...]:
     return (
         int(r.status), r.node, r.instance_id, r.attempts, r.started_at, r.completed_at, r.execution_time_ms,
         r.memory_used_bytes, r.output, int(r.output_kind), r.error_code, r.error_message, r.logs,
-        json.dumps(r.metrics),
+        _dump_object(r.metrics),
     )  # fmt: skip
 
 
@@ -189,6 +189,10 @@ def _copy(record: ExecutionRecord) -> ExecutionRecord:
     """A copy a reader may change (metrics is the one mapping the core adds to) without touching
     the record kept here."""
     return dataclasses.replace(record, metrics=dict(record.metrics))
+
+
+def _dump_object(value: dict[str, str]) -> str:
+    return "{}" if not value else json.dumps(value)
 
 
 def _load_object(text: str) -> Any:
@@ -270,26 +274,27 @@ class _DatabaseThread(threading.Thread):
         self.startup_error: BaseException | None = None
 
     def submit(
-        self, op: Callable[[sqlite3.Connection], T], inline: bool = True, read: bool = False
+        self, op: Callable[[sqlite3.Connection], T], inline: bool = True, atomic: bool = False
     ) -> asyncio.Future[T]:
-        """`read`: `op` only reads, so inline it needs no transaction of its own (nobody else
-        writes while we hold the connection)."""
+        """`atomic`: `op` only reads, or runs a single statement, so inline it needs no transaction
+        of its own (nobody else writes while we hold the connection, and SQLite commits a lone
+        statement by itself: two statements fewer than BEGIN and COMMIT)."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._submit(op, future, inline, read)
+        self._submit(op, future, inline, atomic)
         return future
 
     def submit_each(self, op: Callable[[sqlite3.Connection], list[Any]], futures: list[asyncio.Future[Any]]) -> None:
         """`op` returns one result for each of `futures`."""
-        self._submit(op, _Each(futures), inline=True, read=False)
+        self._submit(op, _Each(futures), inline=True, atomic=False)
 
     def _submit(
-        self, op: Callable[[sqlite3.Connection], Any], to: asyncio.Future[Any] | _Each, inline: bool, read: bool
+        self, op: Callable[[sqlite3.Connection], Any], to: asyncio.Future[Any] | _Each, inline: bool, atomic: bool
     ) -> None:
         conn = self._conn
         idle = self._submitted == self._finished and conn is not None
         if inline and idle and conn is not None and self._lock.acquire(blocking=False):
             try:
-                ok, value = _run_read(conn, op) if read else _run_alone(conn, op, to)
+                ok, value = _run_atomic(conn, op) if atomic else _run_alone(conn, op, to)
             finally:
                 self._lock.release()
             _settle([(to, ok, value)])
@@ -398,7 +403,7 @@ def _run_batch(conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, A
     return results
 
 
-def _run_read(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any]:
+def _run_atomic(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any]:
     try:
         return True, op(conn)
     except Exception as exc:
@@ -460,12 +465,14 @@ class SqliteStore(Store):
         await asyncio.get_running_loop().run_in_executor(None, self._db.join)
         self._db = None
 
-    def _run(self, op: Callable[[sqlite3.Connection], T], inline: bool = True, read: bool = False) -> asyncio.Future[T]:
+    def _run(
+        self, op: Callable[[sqlite3.Connection], T], inline: bool = True, atomic: bool = False
+    ) -> asyncio.Future[T]:
         """Run `op` with the connection: at once if the writer is idle (and `inline`), else queued.
-        `read`: `op` only reads."""
+        `atomic`: `op` only reads, or runs one statement."""
         if self._db is None:
             raise RuntimeError("store is not open")
-        return self._db.submit(op, inline, read)
+        return self._db.submit(op, inline, atomic)
 
     def _enqueue(self, op: Callable[[sqlite3.Connection], object]) -> None:
         if self._db is None:
@@ -488,7 +495,7 @@ class SqliteStore(Store):
             row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
             return _task_from_row(row) if row else None
 
-        return await self._run(op, read=True)
+        return await self._run(op, atomic=True)
 
     async def list_tasks(self, prefix: str, limit: int, start_after: str) -> TaskPage:
         def op(conn: sqlite3.Connection) -> TaskPage:
@@ -501,7 +508,7 @@ class SqliteStore(Store):
             has_more = len(rows) > limit
             return TaskPage(tasks, has_more, tasks[-1].task_id if has_more else "")
 
-        return await self._run(op, read=True)
+        return await self._run(op, atomic=True)
 
     async def delete_task(self, task_id: str, cleanup_executions: bool) -> tuple[bool, int]:
         def op(conn: sqlite3.Connection) -> tuple[bool, int]:
@@ -530,17 +537,17 @@ class SqliteStore(Store):
                 out[task_id] = TaskSummary(count[0], Status(last[0]) if last else Status.UNKNOWN)
             return out
 
-        return await self._run(op, read=True)
+        return await self._run(op, atomic=True)
 
     async def count_executions(self) -> int:
         # Staged records are not in the file yet; counting them beats writing them for a count.
         rows = await self._run(
-            lambda conn: int(conn.execute("SELECT count(*) FROM executions").fetchone()[0]), read=True
+            lambda conn: int(conn.execute("SELECT count(*) FROM executions").fetchone()[0]), atomic=True
         )
         return rows + len(self._staged)
 
     async def count_tasks(self) -> int:
-        return await self._run(lambda conn: int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0]), read=True)
+        return await self._run(lambda conn: int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0]), atomic=True)
 
     # Executions
 
@@ -642,9 +649,9 @@ class SqliteStore(Store):
     async def transition(self, record: ExecutionRecord) -> bool:
         if self._staged.pop(record.execution_id, None) is not None:
             # Never written, so nothing stored can have moved on.
-            await self._run(_insert_op(_exec_row(record)))
+            await self._run(_insert_op(_exec_row(record)), atomic=True)
             return True
-        return await self._run(self._transition_op(record))
+        return await self._run(self._transition_op(record), atomic=True)
 
     def queue_transition(self, record: ExecutionRecord) -> None:
         staged = self._staged.get(record.execution_id)
@@ -667,7 +674,7 @@ class SqliteStore(Store):
             ).fetchone()
             return _exec_from_row(row) if row else None
 
-        record = await self._run(op, read=True)
+        record = await self._run(op, atomic=True)
         if record is not None and record.done:
             self._keep_finished(_copy(record))
         return record
@@ -698,7 +705,7 @@ class SqliteStore(Store):
             has_more = len(rows) > limit
             return ExecutionPage(records, has_more, records[-1].execution_id if has_more else "")
 
-        return await self._run(op, read=True)
+        return await self._run(op, atomic=True)
 
     async def cached_result(self, cache_key: str, since_ms: int) -> ExecutionRecord | None:
         def op(conn: sqlite3.Connection) -> ExecutionRecord | None:
@@ -709,7 +716,7 @@ class SqliteStore(Store):
             ).fetchone()
             return _exec_from_row(row) if row else None
 
-        return await self._run(op, read=True)
+        return await self._run(op, atomic=True)
 
     async def expire(self, before_ms: int, keep: int) -> int:
         terminal = tuple(int(s) for s in Status if s.terminal)
@@ -735,7 +742,7 @@ class SqliteStore(Store):
             rows = conn.execute(_SELECT_UNFINISHED).fetchall()
             return [_exec_from_row(r) for r in rows]
 
-        return await self._run(op, read=True)
+        return await self._run(op, atomic=True)
 
     async def stats(self, since_ms: int) -> Stats:
         self._write_staged()
