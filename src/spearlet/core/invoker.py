@@ -24,7 +24,7 @@ from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Ta
 from spearlet.core.tasks import TaskRegistry, page_limit
 from spearlet.core.values import dump_params
 from spearlet.scheduler import Scheduler
-from spearlet.store.base import ExecutionPage, Stats, Store
+from spearlet.store.base import ExecutionPage, Stats, Store, pending_write
 
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 WATCH_POLL_S = 0.25
@@ -136,7 +136,8 @@ class Invoker:
             estimate, record.metrics["estimate"] = self._estimate(task, record.function_name)
             if self.dispatch is not None:  # a cluster: whichever node has room runs it
                 self.lifecycle.publish(Event.ACCEPTED, record)
-                await self.dispatch.enqueue(record)
+                # Stored already: a caller that leaves now must not leave it off the stream.
+                await pending_write(self.dispatch.enqueue(record))
             else:
                 self._start(record, task)
             return InvokeResult(record, self.status_endpoint(record.execution_id), estimate, "accepted")
