@@ -834,3 +834,92 @@ async def test_finished_records_are_kept_within_a_budget_of_bytes(store: SqliteS
         await store.get_execution(records[-1].execution_id)
 
     assert await selects_while(store, read_oldest_and_newest) == 1  # the oldest made room
+
+
+# Every operation settles: its future cannot be cancelled, so nobody may be left waiting
+
+
+async def test_a_create_made_while_the_store_closes_fails_instead_of_waiting(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    release, held = await hold_writer(store)
+    closing = asyncio.ensure_future(store.close())
+    await settle_submissions()  # close() has queued the stop and waits for the thread
+    late = store.create_execution(make_record())
+    await settle_submissions()  # queued behind the stop
+    release.set()
+    await held
+    await closing
+    with pytest.raises(RuntimeError, match="closed"):
+        await asyncio.wait_for(late, 5)
+
+
+async def test_a_record_that_cannot_be_stored_fails_alone_among_creates_made_together(store: SqliteStore) -> None:
+    bad, good = make_record(params={"x": object()}), make_record()  # object(): not JSON
+    pending_bad, pending_good = store.create_execution(bad), store.create_execution(good)
+    assert await asyncio.wait_for(pending_good, 5) is None
+    with pytest.raises(TypeError):
+        await asyncio.wait_for(pending_bad, 5)
+    assert await store.get_execution(good.execution_id) is not None
+
+
+@pytest.mark.timeout(30)
+async def test_a_create_while_another_process_holds_the_file_fails_and_the_writer_goes_on(
+    store: SqliteStore,
+) -> None:
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # an operator's sqlite3 shell, a backup tool...
+    try:
+        refused = store.create_execution(make_record())
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await asyncio.wait_for(refused, 15)  # after SQLite's busy timeout (5 s)
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert await store.create_execution(make_record()) is None
+
+
+async def test_a_deletion_whose_caller_went_away_still_forgets_kept_records(store: SqliteStore) -> None:
+    await store.put_task(make_task("gone"))
+    record = await add(store, Status.COMPLETED, task_id="gone")
+    release, held = await hold_writer(store)
+    read = asyncio.ensure_future(store.get_execution(record.execution_id))  # queued before the deletion
+    deleting = asyncio.ensure_future(store.delete_task("gone", cleanup_executions=True))
+    await settle_submissions()
+    deleting.cancel()  # the DeleteTask client went away; the deletion runs all the same
+    await settle_submissions()
+    release.set()
+    await held
+    assert await read is not None
+    with pytest.raises(asyncio.CancelledError):
+        await deleting
+    assert await store.get_task("gone") is None
+    assert await store.get_execution(record.execution_id) is None
+
+
+async def test_the_budget_of_kept_records_counts_their_parameters(store: SqliteStore) -> None:
+    big = "p" * (FINISHED_KEPT_MAX_BYTES // 2)
+    records = [
+        await add(store, Status.COMPLETED, params={"blob": big}) for _ in range(FINISHED_KEPT_BYTES // len(big) + 4)
+    ]
+    for record in records:
+        await store.get_execution(record.execution_id)
+    assert store._finished_bytes <= FINISHED_KEPT_BYTES
+
+    async def read_oldest() -> None:
+        await store.get_execution(records[0].execution_id)
+
+    assert await selects_while(store, read_oldest) == 1
+
+
+async def test_a_record_first_read_by_several_at_once_is_counted_once(store: SqliteStore) -> None:
+    record = await add(store, Status.COMPLETED, output=b"x" * 1000)
+    release, held = await hold_writer(store)  # a busy writer: the reads queue (pollers of one result)
+    reads = asyncio.gather(*(store.get_execution(record.execution_id) for _ in range(4)))
+    await settle_submissions()
+    release.set()
+    await held
+    await reads
+    assert len(store._finished) == 1
+    size = store._finished[record.execution_id][1]
+    assert store._finished_bytes == size and 1000 < size < 2000

@@ -9,9 +9,10 @@ STAGE_S before it is written: a call that ends sooner costs one write, with its 
 of three, and the writer thread stays out of the call's way. Reads see staged records; listings
 write them first.
 
-Finished records never change (no transition leaves a terminal status), so the FINISHED_KEPT read
-from the file most recently (within FINISHED_KEPT_BYTES) are kept in memory: a result read again (a
-poller, a dashboard, a watch after a poll) costs no statement. Deleting records forgets them all.
+Finished records never change (no transition leaves a terminal status), so the last FINISHED_KEPT
+first read from the file (within FINISHED_KEPT_BYTES of stored size) are kept in memory: a result
+read again (a poller, a dashboard, a watch after a poll) costs no statement. Deleting records
+forgets them all.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ log = logging.getLogger(__name__)
 
 STAGE_S = 0.02
 FINISHED_KEPT = 1024
-FINISHED_KEPT_BYTES = 4 << 20  # of output and logs, all kept records together
-FINISHED_KEPT_MAX_BYTES = 64 << 10  # a record with more output and logs is read from the file
+FINISHED_KEPT_BYTES = 4 << 20  # stored size (parameters, metadata, output, logs) of all kept records
+FINISHED_KEPT_MAX_BYTES = 64 << 10  # a larger record is read from the file each time
 
 # Completed records, by far the most, stay out of the status index, so a commit that completes a
 # call touches one index less. SQLite uses a partial index only for a query whose WHERE has the
@@ -181,10 +182,6 @@ def _unended(record: ExecutionRecord) -> ExecutionRecord:
     return dataclasses.replace(record, status=Status.RUNNING) if record.done else record
 
 
-def _kept_size(record: ExecutionRecord) -> int:
-    return len(record.output) + len(record.logs)
-
-
 def _copy(record: ExecutionRecord) -> ExecutionRecord:
     """A copy a reader may change (metrics is the one mapping the core adds to) without touching
     the record kept here."""
@@ -279,7 +276,7 @@ class _DatabaseThread(threading.Thread):
         """`atomic`: `op` only reads, or runs a single statement, so inline it needs no transaction
         of its own (nobody else writes while we hold the connection, and SQLite commits a lone
         statement by itself: two statements fewer than BEGIN and COMMIT)."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        future: PendingWrite[T] = PendingWrite(loop=asyncio.get_running_loop())
         self._submit(op, future, inline, atomic)
         return future
 
@@ -309,6 +306,17 @@ class _DatabaseThread(threading.Thread):
 
     def stop(self) -> None:
         self._queue.put(None)
+
+    def fail_leftovers(self) -> None:
+        """Once the thread has ended: fail what was queued behind the stop, so that nobody waits
+        for ever (an operation's future cannot be cancelled)."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None and item[1] is not None:
+                _settle([(item[1], False, RuntimeError("the store closed before this operation ran"))])
 
     def run(self) -> None:
         try:
@@ -344,7 +352,7 @@ class _DatabaseThread(threading.Thread):
                 first = self._queue.get(timeout=1.0 if commits else None)
             except queue.Empty:
                 with self._lock:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    _checkpoint(conn)
                 commits = 0
                 continue
             if first is None:
@@ -364,7 +372,7 @@ class _DatabaseThread(threading.Thread):
                 results = _run_batch(conn, batch)
                 commits += 1
                 if commits >= 1000:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    _checkpoint(conn)
                     commits = 1
             self._finished += len(batch)
             # Only after the commit, so a caller told "stored" can rely on it; one wake-up of the
@@ -382,7 +390,11 @@ def _run_batch(conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, A
     if len(batch) == 1:  # alone in its transaction: no savepoint needed to undo it alone
         return [_run_alone(conn, *batch[0])]
     results: list[tuple[bool, Any]] = []
-    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except Exception as exc:  # the file locked by another process past the busy timeout, I/O
+        log.error("a store batch of %d operations could not begin: %s", len(batch), exc)
+        return [(False, exc)] * len(batch)
     for op, future in batch:
         conn.execute("SAVEPOINT op")
         try:
@@ -403,6 +415,13 @@ def _run_batch(conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, A
     return results
 
 
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    except Exception as exc:  # a later one will do; the writer must go on
+        log.error("a WAL checkpoint failed: %s", exc)
+
+
 def _run_atomic(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any]:
     try:
         return True, op(conn)
@@ -411,8 +430,8 @@ def _run_atomic(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any
 
 
 def _run_alone(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any], future: object) -> tuple[bool, Any]:
-    conn.execute("BEGIN IMMEDIATE")
     try:
+        conn.execute("BEGIN IMMEDIATE")
         value = op(conn)
         conn.execute("COMMIT")
     except Exception as exc:
@@ -440,9 +459,9 @@ class SqliteStore(Store):
         self._db: _DatabaseThread | None = None
         self._staged: dict[str, tuple[ExecutionRecord, float]] = {}  # id -> (record, when to write it)
         self._stage_timer: asyncio.TimerHandle | None = None
-        self._finished: dict[str, ExecutionRecord] = {}  # oldest first
+        self._finished: dict[str, tuple[ExecutionRecord, int]] = {}  # id -> (record, stored bytes), oldest first
         self._finished_bytes = 0
-        self._creating: list[tuple[ExecutionRecord, asyncio.Future[ExecutionRecord | None]]] = []
+        self._creating: list[tuple[ExecutionRecord, PendingWrite[ExecutionRecord | None]]] = []
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -463,6 +482,7 @@ class SqliteStore(Store):
             self._stage_timer = None
         self._db.stop()
         await asyncio.get_running_loop().run_in_executor(None, self._db.join)
+        self._db.fail_leftovers()
         self._db = None
 
     def _run(
@@ -541,10 +561,12 @@ class SqliteStore(Store):
 
     async def count_executions(self) -> int:
         # Staged records are not in the file yet; counting them beats writing them for a count.
+        # Counted first: one written while the count waits in the queue is written after it.
+        staged = len(self._staged)
         rows = await self._run(
             lambda conn: int(conn.execute("SELECT count(*) FROM executions").fetchone()[0]), atomic=True
         )
-        return rows + len(self._staged)
+        return rows + staged
 
     async def count_tasks(self) -> int:
         return await self._run(lambda conn: int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0]), atomic=True)
@@ -566,8 +588,18 @@ class SqliteStore(Store):
         return future
 
     def _create_together(self) -> None:
-        batch, self._creating = self._creating, []
-        rows = [_exec_row(record) for record, _ in batch]
+        waiting: list[tuple[ExecutionRecord, PendingWrite[ExecutionRecord | None]]] = []
+        rows: list[tuple[Any, ...]] = []
+        for record, future in self._creating:
+            try:
+                rows.append(_exec_row(record))
+            except Exception as exc:  # a record that cannot be stored fails alone
+                future.set_exception(exc)
+                continue
+            waiting.append((record, future))
+        self._creating = []
+        if not waiting:
+            return
 
         def op(conn: sqlite3.Connection) -> list[ExecutionRecord | None]:
             if len(rows) > 1:
@@ -579,13 +611,15 @@ class SqliteStore(Store):
                     conn.execute("ROLLBACK TO creates")
                 finally:
                     conn.execute("RELEASE creates")
-            return [_create_one(conn, record, row) for (record, _), row in zip(batch, rows, strict=True)]
+            return [_create_one(conn, record, row) for (record, _), row in zip(waiting, rows, strict=True)]
 
-        futures: list[asyncio.Future[Any]] = [future for _, future in batch]
-        if self._db is None:
-            _Each(futures).set_exception(RuntimeError("store is not open"))
-        else:
+        futures: list[asyncio.Future[Any]] = [future for _, future in waiting]
+        try:
+            if self._db is None:
+                raise RuntimeError("store is not open")
             self._db.submit_each(op, futures)
+        except Exception as exc:  # called by the loop: each waiter must learn it, or wait for ever
+            _Each(futures).set_exception(exc)
 
     def queue_insert(self, record: ExecutionRecord) -> None:
         self._staged[record.execution_id] = (record, time.monotonic() + STAGE_S)
@@ -618,14 +652,17 @@ class SqliteStore(Store):
         staged = self._staged.get(execution_id)
         return None if staged is None else _copy(_unended(staged[0]))
 
-    def _keep_finished(self, record: ExecutionRecord) -> None:
-        size = _kept_size(record)
+    def _keep_finished(self, record: ExecutionRecord, size: int) -> None:
+        """`size`: what the record takes in the file (parameters, metadata and output alike)."""
         if size > FINISHED_KEPT_MAX_BYTES:
             return
         kept = self._finished
+        again = kept.pop(record.execution_id, None)  # read by several at once
+        if again is not None:
+            self._finished_bytes -= again[1]
         while kept and (len(kept) >= FINISHED_KEPT or self._finished_bytes + size > FINISHED_KEPT_BYTES):
-            self._finished_bytes -= _kept_size(kept.pop(next(iter(kept))))
-        kept[record.execution_id] = record
+            self._finished_bytes -= kept.pop(next(iter(kept)))[1]
+        kept[record.execution_id] = (record, size)
         self._finished_bytes += size
 
     async def _deleting(self, deletion: asyncio.Future[T]) -> T:
@@ -666,17 +703,22 @@ class SqliteStore(Store):
             return staged
         finished = self._finished.get(execution_id)
         if finished is not None:
-            return _copy(finished)
+            return _copy(finished[0])
 
-        def op(conn: sqlite3.Connection) -> ExecutionRecord | None:
+        def op(conn: sqlite3.Connection) -> tuple[ExecutionRecord, int] | None:
             row = conn.execute(
                 f"SELECT {_EXEC_COLUMNS} FROM executions WHERE execution_id = ?", (execution_id,)
             ).fetchone()
-            return _exec_from_row(row) if row else None
+            if row is None:
+                return None
+            return _exec_from_row(row), sum(len(value) for value in row if isinstance(value, str | bytes))
 
-        record = await self._run(op, atomic=True)
-        if record is not None and record.done:
-            self._keep_finished(_copy(record))
+        found = await self._run(op, atomic=True)
+        if found is None:
+            return None
+        record, size = found
+        if record.done:
+            self._keep_finished(_copy(record), size)
         return record
 
     async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
