@@ -188,6 +188,7 @@ class Node:
             await self._http_task
         if self.cluster is not None:
             await self.cluster.close()
+        await self.invoker.close()
         await self.scheduler.close()
         await self.callbacks.close()
         for runtime in self.runtimes.values():

@@ -12,7 +12,8 @@ import pytest
 
 from spearlet.config import Settings
 from spearlet.core.invoker import InvocationType, InvokeRequest
-from spearlet.core.models import ExecutionRecord, Mode, Status
+from spearlet.core.lifecycle import Event
+from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status
 from spearlet.node import Node
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,3 +63,19 @@ async def test_an_idempotent_retry_after_a_caller_went_away_finds_work_that_runs
     again = await node.invoker.invoke(request(Mode.ASYNC, metadata={"idempotency_key": "retry-me"}))
     record = await final(node, again.record.execution_id)
     assert record is not None and record.status is Status.COMPLETED
+
+
+async def test_an_answer_from_the_result_cache_stored_after_its_caller_went_away_is_announced(node: Node) -> None:
+    greet = await node.tasks.find("greet")
+    assert greet is not None
+    spec = ArtifactSpec("python", greet.location, metadata={**greet.metadata, "cache_ttl_s": "60"})
+    await node.tasks.register("cached", spec, "")
+    first = await node.invoker.invoke(InvokeRequest(InvocationType.EXISTING_TASK, Mode.SYNC, task_id="cached"))
+    assert first.record.status is Status.COMPLETED
+    heard: list[tuple[Event, str]] = []
+    node.lifecycle.subscribe(lambda event, record: heard.append((event, record.execution_id)))
+    await leave_during_the_write(node, InvokeRequest(InvocationType.EXISTING_TASK, Mode.SYNC, task_id="cached"))
+    hits = [execution_id for event, execution_id in heard if event is Event.FINISHED]
+    assert len(hits) == 1  # callbacks and metrics hear of it, as of any answer from the cache
+    record = await node.store.get_execution(hits[0])
+    assert record is not None and record.metrics.get("cache_hit") == "true"

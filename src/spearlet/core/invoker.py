@@ -119,6 +119,10 @@ class Invoker:
         self.dispatch: Dispatch | None = None
         self._background = Background()
 
+    async def close(self) -> None:
+        """Let the work started for callers that went away reach the store."""
+        await self._background.wait()
+
     # Invocation
 
     async def invoke(self, req: InvokeRequest) -> InvokeResult:
@@ -205,25 +209,32 @@ class Invoker:
         self.scheduler.ensure_room()
         if durable or record.idempotency_key:
             # Durable before the answer, and the only way to learn that the id exists already.
-            writing = self.store.create_execution(record)
-            try:
-                return await writing
-            except asyncio.CancelledError:
-                # The caller went away; the write cannot be called back, and the cancel reaches
-                # us once it is done. A record it stored is accepted work all the same (an
-                # idempotent retry will find it): it must not wait for the next start to run.
-                if writing.done():
-                    self._orphaned(writing, record, task)
-                raise
+            return await self._create(record, task)
         # A fresh id that cannot exist yet: the record is written while the call runs; the final
         # write, which follows it, is awaited before the answer.
         self.store.queue_insert(record)
         return None
 
+    async def _create(self, record: ExecutionRecord, task: Task) -> ExecutionRecord | None:
+        writing = self.store.create_execution(record)
+        try:
+            return await writing
+        except asyncio.CancelledError:
+            # The caller went away; the write cannot be called back, and the cancel reaches us
+            # once it is done. A record it stored is accepted work all the same (an idempotent
+            # retry will find it): it must not wait for the next start to run.
+            if writing.done():
+                self._orphaned(writing, record, task)
+            raise
+
     def _orphaned(self, writing: asyncio.Future[ExecutionRecord | None], record: ExecutionRecord, task: Task) -> None:
+        """Do for a stored record what its caller, gone, would have done next."""
         if writing.cancelled() or writing.exception() is not None or writing.result() is not None:
             return  # not stored, or an existing record that has a life of its own
-        if record.mode is Mode.STREAM:  # a stream's client leaving cancels it
+        if record.done:  # answered from the result cache: listeners (callbacks, metrics) hear of it
+            self.lifecycle.publish(Event.ACCEPTED, record)
+            self.lifecycle.publish(Event.FINISHED, record)
+        elif record.mode is Mode.STREAM:  # a stream's client leaving cancels it
             record.end(Status.CANCELLED, "CANCELLED", "the streaming client went away before it started")
             self._background.spawn(self.scheduler.settle(record))
         elif record.mode is Mode.ASYNC and self.dispatch is not None:
@@ -254,7 +265,7 @@ class Invoker:
         record.started_at = record.completed_at = now_ms()
         record.node = self.settings.node_id
         record.metrics.update({"cache_hit": "true", "cached_from": hit.execution_id})
-        existing = await self.store.create_execution(record)
+        existing = await self._create(record, task)
         if existing is not None:
             return await self._answer(existing, record.mode, "an execution with this id or idempotency key exists")
         self.lifecycle.publish(Event.ACCEPTED, record)
