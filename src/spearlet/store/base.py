@@ -16,7 +16,7 @@ T = TypeVar("T")
 class PendingWrite(asyncio.Future[T]):
     """A store operation that, once asked for, runs to its end: cancelling whoever waits for it
     does not cancel it (the waiter's CancelledError comes when it ends), and they can still read
-    how it went (Invoker._store_new starts work stored for a caller that went away). Cheaper than
+    how it went (Invoker._create starts work stored for a caller that went away). Cheaper than
     asyncio.shield, which costs a future and a turn of the loop. Every one is settled, the store
     sees to that, even at close. asyncio.wait_for on one returns its outcome once it ends instead
     of raising TimeoutError."""
