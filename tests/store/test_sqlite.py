@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,18 @@ async def hold_writer(store: SqliteStore) -> tuple[threading.Event, asyncio.Futu
     held = store._run(op, inline=False)  # on the writer thread, never on ours
     await asyncio.get_running_loop().run_in_executor(None, entered.wait, 20)
     return release, held
+
+
+@contextlib.asynccontextmanager
+async def traced(store: SqliteStore) -> AsyncIterator[list[str]]:
+    """The SQL statements that reach the file inside the block (switching the trace on and off
+    adds none: it runs without a transaction)."""
+    statements: list[str] = []
+    await store._run(lambda conn: conn.set_trace_callback(statements.append), atomic=True)
+    try:
+        yield statements
+    finally:
+        await store._run(lambda conn: conn.set_trace_callback(None), atomic=True)
 
 
 async def settle_submissions() -> None:
@@ -464,13 +477,9 @@ async def test_concurrent_creates_all_land(store: SqliteStore) -> None:
 
 
 async def test_creates_made_in_the_same_turn_of_the_loop_share_one_commit(store: SqliteStore) -> None:
-    statements: list[str] = []
-    await store._run(lambda conn: conn.set_trace_callback(statements.append), atomic=True)
-    try:
+    async with traced(store) as statements:
         records = [make_record(task_id="together") for _ in range(16)]
         assert await asyncio.gather(*(store.create_execution(r) for r in records)) == [None] * 16
-    finally:
-        await store._run(lambda conn: conn.set_trace_callback(None), atomic=True)
     assert sum(s.strip().upper() == "COMMIT" for s in statements) == 1
     assert set(await all_executions(store, "together")) == {r.execution_id for r in records}
 
@@ -487,10 +496,7 @@ async def test_a_taken_id_or_key_among_creates_made_together_gets_the_existing_r
 
 
 async def test_queued_writes_share_one_commit(store: SqliteStore) -> None:
-    statements: list[str] = []
-    trace: Callable[[str], None] = statements.append
-    await store._run(lambda conn: conn.set_trace_callback(trace))
-    try:
+    async with traced(store) as statements:
         release, held = await hold_writer(store)
         statements.clear()
         records = [make_record(task_id="batched") for _ in range(200)]
@@ -499,8 +505,6 @@ async def test_queued_writes_share_one_commit(store: SqliteStore) -> None:
         release.set()
         await held
         assert await asyncio.gather(*tasks) == [None] * 200
-    finally:
-        await store._run(lambda conn: conn.set_trace_callback(None))
 
     commits = sum(1 for s in statements if s.strip().upper() == "COMMIT")
     assert 1 <= commits <= 2, f"{commits} commits for 200 queued writes"
@@ -594,12 +598,8 @@ async def test_recovery_finds_unfinished_records_through_the_status_index(store:
 
 
 async def test_a_listing_by_a_status_other_than_completed_uses_the_status_index(store: SqliteStore) -> None:
-    statements: list[str] = []
-    await store._run(lambda conn: conn.set_trace_callback(statements.append), atomic=True)
-    try:
+    async with traced(store) as statements:
         await store.list_executions("", Status.FAILED, 10, "")
-    finally:
-        await store._run(lambda conn: conn.set_trace_callback(None), atomic=True)
     listing = next(s for s in statements if s.lstrip().startswith("SELECT"))
     assert "executions_not_completed" in await query_plan(store, listing)
 
@@ -674,17 +674,13 @@ async def test_a_queued_insert_is_read_at_once_and_written_once_the_staging_dela
 
 
 async def test_a_call_that_ends_while_staged_costs_one_insert_with_its_final_state(store: SqliteStore) -> None:
-    statements: list[str] = []
-    await store._run(lambda conn: conn.set_trace_callback(statements.append), atomic=True)
-    try:
+    async with traced(store) as statements:
         record = make_record(mode=Mode.SYNC)
         store.queue_insert(record)
         record.status, record.attempts, record.started_at = Status.RUNNING, 1, now_ms()
         store.queue_transition(record)
         record.status, record.output, record.completed_at = Status.COMPLETED, b"done", now_ms()
         assert await store.transition(record)
-    finally:
-        await store._run(lambda conn: conn.set_trace_callback(None), atomic=True)
     # One statement, which SQLite commits by itself: no BEGIN and COMMIT around it.
     assert [s.split("(")[0].strip().upper() for s in statements] == ["INSERT INTO EXECUTIONS"]
     assert on_disk(store.path, record.execution_id) is Status.COMPLETED  # written before transition returned
@@ -703,12 +699,8 @@ async def test_counting_records_includes_staged_ones_without_writing_them(store:
     await add(store, Status.COMPLETED)
     await add(store, Status.PENDING)
     store.queue_insert(make_record(mode=Mode.SYNC))
-    statements: list[str] = []
-    await store._run(lambda conn: conn.set_trace_callback(statements.append), atomic=True)
-    try:
+    async with traced(store) as statements:
         assert await store.count_executions() == 3
-    finally:
-        await store._run(lambda conn: conn.set_trace_callback(None), atomic=True)
     assert not [s for s in statements if s.lstrip().upper().startswith("INSERT")]
     assert (await store.stats(0)).total == 3  # the same figure, the slow way (it writes staged records)
 
@@ -744,12 +736,8 @@ async def test_an_id_that_is_staged_is_taken(store: SqliteStore) -> None:
 
 async def selects_while(store: SqliteStore, reads: Callable[[], Any]) -> int:
     """How many SELECT statements reach the file while `reads()` runs."""
-    statements: list[str] = []
-    await store._run(lambda conn: conn.set_trace_callback(statements.append))
-    try:
+    async with traced(store) as statements:
         await reads()
-    finally:
-        await store._run(lambda conn: conn.set_trace_callback(None))
     return sum(s.lstrip().upper().startswith("SELECT") for s in statements)
 
 
