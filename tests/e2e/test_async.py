@@ -287,7 +287,7 @@ def test_health_and_stats_report_real_figures(node: NodeProcess) -> None:
     after = stub.GetStats(pb.GetStatsRequest(include_execution_stats=True, include_task_stats=True, time_range_hours=1))
     assert after.service_stats.total_executions >= before.service_stats.total_executions + 2
     stats = after.execution_stats
-    assert stats.completed >= 1 and stats.failed >= 1
+    assert stats.completed_executions >= 1 and stats.failed_executions >= 1
     assert 0 < stats.success_rate_percent < 100
     assert stats.average_execution_time_ms > 0
     assert stats.executions_by_function["hello"] >= 1

@@ -169,10 +169,10 @@ class FunctionApi:
             ended = sum(n for s, n in stats.by_status.items() if s.terminal)
             response.execution_stats.CopyFrom(
                 pb.ExecutionStats(
-                    running=stats.by_status.get(Status.RUNNING, 0),
-                    pending=stats.by_status.get(Status.PENDING, 0),
-                    completed=done,
-                    failed=ended - done,
+                    running_executions=stats.by_status.get(Status.RUNNING, 0),
+                    pending_executions=stats.by_status.get(Status.PENDING, 0),
+                    completed_executions=done,
+                    failed_executions=ended - done,
                     average_execution_time_ms=stats.average_execution_time_ms,
                     success_rate_percent=100.0 * done / ended if ended else 0.0,
                     executions_by_function=stats.by_function,
