@@ -330,6 +330,8 @@ def cancel(
         pb.CancelExecutionRequest(execution_id=execution_id, reason=reason, force=force),
     )
     _emit(response, as_json, lambda: console.print(f"{response.message} ({STATUS.get(response.final_status)})"))
+    if response.final_status == pb.EXECUTION_STATUS_UNKNOWN:  # no such execution: the request is refused
+        raise typer.Exit(2)
     if not response.success:
         raise typer.Exit(1)
 

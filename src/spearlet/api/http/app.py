@@ -186,11 +186,14 @@ def create_app(
             return error(404, "NOT_FOUND", response.message)
         return {**as_json(response), "execution_id": execution_id}
 
-    @app.post("/api/v1/executions/{execution_id}/cancel", tags=["executions"])
-    async def cancel(execution_id: str, body: dict[str, Any] | None = Body(None)) -> dict[str, Any]:
+    @app.post("/api/v1/executions/{execution_id}/cancel", tags=["executions"], response_model=None)
+    async def cancel(execution_id: str, body: dict[str, Any] | None = Body(None)) -> dict[str, Any] | JSONResponse:
         """CancelExecution; optional body `{"reason": "...", "force": true}`."""
         request = parse({**(body or {}), "execution_id": execution_id}, pb.CancelExecutionRequest())
-        return as_json(await api.cancel(request))
+        response = await api.cancel(request)
+        if not response.success and response.final_status == pb.EXECUTION_STATUS_UNKNOWN:
+            return error(404, "NOT_FOUND", response.message)  # as the other routes of an execution
+        return as_json(response)
 
     @app.get("/api/v1/executions/{execution_id}/events", tags=["executions"], response_model=None)
     async def events(execution_id: str) -> Response:
