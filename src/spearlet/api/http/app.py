@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from spearlet import __version__
 from spearlet.api.auth import DENIED, HEADER, TokenCheck
 from spearlet.api.grpc import spearlet_pb2 as pb
+from spearlet.api.grpc.convert import message_json
 from spearlet.api.service import FunctionApi
 from spearlet.api.views import record_json
 from spearlet.core.errors import SpearletError
@@ -65,12 +66,6 @@ CANCEL_EXAMPLE = {"reason": "changed my mind", "force": False}
 
 def error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
-
-
-def as_json(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
 
 
 class BadRequest(SpearletError):
@@ -161,7 +156,7 @@ async def sse(messages: AsyncGenerator[pb.StreamExecutionResult, None]) -> Async
     async with contextlib.aclosing(messages):
         async for message in messages:
             kind = "result" if message.is_final else "chunk" if message.HasField("chunk_data") else "status"
-            yield f"event: {kind}\ndata: {json.dumps(as_json(message))}\n\n".encode()
+            yield f"event: {kind}\ndata: {json.dumps(message_json(message))}\n\n".encode()
 
 
 async def _first_or_error(messages: AsyncGenerator[pb.StreamExecutionResult, None]) -> Response:
@@ -249,7 +244,7 @@ def create_app(
     @app.get("/health", tags=["node"])
     async def health() -> dict[str, Any]:
         """Liveness for load balancers: status, message and uptime."""
-        return as_json(await api.health(pb.GetHealthRequest()))
+        return message_json(await api.health(pb.GetHealthRequest()))
 
     @app.get("/metrics", tags=["node"], response_class=Response)
     async def prometheus() -> Response:
@@ -264,7 +259,7 @@ def create_app(
         request = parse(plain_parameters(await json_body(raw)), pb.InvokeFunctionRequest())
         if request.execution_mode == pb.EXECUTION_MODE_STREAM:
             return await _first_or_error(api.stream(request))
-        return JSONResponse(as_json(await api.invoke(request)))
+        return JSONResponse(message_json(await api.invoke(request)))
 
     @app.post("/api/v1/stream", tags=["executions"], response_model=None, openapi_extra=_json_body_doc(INVOKE_EXAMPLE))
     async def stream(raw: Request) -> Response:
@@ -281,7 +276,7 @@ def create_app(
             {"task_id": task_id, "limit": limit, "start_after": start_after, "status_filter": _status(status)},
             pb.ListExecutionsRequest(),
         )
-        return as_json(await api.list_executions(request))
+        return message_json(await api.list_executions(request))
 
     @app.get("/api/v1/executions/{execution_id}", tags=["executions"], response_model=None)
     async def get_execution(execution_id: str, include_logs: bool = False) -> dict[str, Any] | JSONResponse:
@@ -304,7 +299,7 @@ def create_app(
         response = await api.status(request)
         if not response.found:
             return error(404, "NOT_FOUND", response.message)
-        return {**as_json(response), "execution_id": execution_id}
+        return {**message_json(response), "execution_id": execution_id}
 
     @app.post(
         "/api/v1/executions/{execution_id}/cancel",
@@ -319,7 +314,7 @@ def create_app(
         response = await api.cancel(request)
         if not response.success and response.final_status == pb.EXECUTION_STATUS_UNKNOWN:
             return error(404, "NOT_FOUND", response.message)  # as the other routes of an execution
-        return as_json(response)
+        return message_json(response)
 
     @app.get("/api/v1/executions/{execution_id}/events", tags=["executions"], response_model=None)
     async def events(execution_id: str) -> Response:
@@ -336,13 +331,13 @@ def create_app(
     async def register_task(raw: Request) -> JSONResponse:
         """RegisterTask (set `replace` to update an existing task)."""
         response = await api.register_task(parse(await json_body(raw), pb.RegisterTaskRequest()))
-        return JSONResponse(as_json(response), status_code=201 if response.created else 200)
+        return JSONResponse(message_json(response), status_code=201 if response.created else 200)
 
     @app.get("/api/v1/tasks", tags=["tasks"])
     async def list_tasks(prefix: str = "", limit: int = 100, start_after: str = "") -> dict[str, Any]:
         """ListTasks, by id."""
         request = pb.ListTasksRequest(prefix=prefix, limit=limit, start_after=start_after)
-        return as_json(await api.list_tasks(request))
+        return message_json(await api.list_tasks(request))
 
     @app.get("/api/v1/tasks/{task_id}", tags=["tasks"], response_model=None)
     async def get_task(task_id: str, execution_limit: int = 10) -> dict[str, Any] | JSONResponse:
@@ -351,18 +346,18 @@ def create_app(
         response = await api.get_task(request)
         if not response.found:
             return error(404, "NOT_FOUND", response.message)
-        return as_json(response)
+        return message_json(response)
 
     @app.delete("/api/v1/tasks/{task_id}", tags=["tasks"])
     async def delete_task(task_id: str, force: bool = False, cleanup_executions: bool = False) -> dict[str, Any]:
         """DeleteTask; `force` also stops its active executions."""
         request = pb.DeleteTaskRequest(task_id=task_id, force=force, cleanup_executions=cleanup_executions)
-        return as_json(await api.delete_task(request))
+        return message_json(await api.delete_task(request))
 
     @app.get("/api/v1/health", tags=["node"])
     async def health_details(include_details: bool = True) -> dict[str, Any]:
         """GetHealth."""
-        return as_json(await api.health(pb.GetHealthRequest(include_details=include_details)))
+        return message_json(await api.health(pb.GetHealthRequest(include_details=include_details)))
 
     @app.get("/api/v1/stats", tags=["node"])
     async def stats(
@@ -374,7 +369,7 @@ def create_app(
             include_task_stats=include_task_stats,
             include_execution_stats=include_execution_stats,
         )
-        return as_json(await api.stats(request))
+        return message_json(await api.stats(request))
 
     return app
 
