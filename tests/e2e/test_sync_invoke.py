@@ -10,6 +10,8 @@ import pytest
 from google.protobuf import struct_pb2
 
 from spearlet.api.grpc import spearlet_pb2 as pb
+from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
+from spearlet.config import Settings
 from tests.helpers import NodeProcess, existing, params, script, unpack, value
 
 pytestmark = pytest.mark.timeout(60)
@@ -27,6 +29,20 @@ def test_existing_task_returns_function_output_as_json(node: NodeProcess) -> Non
     assert result.metrics["attempts"] == "1"
     assert "queue_wait_ms" in result.metrics
     assert response.status_endpoint == "" and response.estimated_completion_ms == 0
+
+
+def test_a_client_pinging_at_the_accepted_keepalive_interval_completes_a_long_sync_call(node: NodeProcess) -> None:
+    interval_ms = Settings().grpc_min_ping_interval_ms  # the node's default
+    options = [
+        ("grpc.keepalive_time_ms", interval_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),  # ping on and on, as grpc-js does
+    ]
+    with grpc.insecure_channel(node.grpc_target, options=options) as channel:
+        # Long enough for the pings to strike out under grpc's default policy (one ping in 5 min).
+        call = existing("sleep", parameters=params(seconds=5))
+        response = pb_grpc.FunctionServiceStub(channel).InvokeFunction(call, timeout=30)
+    assert response.result.status == pb.EXECUTION_STATUS_COMPLETED
 
 
 def test_function_name_reaches_the_function(node: NodeProcess) -> None:
