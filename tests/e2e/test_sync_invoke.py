@@ -12,7 +12,7 @@ from google.protobuf import struct_pb2
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 from spearlet.config import Settings
-from tests.helpers import NodeProcess, existing, params, script, unpack, value
+from tests.helpers import NodeProcess, existing, params, register, script, unpack, value
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,6 +77,28 @@ def test_every_parameter_type_arrives_as_json(node: NodeProcess) -> None:
         "i64": 2**40,
         "unset": None,
     }
+
+
+def test_big_integers_are_exact_as_int64_or_strings_and_rounded_as_json_numbers(
+    node: NodeProcess, tmp_path: Path
+) -> None:
+    """What the README's parameter section says about integers beyond 2^53."""
+    from google.protobuf import wrappers_pb2
+
+    big = 2**60 + 1  # not a double: the nearest one is 2**60
+    shows = script(
+        tmp_path / "shows.py",
+        "#!/usr/bin/env python3\nimport json, sys\n"
+        "p = json.load(sys.stdin)\n"
+        "print(json.dumps({'seen': {k: repr(v) for k, v in p.items()}, 'back': p['as_int64']}))\n",
+    )
+    register(node.grpc_target, "shows", shows)
+    as_int64 = pb.FunctionParameter(name="as_int64", value=value(0))
+    as_int64.value.Pack(wrappers_pb2.Int64Value(value=big))
+    request = existing("shows", parameters=[as_int64, *params(as_string=str(big), as_number=big)])
+    out = unpack(node.stub().InvokeFunction(request).result.result)
+    assert out["seen"] == {"as_int64": str(big), "as_string": repr(str(big)), "as_number": repr(float(big))}
+    assert out["back"] == 2**60  # a JSON output is packed as a google.protobuf.Value: a double
 
 
 def test_plain_text_output_is_a_string_and_binary_output_bytes(node: NodeProcess, tmp_path: Path) -> None:
