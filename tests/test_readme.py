@@ -1,4 +1,5 @@
-"""The README's CLI walkthrough runs as written: its commands are read from the README itself."""
+"""The README is the reference: its CLI walkthrough runs as written (its commands are read from the
+README itself), and the code points at it rather than at documents outside the repository."""
 
 from __future__ import annotations
 
@@ -72,3 +73,15 @@ def test_the_walkthrough_cancels_the_sleep_while_it_is_watched_and_then_lists_it
 def test_the_walkthrough_sleeps_long_enough_to_be_cancelled_by_hand() -> None:
     seconds = re.search(r"seconds=(\d+)", " ".join(command("invoke", "sleep", "--async")))
     assert seconds and int(seconds.group(1)) >= 30  # time to type the cancel in another terminal
+
+
+def test_sources_and_tests_cite_no_design_document_outside_the_repository() -> None:
+    outside = "DESIGN" + ".md"  # spelled apart so that this file does not cite it
+    root = README.parent
+    files = [p for d in ("src", "tests", "bench", "scripts") for p in (root / d).rglob("*") if p.is_file()]
+    citing = [
+        str(p.relative_to(root))
+        for p in files
+        if p.suffix in (".py", ".proto", ".toml", ".md", ".sh", ".pyi") and outside in p.read_text(errors="replace")
+    ]
+    assert citing == [], "point at README sections instead"
