@@ -8,6 +8,8 @@ import psutil
 import pytest
 
 from bench.common import redis_server, start_redis
+from spearlet.config import Settings
+from spearlet.node import Node
 from spearlet.store.sqlite import SqliteStore
 from tests.helpers import NodeProcess, start_node
 
@@ -36,6 +38,18 @@ def redis_url() -> Iterator[str]:
     yield url
     server.terminate()
     server.wait(10)
+
+
+@pytest.fixture
+async def embedded_node(tmp_path: Path) -> AsyncIterator[Node]:
+    """A whole node in this process (SQLite store, real runtimes, free ports), for what only an
+    in-process caller can arrange or see."""
+    node = Node(Settings(data_dir=tmp_path / "data", grpc_port=0, http_port=0))
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,10 @@ what GetStats counts and how a cancel of an unknown execution answers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from spearlet.api.grpc import spearlet_pb2 as pb
-from spearlet.config import Settings
 from spearlet.node import Node
 from tests.helpers import existing, params
 
@@ -18,13 +15,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    node = Node(Settings(data_dir=tmp_path / "data", grpc_port=0, http_port=0))
-    await node.start()
-    try:
-        yield node
-    finally:
-        await node.stop()
+def node(embedded_node: Node) -> Node:
+    return embedded_node
 
 
 async def run_a_mix(node: Node) -> None:
