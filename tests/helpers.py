@@ -138,13 +138,15 @@ def start_node(
     timeout: float = 30,
     cwd: Path | None = None,
     open_data_dir: bool = True,
+    python: str = sys.executable,
 ) -> NodeProcess:
     """`spearlet serve` as a real process on free ports; returns once it listens. With `cwd`,
-    the node runs there with its default (relative) data dir, `data_dir` being where that lands."""
+    the node runs there with its default (relative) data dir, `data_dir` being where that lands.
+    `python`: the interpreter of another environment that has spearlet installed."""
     if open_data_dir:
         open_path(data_dir if cwd is None else cwd)
     where = [] if cwd is not None else ["--data-dir", str(data_dir)]
-    cmd = [sys.executable, "-m", "spearlet", "serve", *where, "--grpc-port", "0", "--http-port", "0", *extra]
+    cmd = [python, "-m", "spearlet", "serve", *where, "--grpc-port", "0", "--http-port", "0", *extra]
     proc = subprocess.Popen(
         cmd,
         cwd=cwd,
