@@ -7,8 +7,6 @@ import json
 import os
 import platform
 import re
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +21,10 @@ import psutil
 from google.protobuf import any_pb2, struct_pb2
 
 from spearlet.api.grpc import spearlet_pb2 as pb
+
+# Shared with the tests, which import nothing from here.
+from tests.helpers import percentile as percentile
+from tests.helpers import start_redis as start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -90,28 +92,6 @@ def start_floor() -> Server:
     return start([sys.executable, str(ROOT / "bench" / "floor_server.py")])
 
 
-def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    """A throwaway redis-server on a free loopback port: (process, URL)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("this benchmark needs redis-server (Debian package redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                              stdout=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    return server, f"redis://127.0.0.1:{port}/0"
-
-
 def invoke_request(
     task: str,
     function: str = "",
@@ -129,11 +109,6 @@ def invoke_request(
         invocation_type=pb.INVOCATION_TYPE_EXISTING_TASK, task_id=task, function_name=function,
         execution_mode=mode, parameters=parameters, context=pb.ExecutionContext(max_retries=retries),
     )  # fmt: skip
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def latencies(call: Callable[[], Awaitable[Any]], n: int, warmup: int = 100) -> list[float]:

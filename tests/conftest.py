@@ -8,9 +8,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.common import start_redis
 from spearlet.store.sqlite import SqliteStore
-from tests.helpers import NodeProcess, start_node
+from tests.helpers import NodeProcess, start_node, start_redis
 
 REDIS = shutil.which("redis-server")
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -66,10 +68,13 @@ def register(
     """Register (or replace) a task through the TaskService extension."""
     tasks = pb_grpc.TaskServiceStub(grpc.insecure_channel(target))
     spec = pb.ArtifactSpec(artifact_type=artifact_type, location=str(location), metadata=metadata)
-    return tasks.RegisterTask(pb.RegisterTaskRequest(task_name=name, artifact_spec=spec, replace=True))
+    response: pb.RegisterTaskResponse = tasks.RegisterTask(
+        pb.RegisterTaskRequest(task_name=name, artifact_spec=spec, replace=True)
+    )
+    return response
 
 
-def existing(task_id: str, mode: int = pb.EXECUTION_MODE_SYNC, **kwargs: Any) -> pb.InvokeFunctionRequest:
+def existing(task_id: str, mode: pb.ExecutionMode = pb.EXECUTION_MODE_SYNC, **kwargs: Any) -> pb.InvokeFunctionRequest:
     context = kwargs.pop("context", None)
     return pb.InvokeFunctionRequest(
         invocation_type=pb.INVOCATION_TYPE_EXISTING_TASK,
@@ -176,7 +181,8 @@ def start_node(
 
 
 def as_json(message: Any) -> dict[str, Any]:
-    return json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
+    parsed: dict[str, Any] = json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
+    return parsed
 
 
 def environ_of(process: psutil.Process) -> dict[str, str]:
@@ -185,3 +191,32 @@ def environ_of(process: psutil.Process) -> dict[str, str]:
         return process.environ()
     except psutil.Error:
         return {}
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes], str]:
+    """A throwaway redis-server on a free loopback port: (process, URL)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (Debian package redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                server.kill()
+                server.wait()
+                raise
+            time.sleep(0.05)
+    return server, f"redis://127.0.0.1:{port}/0"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
