@@ -28,6 +28,8 @@ from spearlet.store.base import ExecutionPage, Stats, Store, pending_write
 
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 WATCH_POLL_S = 0.25
+# How long a cancel waits for the execution to end before it answers that it is stopping.
+CANCEL_WAIT_S = 5.0
 IDEMPOTENCY_KEY = "idempotency_key"
 
 
@@ -395,7 +397,7 @@ class Invoker:
             status = fresh.status if fresh else record.status
             return CancelResult(False, f"execution is not active on this node: {status.name}", status)
         try:
-            final = await asyncio.wait_for(asyncio.shield(waiter), 5.0)
+            final = await asyncio.wait_for(asyncio.shield(waiter), CANCEL_WAIT_S)
         except TimeoutError:
             self.lifecycle.drop_waiter(execution_id, waiter)
             return CancelResult(True, "cancel requested; the execution is stopping", Status.RUNNING)
@@ -406,7 +408,7 @@ class Invoker:
     async def _cancel_elsewhere(self, execution_id: str, force: bool, reason: str) -> CancelResult:
         assert self.dispatch is not None
         await self.dispatch.cancel_elsewhere(execution_id, force, reason)
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + CANCEL_WAIT_S
         while True:
             record = await self.store.get_execution(execution_id)
             if record is None or record.done or time.monotonic() > deadline:
