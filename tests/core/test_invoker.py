@@ -266,6 +266,16 @@ async def test_an_identical_call_within_the_ttl_is_answered_from_the_cache(eng: 
     assert len(eng.runtime.calls) == 2
 
 
+async def test_answers_from_the_cache_come_from_the_execution_that_ran(eng: Engine) -> None:
+    """An answer from the cache is no source of another: else calls within the TTL of each
+    other would be answered for ever from a result computed once."""
+    await eng.task("cached", cache_ttl_s="60")
+    req = eng.request(task_id="cached")
+    ran = await eng.invoker.invoke(req)
+    hits = [await eng.invoker.invoke(req) for _ in range(2)]
+    assert [h.record.metrics["cached_from"] for h in hits] == [ran.record.execution_id] * 2
+
+
 async def test_a_failure_is_never_cached(eng: Engine) -> None:
     await eng.task("cached", cache_ttl_s="60")
     eng.runtime.script("", Script(Status.FAILED, error_code="FUNCTION_ERROR"))

@@ -257,9 +257,12 @@ class Invoker:
         ttl_s = int(task.metadata.get("cache_ttl_s") or 0)
         if not ttl_s:
             return None
-        record.cache_key = cache_key(task, record.function_name, record.params)
-        hit = await self.store.cached_result(record.cache_key, record.created_at - ttl_s * 1000)
+        key = cache_key(task, record.function_name, record.params)
+        hit = await self.store.cached_result(key, record.created_at - ttl_s * 1000)
         if hit is None:
+            # Only an execution that runs is a source: an answer from the cache (stored without
+            # the key) is not, else the TTL would never run out for calls that keep coming.
+            record.cache_key = key
             return None
         record.status = Status.COMPLETED
         record.output, record.output_kind = hit.output, hit.output_kind
