@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -110,17 +109,6 @@ async def test_creates_made_in_the_same_turn_of_the_loop_share_one_commit(store:
         assert await asyncio.gather(*(store.create_execution(r) for r in records)) == [None] * 16
     assert sum(s.strip().upper() == "COMMIT" for s in statements) == 1
     assert set(await all_executions(store, "together")) == {r.execution_id for r in records}
-
-
-async def test_a_taken_id_or_key_among_creates_made_together_gets_the_existing_record(store: SqliteStore) -> None:
-    taken = make_record(function_name="first")
-    assert await store.create_execution(taken) is None
-    same_id = dataclasses.replace(taken, function_name="second")
-    keyed, same_key = make_record(idempotency_key="k"), make_record(idempotency_key="k")
-    fresh = make_record()
-    results = await asyncio.gather(*(store.create_execution(r) for r in (same_id, keyed, same_key, fresh)))
-    assert results == [taken, None, keyed, None]
-    assert set(await all_executions(store)) == {taken.execution_id, keyed.execution_id, fresh.execution_id}
 
 
 async def test_queued_writes_share_one_commit(store: SqliteStore) -> None:

@@ -37,9 +37,19 @@ UNFINISHED = P + "unfinished"
 # redis-py's default; its default pool refuses an operation beyond them (200 concurrent accepts).
 MAX_CONNECTIONS = 100
 
-_CREATE = """
--- KEYS: exec key, idempotency key ('' for none)
--- ARGV: json, status, id, task_id, created_at, retention ms, cache key ('' for none), completed_at
+# Both scripts take ARGV 1-6: json, status, id, retention ms, cache key ('' for none), completed_at.
+# A record that has ended expires after the retention; a success is found by its cache key.
+_ENDED = """
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  if ARGV[5] ~= '' and ARGV[2] == '3' then
+    redis.call('ZADD', 'spearlet:cache:' .. ARGV[5], ARGV[6], ARGV[3])
+    redis.call('PEXPIRE', 'spearlet:cache:' .. ARGV[5], ARGV[4])
+  end
+"""
+
+_CREATE = (
+    """
+-- KEYS: exec key, idempotency key ('' for none); ARGV 7-8: task_id, created_at
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGET', KEYS[1], 'j') end
 if KEYS[2] ~= '' then
   local other = redis.call('GET', KEYS[2])
@@ -52,22 +62,22 @@ end
 local seq = redis.call('INCR', 'spearlet:seq')
 redis.call('HSET', KEYS[1], 'j', ARGV[1], 's', ARGV[2], 'q', seq)
 redis.call('ZADD', 'spearlet:execs', seq, ARGV[3])
-redis.call('ZADD', 'spearlet:task-execs:' .. ARGV[4], seq, ARGV[3])
-redis.call('ZADD', 'spearlet:execs-by-time', ARGV[5], ARGV[3])
+redis.call('ZADD', 'spearlet:task-execs:' .. ARGV[7], seq, ARGV[3])
+redis.call('ZADD', 'spearlet:execs-by-time', ARGV[8], ARGV[3])
 if tonumber(ARGV[2]) <= 2 then
   redis.call('SADD', 'spearlet:unfinished', ARGV[3])
-else  -- stored ended (an answer from the result cache): as a transition to its end would
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  if ARGV[7] ~= '' and ARGV[2] == '3' then
-    redis.call('ZADD', 'spearlet:cache:' .. ARGV[7], ARGV[8], ARGV[3])
-    redis.call('PEXPIRE', 'spearlet:cache:' .. ARGV[7], ARGV[6])
-  end
+else  -- stored ended (an answer from the result cache)
+"""
+    + _ENDED
+    + """
 end
 return false
 """
+)
 
-_TRANSITION = """
--- KEYS: exec key; ARGV: json, new status, id, retention ms, cache key ('' for none), completed_at, allowed...
+_TRANSITION = (
+    """
+-- KEYS: exec key; ARGV 7...: the statuses it may follow
 local current = redis.call('HGET', KEYS[1], 's')
 if not current then return 0 end
 local ok = false
@@ -76,14 +86,13 @@ if not ok then return 0 end
 redis.call('HSET', KEYS[1], 'j', ARGV[1], 's', ARGV[2])
 if tonumber(ARGV[2]) >= 3 then
   redis.call('SREM', 'spearlet:unfinished', ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  if ARGV[5] ~= '' and ARGV[2] == '3' then
-    redis.call('ZADD', 'spearlet:cache:' .. ARGV[5], ARGV[6], ARGV[3])
-    redis.call('PEXPIRE', 'spearlet:cache:' .. ARGV[5], ARGV[4])
-  end
+"""
+    + _ENDED
+    + """
 end
 return 1
 """
+)
 
 
 def _exec_key(execution_id: str) -> str:
@@ -200,8 +209,8 @@ class RedisStore(Store):
         idem = f"{P}idem:{record.idempotency_key}" if record.idempotency_key else ""
         found = await self._create(
             keys=[_exec_key(record.execution_id), idem],
-            args=[record_json(record), int(record.status), record.execution_id, record.task_id, record.created_at,
-                  self.retention_ms, record.cache_key, record.completed_at],
+            args=[record_json(record), int(record.status), record.execution_id, self.retention_ms, record.cache_key,
+                  record.completed_at, record.task_id, record.created_at],
         )  # fmt: skip
         return record_from_json(found) if found else None
 
