@@ -57,7 +57,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("SPEARLET_LOG_LEVEL", "WARNING")
     coverage = config.pluginmanager.getplugin("_cov")  # pytest-cov, with --cov (pyproject.toml)
     whole_suite = config.args_source is pytest.Config.ArgsSource.TESTPATHS and not (
-        config.option.keyword or config.option.markexpr or config.option.lf
+        config.option.keyword or config.option.markexpr or getattr(config.option, "lf", False)
     )
     if coverage is not None and not whole_suite and config.option.cov_fail_under is None:
         coverage.options.cov_fail_under = 0  # the floor is the whole suite's: a part covers less
