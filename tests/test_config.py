@@ -51,6 +51,7 @@ def test_an_unknown_store_is_refused() -> None:
     with pytest.raises(ValueError, match="redis://"):
         Settings.load(store="postgres://x")
     assert Settings.load(store="redis://127.0.0.1:6379/0").store.startswith("redis://")
+    assert Settings.load(store="memory").store == "memory"
 
 
 def test_toml_file_with_top_level_keys(tmp_path: Path) -> None:

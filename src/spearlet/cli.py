@@ -90,7 +90,11 @@ def serve(
     ] = None,
     node_id: Annotated[str | None, typer.Option(help="this node's name [default: hostname]")] = None,
     store: Annotated[
-        str | None, typer.Option(help="'sqlite' or redis://HOST:PORT/DB for cluster mode [default: sqlite]")
+        str | None,
+        typer.Option(
+            help="'sqlite', 'memory' (not durable: tests and demos) or redis://HOST:PORT/DB for cluster mode "
+            "[default: sqlite]"
+        ),
     ] = None,
     token_file: Annotated[
         Path | None, typer.Option(help="file holding the access token (or set SPEARLET_TOKEN)", exists=True)

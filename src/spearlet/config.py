@@ -27,7 +27,8 @@ class Settings(BaseSettings):
     # Tasks registered at start; empty means the bundled examples, "none" means no tasks.
     tasks: str = ""
     node_id: str = Field(default_factory=socket.gethostname)
-    # "sqlite" (embedded, the default) or "redis://HOST:PORT/DB" (cluster mode: nodes share work).
+    # "sqlite" (embedded, the default), "memory" (not durable: tests and demos) or
+    # "redis://HOST:PORT/DB" (cluster mode: nodes share work).
     store: str = "sqlite"
     # Cluster mode: how long a node's claim on running work lasts without renewal.
     lease_s: float = Field(5.0, gt=0)
@@ -83,8 +84,8 @@ class Settings(BaseSettings):
     @field_validator("store")
     @classmethod
     def _known_store(cls, value: str) -> str:
-        if value != "sqlite" and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"store must be 'sqlite' or a redis:// URL, got {value!r}")
+        if value not in ("sqlite", "memory") and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"store must be 'sqlite', 'memory' or a redis:// URL, got {value!r}")
         return value
 
     @field_validator("data_dir")

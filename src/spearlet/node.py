@@ -38,6 +38,7 @@ from spearlet.runtimes.sandbox import FunctionUser, kill_leftovers, resolve_user
 from spearlet.runtimes.wasm import WasmRuntime
 from spearlet.scheduler import Scheduler
 from spearlet.store.base import Store
+from spearlet.store.memory import MemoryStore
 from spearlet.store.redis import RedisStore
 from spearlet.store.sqlite import SqliteStore
 
@@ -79,11 +80,13 @@ class _EmbeddedUvicorn(uvicorn.Server):
 class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store: Store = (
-            SqliteStore(settings.db_path)
-            if settings.store == "sqlite"
-            else RedisStore(settings.store, retention_ms=int(settings.retention_hours * 3_600_000))
-        )
+        self.store: Store
+        if settings.store == "sqlite":
+            self.store = SqliteStore(settings.db_path)
+        elif settings.store == "memory":
+            self.store = MemoryStore()
+        else:
+            self.store = RedisStore(settings.store, retention_ms=int(settings.retention_hours * 3_600_000))
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.user = resolve_user(settings.run_as)
         self.shared_dir = shared_dir(settings, self.user)
@@ -100,7 +103,7 @@ class Node:
             require_checksum=settings.require_checksum,
         )
         # In a cluster another node may replace a task: read tasks from the store every time.
-        self.tasks = TaskRegistry(self.store, fetcher, self.runtimes, cache=isinstance(self.store, SqliteStore))
+        self.tasks = TaskRegistry(self.store, fetcher, self.runtimes, cache=not isinstance(self.store, RedisStore))
         self.scheduler = Scheduler(settings, self.store, self.runtimes, self.lifecycle)
         self.invoker = Invoker(settings, self.store, self.tasks, self.scheduler, self.lifecycle)
         self.cluster: Cluster | None = None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.crash_safety import run
+from tests.e2e.crash_safety import run
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
-from bench.overload import measure
+from tests.e2e.overload import measure
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_beyond_capacity_the_node_refuses_quickly_and_recovers() -> None:
-    figures = asyncio.run(measure(seconds=6, clients=10, max_pending=100))
+def test_beyond_capacity_the_node_refuses_quickly_and_recovers(tmp_path: Path) -> None:
+    figures = asyncio.run(measure(seconds=6, clients=10, max_pending=100, data_dir=tmp_path / "data"))
     assert figures["refused"] > 0 and figures["accepted"] > 0
     assert figures["other_errors"] == 0
     assert figures["refusal_p99_ms"] < 250  # a refusal is answered at once, never queued

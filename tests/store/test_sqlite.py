@@ -1,11 +1,10 @@
-"""SqliteStore against a real SQLite file: tasks, execution records, paging, stats, durability, group commit."""
+"""What SqliteStore does beyond the Store contract (tests/store/test_contract.py), against a real SQLite
+file: WAL, the writer thread and group commit, staged sync records, finished records kept, migrations."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import itertools
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from spearlet.core.ids import new_execution_id
-from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task, now_ms
+from spearlet.core.models import ExecutionRecord, Mode, Status, now_ms
 from spearlet.store.sqlite import (
     _SELECT_UNFINISHED,
     FINISHED_KEPT,
@@ -26,46 +25,9 @@ from spearlet.store.sqlite import (
     _exec_row,
     _insert_op,
 )
+from tests.store.factories import add, all_executions, make_record, make_task
 
 pytestmark = pytest.mark.timeout(60)
-
-REAL_STATUSES = [s for s in Status if s is not Status.UNKNOWN]
-
-
-def make_task(task_id: str, **fields: Any) -> Task:
-    defaults: dict[str, Any] = {
-        "name": task_id,
-        "artifact_type": "process",
-        "location": f"/opt/{task_id}.sh",
-        "created_at": 1_000,
-        "updated_at": 1_000,
-    }
-    defaults.update(fields)
-    return Task(task_id=task_id, **defaults)
-
-
-def make_record(task_id: str = "t", function_name: str = "f", **fields: Any) -> ExecutionRecord:
-    fields.setdefault("created_at", now_ms())
-    fields.setdefault("mode", Mode.ASYNC)
-    return ExecutionRecord(execution_id=new_execution_id(), task_id=task_id, function_name=function_name, **fields)
-
-
-async def add(store: SqliteStore, status: Status = Status.PENDING, **fields: Any) -> ExecutionRecord:
-    """A record stored PENDING, then moved forward to `status` the way the scheduler does."""
-    record = make_record(**fields)
-    assert await store.create_execution(record) is None
-    if status is not Status.PENDING:
-        record.status = Status.RUNNING
-        assert await store.transition(record)
-    if status.terminal:
-        record.status = status
-        assert await store.transition(record)
-    return record
-
-
-async def all_executions(store: SqliteStore, task_id: str = "", status: Status = Status.UNKNOWN) -> list[str]:
-    page = await store.list_executions(task_id, status, 10_000, "")
-    return [r.execution_id for r in page.executions]
 
 
 async def hold_writer(store: SqliteStore) -> tuple[threading.Event, asyncio.Future[None]]:
@@ -101,128 +63,7 @@ async def settle_submissions() -> None:
         await asyncio.sleep(0)
 
 
-# Tasks
-
-
-async def test_put_task_then_get_task_returns_it(store: SqliteStore) -> None:
-    task = make_task("hello", description="greets", metadata={"timeout_ms": "500"}, digest="ab" * 32)
-    await store.put_task(task)
-    assert await store.get_task("hello") == task
-
-
-async def test_get_task_unknown_returns_none(store: SqliteStore) -> None:
-    assert await store.get_task("nope") is None
-
-
-async def test_put_task_again_replaces_fields_but_keeps_created_at(store: SqliteStore) -> None:
-    await store.put_task(make_task("hello", description="v1", created_at=1_000, updated_at=1_000))
-    await store.put_task(make_task("hello", description="v2", location="/v2.sh", created_at=9_000, updated_at=9_000))
-    got = await store.get_task("hello")
-    assert got is not None
-    assert got.created_at == 1_000
-    assert (got.description, got.location, got.updated_at) == ("v2", "/v2.sh", 9_000)
-    assert await store.count_tasks() == 1
-
-
-async def test_list_tasks_filters_by_prefix_in_id_order(store: SqliteStore) -> None:
-    for task_id in ["b1", "ab", "a2", "a1", "ba"]:
-        await store.put_task(make_task(task_id))
-    page = await store.list_tasks("a", 100, "")
-    assert [t.task_id for t in page.tasks] == ["a1", "a2", "ab"]
-    assert not page.has_more and page.next_start_after == ""
-    everything = await store.list_tasks("", 100, "")
-    assert [t.task_id for t in everything.tasks] == ["a1", "a2", "ab", "b1", "ba"]
-
-
-async def test_list_tasks_prefix_is_literal_not_a_like_pattern(store: SqliteStore) -> None:
-    for task_id in ["a_b", "axb", "a%c", "aZc"]:
-        await store.put_task(make_task(task_id))
-    assert [t.task_id for t in (await store.list_tasks("a_", 100, "")).tasks] == ["a_b"]
-    assert [t.task_id for t in (await store.list_tasks("a%", 100, "")).tasks] == ["a%c"]
-
-
-async def test_list_tasks_pages_with_limit_and_start_after(store: SqliteStore) -> None:
-    for i in range(5):
-        await store.put_task(make_task(f"p{i}"))
-    await store.put_task(make_task("q0"))
-
-    first = await store.list_tasks("p", 2, "")
-    assert [t.task_id for t in first.tasks] == ["p0", "p1"]
-    assert first.has_more and first.next_start_after == "p1"
-
-    second = await store.list_tasks("p", 2, first.next_start_after)
-    assert [t.task_id for t in second.tasks] == ["p2", "p3"]
-    assert second.has_more and second.next_start_after == "p3"
-
-    last = await store.list_tasks("p", 2, second.next_start_after)
-    assert [t.task_id for t in last.tasks] == ["p4"]
-    assert not last.has_more and last.next_start_after == ""
-
-
-async def test_list_tasks_full_last_page_reports_no_more(store: SqliteStore) -> None:
-    for i in range(4):
-        await store.put_task(make_task(f"p{i}"))
-    page = await store.list_tasks("", 2, "p1")
-    assert [t.task_id for t in page.tasks] == ["p2", "p3"]
-    assert not page.has_more and page.next_start_after == ""
-
-
-async def test_delete_task_without_cleanup_keeps_its_executions(store: SqliteStore) -> None:
-    await store.put_task(make_task("t"))
-    done = await add(store, Status.COMPLETED, task_id="t")
-    assert await store.delete_task("t", cleanup_executions=False) == (True, 0)
-    assert await store.get_task("t") is None
-    assert await store.get_execution(done.execution_id) == done
-
-
-async def test_delete_task_with_cleanup_removes_only_its_terminal_records(store: SqliteStore) -> None:
-    await store.put_task(make_task("t"))
-    await store.put_task(make_task("other"))
-    records = {status: await add(store, status, task_id="t") for status in REAL_STATUSES}
-    other = await add(store, Status.COMPLETED, task_id="other")
-
-    assert await store.delete_task("t", cleanup_executions=True) == (True, 4)
-
-    remaining = set(await all_executions(store, "t"))
-    assert remaining == {records[Status.PENDING].execution_id, records[Status.RUNNING].execution_id}
-    assert await store.get_execution(other.execution_id) == other
-    assert await store.get_task("other") is not None
-
-
-async def test_delete_unknown_task_reports_false_and_cleans_nothing(store: SqliteStore) -> None:
-    orphan = await add(store, Status.COMPLETED, task_id="ghost")
-    assert await store.delete_task("ghost", cleanup_executions=True) == (False, 0)
-    assert await store.get_execution(orphan.execution_id) == orphan
-
-
-# Creating executions
-
-
-async def test_create_execution_returns_none_and_stores_the_record(store: SqliteStore) -> None:
-    record = make_record(params={"n": 1}, idempotency_key="k1", timeout_ms=500, environment={"A": "1"})
-    assert await store.create_execution(record) is None
-    assert await store.get_execution(record.execution_id) == record
-
-
-async def test_create_execution_duplicate_id_returns_existing_and_stores_nothing(store: SqliteStore) -> None:
-    original = make_record(function_name="first")
-    assert await store.create_execution(original) is None
-    duplicate = make_record(function_name="second")
-    duplicate.execution_id = original.execution_id
-
-    assert await store.create_execution(duplicate) == original
-    assert await store.get_execution(original.execution_id) == original
-    assert await all_executions(store) == [original.execution_id]
-
-
-async def test_create_execution_duplicate_idempotency_key_returns_existing(store: SqliteStore) -> None:
-    original = make_record(idempotency_key="client-42", function_name="first")
-    assert await store.create_execution(original) is None
-    retry = make_record(idempotency_key="client-42", function_name="second")
-
-    assert await store.create_execution(retry) == original
-    assert await store.get_execution(retry.execution_id) is None
-    assert await all_executions(store) == [original.execution_id]
+# Creating executions: the file's own checks
 
 
 async def test_the_file_itself_refuses_a_second_record_with_the_same_idempotency_key(store: SqliteStore) -> None:
@@ -233,214 +74,7 @@ async def test_the_file_itself_refuses_a_second_record_with_the_same_idempotency
         await store._run(_insert_op(_exec_row(second)))
 
 
-async def test_create_execution_without_idempotency_key_never_collides(store: SqliteStore) -> None:
-    first, second = make_record(), make_record()
-    assert await store.create_execution(first) is None
-    assert await store.create_execution(second) is None
-    assert set(await all_executions(store)) == {first.execution_id, second.execution_id}
-
-
-# Transitions
-
-
-@pytest.mark.parametrize(
-    ("stored", "new", "allowed"),
-    [
-        (Status.PENDING, Status.RUNNING, True),
-        (Status.RUNNING, Status.COMPLETED, True),
-        (Status.RUNNING, Status.RUNNING, True),  # a new attempt
-        (Status.PENDING, Status.CANCELLED, True),
-        (Status.RUNNING, Status.TIMEOUT, True),
-        (Status.COMPLETED, Status.RUNNING, False),
-        (Status.COMPLETED, Status.CANCELLED, False),
-        (Status.CANCELLED, Status.COMPLETED, False),
-        (Status.FAILED, Status.PENDING, False),
-        (Status.PENDING, Status.PENDING, False),
-        (Status.RUNNING, Status.PENDING, False),
-    ],
-)
-async def test_transition_moves_status_forward_only(
-    store: SqliteStore, stored: Status, new: Status, allowed: bool
-) -> None:
-    record = make_record(status=stored, error_message="before")
-    assert await store.create_execution(record) is None
-    update = dataclasses.replace(record, status=new, error_message="after", metrics={"m": "1"})
-
-    assert await store.transition(update) is allowed
-
-    got = await store.get_execution(record.execution_id)
-    assert got == (update if allowed else record)
-
-
-async def test_transition_agrees_with_allowed_from_for_every_pair(store: SqliteStore) -> None:
-    outcomes: dict[tuple[Status, Status], bool] = {}
-    for stored, new in itertools.product(REAL_STATUSES, repeat=2):
-        record = make_record(status=stored)
-        assert await store.create_execution(record) is None
-        record.status = new
-        outcomes[(stored, new)] = await store.transition(record)
-        got = await store.get_execution(record.execution_id)
-        assert got is not None
-        assert got.status is (new if outcomes[(stored, new)] else stored)
-    assert outcomes == {(s, n): s in ALLOWED_FROM[n] for s, n in outcomes}
-
-
-async def test_transition_of_unknown_execution_returns_false(store: SqliteStore) -> None:
-    assert await store.transition(make_record(status=Status.RUNNING)) is False
-    assert await all_executions(store) == []
-
-
-async def test_transition_writes_every_field_of_the_record(store: SqliteStore) -> None:
-    record = await add(store, Status.PENDING)
-    record.status = Status.RUNNING
-    record.started_at = record.created_at + 5
-    record.attempts = 1
-    record.node = "vm"
-    assert await store.transition(record)
-    record.status = Status.COMPLETED
-    record.completed_at = record.started_at + 40
-    record.execution_time_ms = 40
-    record.memory_used_bytes = 9_600_000
-    record.output = b'{"greeting": "hi"}'
-    record.output_kind = OutputKind.JSON
-    record.logs = "line 1\nline 2"
-    record.metrics = {"attempts": "1"}
-    assert await store.transition(record)
-    assert await store.get_execution(record.execution_id) == record
-
-
-# Values
-
-
-async def test_bytes_params_and_output_round_trip_exactly(store: SqliteStore) -> None:
-    params = {
-        "blob": bytes(range(256)),
-        "empty": b"",
-        "nested": {"list": [b"\x00\xff", 1, 2.5, "s", None, True], "deeper": {"raw": b"\x80abc"}},
-        "text": "héllo ✓",
-    }
-    record = make_record(params=params, output=b"\xff\xfe\x00binary", output_kind=OutputKind.BYTES)
-    assert await store.create_execution(record) is None
-    got = await store.get_execution(record.execution_id)
-    assert got is not None
-    assert got.params == params
-    assert got.params["blob"] == bytes(range(256)) and isinstance(got.params["nested"]["list"][0], bytes)
-    assert got.output == b"\xff\xfe\x00binary"
-
-
-# Listing
-
-
-async def test_list_executions_returns_newest_first(store: SqliteStore) -> None:
-    ids = [(await add(store)).execution_id for _ in range(4)]
-    page = await store.list_executions("", Status.UNKNOWN, 10, "")
-    assert [r.execution_id for r in page.executions] == ids[::-1]
-    assert not page.has_more and page.next_start_after == ""
-
-
-async def test_list_executions_filters_by_task_and_status(store: SqliteStore) -> None:
-    a_done = await add(store, Status.COMPLETED, task_id="a")
-    a_failed = await add(store, Status.FAILED, task_id="a")
-    b_done = await add(store, Status.COMPLETED, task_id="b")
-    a_pending = await add(store, Status.PENDING, task_id="a")
-
-    assert await all_executions(store, "a") == [a_pending.execution_id, a_failed.execution_id, a_done.execution_id]
-    assert await all_executions(store, "", Status.COMPLETED) == [b_done.execution_id, a_done.execution_id]
-    assert await all_executions(store, "a", Status.COMPLETED) == [a_done.execution_id]
-    assert await all_executions(store, "b", Status.FAILED) == []
-
-
-async def test_list_executions_pages_with_start_after(store: SqliteStore) -> None:
-    ids = [(await add(store, task_id="t")).execution_id for _ in range(5)]
-    await add(store, task_id="elsewhere")
-    newest_first = ids[::-1]
-
-    seen: list[str] = []
-    start_after = ""
-    pages = 0
-    while True:
-        page = await store.list_executions("t", Status.UNKNOWN, 2, start_after)
-        pages += 1
-        seen += [r.execution_id for r in page.executions]
-        if not page.has_more:
-            assert page.next_start_after == ""
-            break
-        assert page.next_start_after == page.executions[-1].execution_id
-        start_after = page.next_start_after
-    assert seen == newest_first
-    assert pages == 3
-
-
-async def test_unfinished_returns_pending_and_running_oldest_first(store: SqliteStore) -> None:
-    first = await add(store, Status.PENDING)
-    second = await add(store, Status.PENDING)
-    await add(store, Status.COMPLETED)
-    await add(store, Status.CANCELLED)
-    fourth = await add(store, Status.PENDING)
-    second.status = Status.RUNNING  # moved forward after later records were created
-    assert await store.transition(second)
-
-    unfinished = await store.unfinished()
-    assert [r.execution_id for r in unfinished] == [first.execution_id, second.execution_id, fourth.execution_id]
-    assert [r.status for r in unfinished] == [Status.PENDING, Status.RUNNING, Status.PENDING]
-
-
-# Stats
-
-
-async def test_stats_counts_by_status_and_averages_completed_only(store: SqliteStore) -> None:
-    since = 10_000
-    await add(store, Status.COMPLETED, task_id="t", function_name="f", created_at=since, execution_time_ms=100)
-    await add(store, Status.COMPLETED, task_id="t", function_name="f", created_at=since + 1, execution_time_ms=300)
-    await add(store, Status.FAILED, task_id="t", function_name="", created_at=since + 2, execution_time_ms=5_000)
-    await add(store, Status.PENDING, task_id="u", function_name="g", created_at=since + 3)
-
-    stats = await store.stats(since)
-    assert stats.by_status == {Status.COMPLETED: 2, Status.FAILED: 1, Status.PENDING: 1}
-    assert stats.total == 4
-    assert stats.average_execution_time_ms == pytest.approx(200.0)
-    assert stats.by_function == {"t/f": 2, "t": 1, "u/g": 1}
-    assert stats.by_task == {"t": 3, "u": 1}
-
-
-async def test_stats_ignores_records_created_before_since_ms(store: SqliteStore) -> None:
-    await add(store, Status.COMPLETED, task_id="old", created_at=1_000, execution_time_ms=9_999)
-    await add(store, Status.COMPLETED, task_id="new", created_at=5_000, execution_time_ms=10)
-
-    stats = await store.stats(5_000)
-    assert stats.total == 1
-    assert stats.by_status == {Status.COMPLETED: 1}
-    assert stats.average_execution_time_ms == pytest.approx(10.0)
-    assert stats.by_task == {"new": 1}
-    assert (await store.stats(0)).total == 2
-
-
-async def test_stats_of_nothing_is_zero(store: SqliteStore) -> None:
-    await add(store, Status.FAILED, created_at=1_000)
-    stats = await store.stats(2_000)
-    assert stats.total == 0 and stats.by_status == {} and stats.by_function == {}
-    assert stats.average_execution_time_ms == 0.0
-
-
 # Durability and the writer thread
-
-
-async def test_records_survive_closing_and_reopening_the_store(tmp_path: Path) -> None:
-    path = tmp_path / "data" / "spearlet.db"
-    first = SqliteStore(path)
-    await first.open()
-    task = make_task("keep", metadata={"k": "v"})
-    await first.put_task(task)
-    record = await add(first, Status.COMPLETED, task_id="keep", params={"b": b"\x01"}, output=b"ok")
-    await first.close()
-
-    again = SqliteStore(path)
-    await again.open()
-    try:
-        assert await again.get_task("keep") == task
-        assert await again.get_execution(record.execution_id) == record
-    finally:
-        await again.close()
 
 
 async def test_database_is_in_wal_mode(store: SqliteStore) -> None:
@@ -469,30 +103,12 @@ async def test_operations_on_a_closed_store_raise(tmp_path: Path) -> None:
         await s.get_task("t")
 
 
-async def test_concurrent_creates_all_land(store: SqliteStore) -> None:
-    records = [make_record(task_id="busy") for _ in range(200)]
-    results = await asyncio.gather(*(store.create_execution(r) for r in records))
-    assert results == [None] * 200
-    assert set(await all_executions(store, "busy")) == {r.execution_id for r in records}
-
-
 async def test_creates_made_in_the_same_turn_of_the_loop_share_one_commit(store: SqliteStore) -> None:
     async with traced(store) as statements:
         records = [make_record(task_id="together") for _ in range(16)]
         assert await asyncio.gather(*(store.create_execution(r) for r in records)) == [None] * 16
     assert sum(s.strip().upper() == "COMMIT" for s in statements) == 1
     assert set(await all_executions(store, "together")) == {r.execution_id for r in records}
-
-
-async def test_a_taken_id_or_key_among_creates_made_together_gets_the_existing_record(store: SqliteStore) -> None:
-    taken = make_record(function_name="first")
-    assert await store.create_execution(taken) is None
-    same_id = dataclasses.replace(taken, function_name="second")
-    keyed, same_key = make_record(idempotency_key="k"), make_record(idempotency_key="k")
-    fresh = make_record()
-    results = await asyncio.gather(*(store.create_execution(r) for r in (same_id, keyed, same_key, fresh)))
-    assert results == [taken, None, keyed, None]
-    assert set(await all_executions(store)) == {taken.execution_id, keyed.execution_id, fresh.execution_id}
 
 
 async def test_queued_writes_share_one_commit(store: SqliteStore) -> None:
@@ -604,40 +220,6 @@ async def test_a_listing_by_a_status_other_than_completed_uses_the_status_index(
     assert "executions_not_completed" in await query_plan(store, listing)
 
 
-async def test_expire_removes_old_terminal_records_but_never_unfinished_ones(store: SqliteStore) -> None:
-    old_done = make_record(status=Status.COMPLETED, completed_at=1_000)
-    old_failed = make_record(status=Status.FAILED, completed_at=2_000)
-    recent_done = make_record(status=Status.COMPLETED, completed_at=now_ms())
-    old_pending = make_record(status=Status.PENDING, created_at=500)
-    old_running = make_record(status=Status.RUNNING, created_at=600, started_at=700)
-    for record in (old_done, old_failed, recent_done, old_pending, old_running):
-        assert await store.create_execution(record) is None
-    removed = await store.expire(before_ms=now_ms() - 60_000, keep=100)
-    assert removed == 2
-    left = {r.execution_id for r in (await store.list_executions("", Status.UNKNOWN, 100, "")).executions}
-    assert left == {recent_done.execution_id, old_pending.execution_id, old_running.execution_id}
-
-
-async def test_expire_keeps_only_the_newest_terminal_records_beyond_the_count(store: SqliteStore) -> None:
-    done = [make_record(status=Status.COMPLETED, completed_at=now_ms()) for _ in range(5)]
-    running = make_record(status=Status.RUNNING)
-    for record in [*done, running]:
-        assert await store.create_execution(record) is None
-    removed = await store.expire(before_ms=0, keep=2)
-    assert removed == 3
-    left = {r.execution_id for r in (await store.list_executions("", Status.UNKNOWN, 100, "")).executions}
-    assert left == {done[-1].execution_id, done[-2].execution_id, running.execution_id}
-
-
-async def test_queued_writes_are_seen_by_the_next_operation_in_order(store: SqliteStore) -> None:
-    record = make_record(status=Status.PENDING)
-    store.queue_insert(record)
-    running = dataclasses.replace(record, status=Status.RUNNING, attempts=1, started_at=now_ms())
-    store.queue_transition(running)
-    got = await store.get_execution(record.execution_id)
-    assert got is not None and got.status is Status.RUNNING and got.attempts == 1
-
-
 async def test_an_idle_writer_runs_an_awaited_operation_at_once_on_the_callers_thread(store: SqliteStore) -> None:
     threads: list[str] = []
     await store._run(lambda conn: threads.append(threading.current_thread().name))
@@ -688,13 +270,6 @@ async def test_a_call_that_ends_while_staged_costs_one_insert_with_its_final_sta
     assert await store.get_execution(record.execution_id) == record
 
 
-async def test_listings_and_stats_include_staged_records(store: SqliteStore) -> None:
-    record = make_record(task_id="staged", mode=Mode.SYNC)
-    store.queue_insert(record)
-    assert await all_executions(store, "staged") == [record.execution_id]
-    assert (await store.stats(0)).by_task == {"staged": 1}
-
-
 async def test_counting_records_includes_staged_ones_without_writing_them(store: SqliteStore) -> None:
     await add(store, Status.COMPLETED)
     await add(store, Status.PENDING)
@@ -703,32 +278,6 @@ async def test_counting_records_includes_staged_ones_without_writing_them(store:
         assert await store.count_executions() == 3
     assert not [s for s in statements if s.lstrip().upper().startswith("INSERT")]
     assert (await store.stats(0)).total == 3  # the same figure, the slow way (it writes staged records)
-
-
-async def test_closing_the_store_writes_staged_records_for_the_next_start(tmp_path: Path) -> None:
-    path = tmp_path / "spearlet.db"
-    first = SqliteStore(path)
-    await first.open()
-    record = make_record(mode=Mode.SYNC)
-    first.queue_insert(record)
-    record.status, record.attempts = Status.RUNNING, 1
-    first.queue_transition(record)
-    await first.close()
-    again = SqliteStore(path)
-    await again.open()
-    try:
-        assert [r.execution_id for r in await again.unfinished()] == [record.execution_id]
-        assert (await again.get_execution(record.execution_id)) == record
-    finally:
-        await again.close()
-
-
-async def test_an_id_that_is_staged_is_taken(store: SqliteStore) -> None:
-    staged = make_record(mode=Mode.STREAM)
-    store.queue_insert(staged)  # a stream's id reaches its client at once
-    again = dataclasses.replace(staged, mode=Mode.SYNC)  # the client sends it back as its own id
-    existing = await store.create_execution(again)
-    assert existing is not None and existing.mode is Mode.STREAM
 
 
 # Finished records kept for readers
@@ -840,15 +389,6 @@ async def test_a_create_made_while_the_store_closes_fails_instead_of_waiting(tmp
     await closing
     with pytest.raises(RuntimeError, match="closed"):
         await asyncio.wait_for(late, 5)
-
-
-async def test_a_record_that_cannot_be_stored_fails_alone_among_creates_made_together(store: SqliteStore) -> None:
-    bad, good = make_record(params={"x": object()}), make_record()  # object(): not JSON
-    pending_bad, pending_good = store.create_execution(bad), store.create_execution(good)
-    assert await asyncio.wait_for(pending_good, 5) is None
-    with pytest.raises(TypeError):
-        await asyncio.wait_for(pending_bad, 5)
-    assert await store.get_execution(good.execution_id) is not None
 
 
 @pytest.mark.timeout(30)

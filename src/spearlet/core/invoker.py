@@ -28,6 +28,8 @@ from spearlet.store.base import ExecutionPage, Stats, Store, pending_write
 
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 WATCH_POLL_S = 0.25
+# How long a cancel waits for the execution to end before it answers that it is stopping.
+CANCEL_WAIT_S = 5.0
 IDEMPOTENCY_KEY = "idempotency_key"
 
 
@@ -255,9 +257,12 @@ class Invoker:
         ttl_s = int(task.metadata.get("cache_ttl_s") or 0)
         if not ttl_s:
             return None
-        record.cache_key = cache_key(task, record.function_name, record.params)
-        hit = await self.store.cached_result(record.cache_key, record.created_at - ttl_s * 1000)
+        key = cache_key(task, record.function_name, record.params)
+        hit = await self.store.cached_result(key, record.created_at - ttl_s * 1000)
         if hit is None:
+            # Only an execution that runs is a source: an answer from the cache (stored without
+            # the key) is not, else the TTL would never run out for calls that keep coming.
+            record.cache_key = key
             return None
         record.status = Status.COMPLETED
         record.output, record.output_kind = hit.output, hit.output_kind
@@ -396,7 +401,7 @@ class Invoker:
             status = fresh.status if fresh else record.status
             return CancelResult(False, f"execution is not active on this node: {status.name}", status)
         try:
-            final = await asyncio.wait_for(asyncio.shield(waiter), 5.0)
+            final = await asyncio.wait_for(asyncio.shield(waiter), CANCEL_WAIT_S)
         except TimeoutError:
             self.lifecycle.drop_waiter(execution_id, waiter)
             return CancelResult(True, "cancel requested; the execution is stopping", Status.RUNNING)
@@ -407,7 +412,7 @@ class Invoker:
     async def _cancel_elsewhere(self, execution_id: str, force: bool, reason: str) -> CancelResult:
         assert self.dispatch is not None
         await self.dispatch.cancel_elsewhere(execution_id, force, reason)
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + CANCEL_WAIT_S
         while True:
             record = await self.store.get_execution(execution_id)
             if record is None or record.done or time.monotonic() > deadline:

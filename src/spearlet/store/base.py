@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -78,8 +78,37 @@ class Stats:
     total: int = 0
 
 
+def stats_of(records: Iterable[ExecutionRecord]) -> Stats:
+    """Stats of `records`, counted one by one (a store that cannot ask its backend to count)."""
+    stats = Stats()
+    durations = []
+    for record in records:
+        stats.total += 1
+        stats.by_status[record.status] = stats.by_status.get(record.status, 0) + 1
+        key = f"{record.task_id}/{record.function_name}" if record.function_name else record.task_id
+        stats.by_function[key] = stats.by_function.get(key, 0) + 1
+        stats.by_task[record.task_id] = stats.by_task.get(record.task_id, 0) + 1
+        if record.status is Status.COMPLETED:
+            durations.append(record.execution_time_ms)
+    stats.average_execution_time_ms = sum(durations) / len(durations) if durations else 0.0
+    return stats
+
+
 class Store(abc.ABC):
-    """Durable tasks and execution records. Every method is safe to call from the event loop."""
+    """Tasks and execution records. Every method is safe to call from the event loop.
+
+    Records are values: a store keeps no reference to a record it is handed, and hands out none of
+    its own. A write stores the record as it is when the write is done (`queue_transition`: when
+    called, as its caller goes on changing it), and every read returns a record its caller may
+    change (its fields and `metrics`; `params`, `environment` and `metadata` are never changed
+    after creation) without changing what is stored. The scheduler relies on it: it changes one
+    record in place through an execution's whole life and ends with a compare-and-set `transition`
+    that a store holding that same record would compare with itself; readers that end a record
+    (recovery, a cluster's cancel) change the copy they read before they store it. The exception is
+    `queue_insert`: a store may keep that record (and what `queue_transition` hands it for the same
+    id) for a moment and store it as it is then, readers seeing it unended until its final
+    `transition`. tests/store/test_contract.py holds every store to this interface.
+    """
 
     @abc.abstractmethod
     async def open(self) -> None: ...
@@ -123,7 +152,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def transition(self, record: ExecutionRecord) -> bool:
-        """Write `record` if its status may follow the stored one (models.ALLOWED_FROM).
+        """Write `record` if its status may follow the stored one (models.ALLOWED_FROM). What is
+        fixed at creation (task, function, parameters, keys) is not the transition's to change.
 
         Returns False, writing nothing, when the stored record has moved on (for example it
         was cancelled): the caller lost the race and must re-read."""

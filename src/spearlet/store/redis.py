@@ -18,17 +18,38 @@ import redis.asyncio as aioredis
 
 from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task
 from spearlet.core.values import dump_params, load_params
-from spearlet.store.base import ExecutionPage, PendingWrite, Stats, Store, TaskPage, TaskSummary, pending_write
+from spearlet.store.base import (
+    ExecutionPage,
+    PendingWrite,
+    Stats,
+    Store,
+    TaskPage,
+    TaskSummary,
+    pending_write,
+    stats_of,
+)
 
 P = "spearlet:"
 TASKS = P + "tasks"
 EXECS = P + "execs"
 BY_TIME = P + "execs-by-time"
 UNFINISHED = P + "unfinished"
+# redis-py's default; its default pool refuses an operation beyond them (200 concurrent accepts).
+MAX_CONNECTIONS = 100
 
-_CREATE = """
--- KEYS: exec key, idempotency key ('' for none)
--- ARGV: json, status, id, task_id, created_at
+# Both scripts take ARGV 1-6: json, status, id, retention ms, cache key ('' for none), completed_at.
+# A record that has ended expires after the retention; a success is found by its cache key.
+_ENDED = """
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  if ARGV[5] ~= '' and ARGV[2] == '3' then
+    redis.call('ZADD', 'spearlet:cache:' .. ARGV[5], ARGV[6], ARGV[3])
+    redis.call('PEXPIRE', 'spearlet:cache:' .. ARGV[5], ARGV[4])
+  end
+"""
+
+_CREATE = (
+    """
+-- KEYS: exec key, idempotency key ('' for none); ARGV 7-8: task_id, created_at
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGET', KEYS[1], 'j') end
 if KEYS[2] ~= '' then
   local other = redis.call('GET', KEYS[2])
@@ -41,14 +62,22 @@ end
 local seq = redis.call('INCR', 'spearlet:seq')
 redis.call('HSET', KEYS[1], 'j', ARGV[1], 's', ARGV[2], 'q', seq)
 redis.call('ZADD', 'spearlet:execs', seq, ARGV[3])
-redis.call('ZADD', 'spearlet:task-execs:' .. ARGV[4], seq, ARGV[3])
-redis.call('ZADD', 'spearlet:execs-by-time', ARGV[5], ARGV[3])
-if tonumber(ARGV[2]) <= 2 then redis.call('SADD', 'spearlet:unfinished', ARGV[3]) end
+redis.call('ZADD', 'spearlet:task-execs:' .. ARGV[7], seq, ARGV[3])
+redis.call('ZADD', 'spearlet:execs-by-time', ARGV[8], ARGV[3])
+if tonumber(ARGV[2]) <= 2 then
+  redis.call('SADD', 'spearlet:unfinished', ARGV[3])
+else  -- stored ended (an answer from the result cache)
+"""
+    + _ENDED
+    + """
+end
 return false
 """
+)
 
-_TRANSITION = """
--- KEYS: exec key; ARGV: json, new status, id, retention ms, cache key ('' for none), completed_at, allowed...
+_TRANSITION = (
+    """
+-- KEYS: exec key; ARGV 7...: the statuses it may follow
 local current = redis.call('HGET', KEYS[1], 's')
 if not current then return 0 end
 local ok = false
@@ -57,14 +86,13 @@ if not ok then return 0 end
 redis.call('HSET', KEYS[1], 'j', ARGV[1], 's', ARGV[2])
 if tonumber(ARGV[2]) >= 3 then
   redis.call('SREM', 'spearlet:unfinished', ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  if ARGV[5] ~= '' and ARGV[2] == '3' then
-    redis.call('ZADD', 'spearlet:cache:' .. ARGV[5], ARGV[6], ARGV[3])
-    redis.call('PEXPIRE', 'spearlet:cache:' .. ARGV[5], ARGV[4])
-  end
+"""
+    + _ENDED
+    + """
 end
 return 1
 """
+)
 
 
 def _exec_key(execution_id: str) -> str:
@@ -92,8 +120,10 @@ class RedisStore(Store):
     def __init__(self, url: str, retention_ms: int = 24 * 3_600_000) -> None:
         self.url = url
         self.retention_ms = retention_ms
-        # Replies as str; typed Any, as redis-py types each reply as the union of every shape.
-        self.redis: Any = aioredis.from_url(url, decode_responses=True)
+        # Replies as str; typed Any, as redis-py types each reply as the union of every shape. A
+        # blocking pool: past its connections an operation waits for one instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(url, decode_responses=True, max_connections=MAX_CONNECTIONS)
+        self.redis: Any = aioredis.Redis.from_pool(pool)
         self._create = self.redis.register_script(_CREATE)
         self._transition = self.redis.register_script(_TRANSITION)
         # Queued writes run one after another, and every other operation waits for them, so that
@@ -147,14 +177,10 @@ class RedisStore(Store):
         deleted = bool(await self.redis.hdel(TASKS, task_id))
         cleaned = 0
         if deleted and cleanup_executions:
-            index = f"{P}task-execs:{task_id}"
-            for raw in await self.redis.zrange(index, 0, -1):
-                execution_id = raw
-                status = await self.redis.hget(_exec_key(execution_id), "s")
-                if status is not None and int(status) >= Status.COMPLETED:
-                    await self.redis.delete(_exec_key(execution_id))
-                    await self.redis.zrem(index, execution_id)
-                    await self.redis.zrem(EXECS, execution_id)
+            ids = await self.redis.zrange(f"{P}task-execs:{task_id}", 0, -1)
+            for execution_id, record in zip(ids, await self._records(ids), strict=True):
+                if record is not None and record.done:
+                    await self._forget(execution_id, record)
                     cleaned += 1
         return deleted, cleaned
 
@@ -183,8 +209,9 @@ class RedisStore(Store):
         idem = f"{P}idem:{record.idempotency_key}" if record.idempotency_key else ""
         found = await self._create(
             keys=[_exec_key(record.execution_id), idem],
-            args=[record_json(record), int(record.status), record.execution_id, record.task_id, record.created_at],
-        )
+            args=[record_json(record), int(record.status), record.execution_id, self.retention_ms, record.cache_key,
+                  record.completed_at, record.task_id, record.created_at],
+        )  # fmt: skip
         return record_from_json(found) if found else None
 
     def queue_insert(self, record: ExecutionRecord) -> None:
@@ -260,9 +287,14 @@ class RedisStore(Store):
 
     async def unfinished(self) -> list[ExecutionRecord]:
         await self._drain()
-        ids = [raw for raw in await self.redis.smembers(UNFINISHED)]
-        records = [r for r in await self._records(ids) if r is not None and not r.done]
-        return sorted(records, key=lambda r: (r.created_at, r.execution_id))
+        ids = list(await self.redis.smembers(UNFINISHED))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for execution_id in ids:
+                pipe.hmget(_exec_key(execution_id), "j", "q")
+            rows = await pipe.execute()
+        # In the order they were stored: calls accepted in the same millisecond keep theirs.
+        stored = sorted((int(seq), record_from_json(text)) for text, seq in rows if text is not None)
+        return [record for _, record in stored if not record.done]
 
     async def cached_result(self, cache_key: str, since_ms: int) -> ExecutionRecord | None:
         await self._drain()
@@ -273,37 +305,40 @@ class RedisStore(Store):
         return record if record is not None and record.status is Status.COMPLETED else None
 
     async def expire(self, before_ms: int, keep: int) -> int:
-        # Age is Redis's job (terminal records carry a TTL); here only the count is enforced.
+        # Redis expires terminal records after the retention by itself; this applies a cutoff of
+        # the caller's and the count, and drops the ids of records Redis expired from the indexes.
         await self._drain()
-        excess = int(await self.redis.zcard(EXECS)) - keep
-        if excess <= 0:
-            return 0
-        ids = [raw for raw in await self.redis.zrange(EXECS, 0, excess - 1)]
         removed = 0
-        for execution_id, record in zip(ids, await self._records(ids), strict=True):
-            if record is None or record.done:
-                await self.redis.delete(_exec_key(execution_id))
-                await self.redis.zrem(EXECS, execution_id)
-                await self.redis.zrem(BY_TIME, execution_id)
-                if record is not None:
-                    await self.redis.zrem(f"{P}task-execs:{record.task_id}", execution_id)
-                removed += 1
+        old = await self.redis.zrangebyscore(BY_TIME, "-inf", f"({before_ms}")  # completed after created
+        for execution_id, record in zip(old, await self._records(old), strict=True):
+            if record is None or (record.done and record.completed_at < before_ms):
+                await self._forget(execution_id, record)
+                removed += record is not None
+        # All but the newest `keep` terminal records (an id without a record was one), oldest first.
+        excess = int(await self.redis.zcard(EXECS)) - int(await self.redis.scard(UNFINISHED)) - keep
+        after = "-inf"
+        while excess > 0:
+            rows = await self.redis.zrangebyscore(EXECS, after, "+inf", start=0, num=max(excess, 100), withscores=True)
+            if not rows:
+                break
+            after = f"({int(rows[-1][1])}"
+            ids = [execution_id for execution_id, _ in rows]
+            for execution_id, record in zip(ids, await self._records(ids), strict=True):
+                if excess > 0 and (record is None or record.done):
+                    await self._forget(execution_id, record)
+                    removed += record is not None
+                    excess -= 1
         return removed
+
+    async def _forget(self, execution_id: str, record: ExecutionRecord | None) -> None:
+        """Delete a record and its index entries (of a record Redis expired, what is left)."""
+        await self.redis.delete(_exec_key(execution_id))
+        await self.redis.zrem(EXECS, execution_id)
+        await self.redis.zrem(BY_TIME, execution_id)
+        if record is not None:
+            await self.redis.zrem(f"{P}task-execs:{record.task_id}", execution_id)
 
     async def stats(self, since_ms: int) -> Stats:
         await self._drain()
         ids = [raw for raw in await self.redis.zrangebyscore(BY_TIME, since_ms, "+inf")]
-        stats = Stats()
-        durations = []
-        for record in await self._records(ids):
-            if record is None:
-                continue
-            stats.total += 1
-            stats.by_status[record.status] = stats.by_status.get(record.status, 0) + 1
-            key = f"{record.task_id}/{record.function_name}" if record.function_name else record.task_id
-            stats.by_function[key] = stats.by_function.get(key, 0) + 1
-            stats.by_task[record.task_id] = stats.by_task.get(record.task_id, 0) + 1
-            if record.status is Status.COMPLETED:
-                durations.append(record.execution_time_ms)
-        stats.average_execution_time_ms = sum(durations) / len(durations) if durations else 0.0
-        return stats
+        return stats_of(record for record in await self._records(ids) if record is not None)
