@@ -31,6 +31,15 @@ json.dump({"runs": runs}, sys.stdout)
 """
 
 
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """A node without the sandbox: these functions leave a trace of each run in a shared directory
+    (COUNTER), and a sandboxed function may write only in its own working directory."""
+    proc = start_node(tmp_path_factory.mktemp("node"), env={"SPEARLET_SANDBOX": "off"})
+    yield proc
+    assert proc.stop() == 0, "\n".join(proc.output)
+
+
 def wait_done(stub: Any, execution_id: str, timeout: float = 30) -> pb.GetExecutionStatusResponse:
     deadline = time.monotonic() + timeout
     while True:
