@@ -75,14 +75,16 @@ class Sandbox:
         """`argv` run inside a fresh sandbox whose only writable place is `workdir` (bound at its own
         path, as every path in `expose` is, read-only). `tmpfs_bytes` bounds /tmp and /dev/shm."""
         command = [self.bwrap, *self._namespaces(network), "--die-with-parent", "--new-session"]
-        size = ["--size", str(tmpfs_bytes)] if tmpfs_bytes > 0 else []
+        # Writable by the function user as the host's are (bwrap, as root, would make them root's).
+        private = ["--perms", "1777", *(["--size", str(tmpfs_bytes)] if tmpfs_bytes > 0 else []), "--tmpfs"]
         command += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
-        command += [*size, "--tmpfs", "/tmp", *size, "--tmpfs", "/dev/shm"]
+        command += [*private, "/tmp", *private, "/dev/shm"]
         exposed = [(os.path.realpath(p), False) for p in expose] + [(os.path.realpath(workdir), True)]
-        covered = _outermost(["/tmp", *self.hidden_dirs, *(self._closed_ancestors(p for p, _ in exposed))])
+        # Hidden directories under /tmp get an empty read-only tmpfs of their own too, in the private
+        # /tmp: the directories bwrap makes there on the way to a bind would be the function's.
+        covered = _outermost([*self.hidden_dirs, *(self._closed_ancestors(p for p, _ in exposed))])
         for directory in covered:
-            if directory != "/tmp":
-                command += ["--tmpfs", directory]
+            command += ["--tmpfs", directory]
         for file in self.hidden_files:
             if not _under_any(file, covered):
                 command += ["--ro-bind", "/dev/null", file]
@@ -95,6 +97,8 @@ class Sandbox:
                     command += ["--perms", "0755", "--dir", directory]
                     made.add(directory)
             command += ["--bind" if writable else "--ro-bind", path, path]
+        for directory in covered:  # the binds inside are mounts of their own, left as they are
+            command += ["--remount-ro", directory]
         return [*command, "--chdir", workdir, "--", *argv]
 
     def _namespaces(self, network: str) -> list[str]:
