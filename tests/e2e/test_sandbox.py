@@ -264,7 +264,7 @@ def test_network_none_cannot_reach_the_node_ports_and_host_can(guarded: Guarded,
 
 
 def test_a_setsid_grandchild_holding_stdout_ends_with_the_call(guarded: Guarded, code: Path) -> None:
-    guarded.register("daemon", script(code / "daemon.sh", "#!/bin/sh\nsetsid sleep 60 &\necho started\n"))
+    guarded.register("daemon", script(code / "daemon.sh", "#!/bin/sh\nsetsid sleep 60 &\nsleep 0.2\necho started\n"))
     guarded.register("lingering", script(code / "lingering.sh", "#!/bin/sh\nsetsid sleep 60 &\nsleep 60\n"))
     started = time.monotonic()
     done = guarded.invoke("daemon")

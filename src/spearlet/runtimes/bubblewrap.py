@@ -207,16 +207,21 @@ def probe(sandbox: Sandbox) -> str:
 
 
 def start_sandbox(
-    mode: str, *, other_user: bool, hidden_dirs: tuple[str, ...] = (), hidden_files: tuple[str, ...] = ()
+    mode: str,
+    *,
+    other_user: bool,
+    hidden_dirs: tuple[str, ...] = (),
+    hidden_files: tuple[str, ...] = (),
+    bwrap: str | None = BWRAP,
 ) -> tuple[Sandbox | None, str]:
     """The sandbox the node's functions run in (None: none) and how the banner and health say so.
     `required` raises SandboxUnavailable rather than run without it."""
     if mode == "off":
         return None, 'off (sandbox = "off")'
-    if BWRAP is None:
+    if bwrap is None:
         reason = "bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
     else:
-        sandbox = Sandbox(BWRAP, os.geteuid() != 0, other_user, hidden_dirs, hidden_files)
+        sandbox = Sandbox(bwrap, os.geteuid() != 0, other_user, hidden_dirs, hidden_files)
         reason = probe(sandbox)
         if not reason:
             return sandbox, sandbox.description
