@@ -24,6 +24,7 @@ import grpc
 import psutil
 
 from bench import peers
+from bench.sandbox_cost import sandbox_cost
 from bench.common import (
     Server,
     cpu_per_call,
@@ -314,6 +315,7 @@ def main() -> None:
             own.append(run)
     figures: dict[str, Any] = {k: statistics.median(r[k] for r in own) for k in own[0]}
     figures.update(growth(args.quick))
+    figures.update(sandbox_cost(3 if args.quick else 10))
     server, url = start_redis()
     try:
         sync_calls, async_calls = (100, 300) if args.quick else (300, 1000)
