@@ -24,7 +24,6 @@ import grpc
 import psutil
 
 from bench import peers
-from bench.sandbox_cost import sandbox_cost
 from bench.common import (
     Server,
     cpu_per_call,
@@ -41,6 +40,7 @@ from bench.common import (
     throughput,
     write_results,
 )  # fmt: skip
+from bench.sandbox_cost import sandbox_cost
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 from spearlet.core.ids import new_execution_id

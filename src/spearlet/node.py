@@ -105,6 +105,11 @@ class Node:
             "wasm": WasmRuntime(settings),
         }
         self.lifecycle = Lifecycle()
+        if self.sandbox is None and self.user is not None:
+            # Without the sandbox to bind them in, the function user must pass through the artifact
+            # cache to the files it runs (not list it).
+            (self.shared_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+            (self.shared_dir / "artifacts").chmod(0o711)
         fetcher = ArtifactFetcher(
             self.shared_dir / "artifacts",
             schemes=settings.artifact_schemes,

@@ -262,8 +262,9 @@ class PythonRuntime(Runtime):
         interpreter = configured or sys.executable
         if self.sandbox is not None:
             real = os.path.realpath(interpreter)
-            prefix = sys.base_prefix if not configured else str(Path(real).parent.parent)
-            return real, str(WORKER), [prefix, str(WORKER)]
+            # Its installation (or venv): what it finds beside itself; and the node's base, its stdlib.
+            shown = {str(Path(real).parent.parent), *([] if configured else [sys.base_prefix])}
+            return real, str(WORKER), [*sorted(shown), str(WORKER)]
         if self.user is None:
             return interpreter, str(WORKER), []
         if not configured and not world_runnable(interpreter):
