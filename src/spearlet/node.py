@@ -89,6 +89,8 @@ class Node:
         )
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.user = resolve_user(settings.run_as)
+        if settings.shared_dir is not None:
+            settings.shared_dir.mkdir(parents=True, exist_ok=True)  # hidden from functions: it must exist
         hidden_dirs, hidden_files = hidden_paths(
             settings.data_dir, settings.shared_dir or settings.data_dir, (settings.token_file, settings.config_file)
         )

@@ -89,11 +89,12 @@ class Sandbox:
             if not _under_any(file, covered):
                 command += ["--ro-bind", "/dev/null", file]
         made: set[str] = set()
+        empty = [*covered, "/tmp", "/dev/shm"]  # where the way to a bind does not exist yet
         for path, writable in exposed:
             # bwrap would make the directories leading to a bind inside a tmpfs closed to others.
             for parent in reversed(Path(path).parents):
                 directory = str(parent)
-                if directory not in made and _under_any(directory, covered) and directory not in covered:
+                if directory not in made and _under_any(directory, empty) and directory not in empty:
                     command += ["--perms", "0755", "--dir", directory]
                     made.add(directory)
             command += ["--bind" if writable else "--ro-bind", path, path]
