@@ -43,8 +43,10 @@ def test_tasks_and_records_survive_a_clean_restart(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("sandbox", ["auto", "off"])
-def test_kill_9_with_pending_and_running_work_finishes_everything_after_restart(tmp_path: Path, sandbox: str) -> None:
-    data = tmp_path / "data"
+def test_kill_9_with_pending_and_running_work_finishes_everything_after_restart(
+    tmp_path: Path, open_tmp: Path, sandbox: str
+) -> None:
+    data = open_tmp / "data"
     marker = tmp_path / "work.sh"
     script(marker, "#!/bin/sh\nsleep 0.3\necho '{\"done\": true}'\n")
     long = tmp_path / "long.sh"
