@@ -15,7 +15,7 @@ from spearlet.core.models import Status, Task
 from spearlet.runtimes.base import Invocation, Limits, StopRequest
 from spearlet.runtimes.bubblewrap import BWRAP, SandboxUnavailable, start_sandbox
 from spearlet.runtimes.process import ProcessRuntime
-from tests.helpers import environ_of, script
+from tests.helpers import environ_of, open_path, script
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -73,3 +73,17 @@ async def test_without_the_sandbox_a_grandchild_holding_stdout_does_not_hold_the
         for process in psutil.process_iter():
             if environ_of(process).get("SPEAR_EXECUTION_ID") == "held":
                 process.kill()  # without a sandbox nothing else can end it
+
+
+@pytest.mark.skipif(BWRAP is None, reason="bubblewrap is not installed")
+async def test_a_cancel_without_force_lets_a_sandboxed_function_clean_up(tmp_path: Path) -> None:
+    sandbox, _ = start_sandbox("required", other_user=False)
+    trap = "#!/bin/sh\ntrap 'echo cleaned up >&2; exit 3' TERM\necho ready\nsleep 30 &\nwait\n"
+    path = script(open_path(tmp_path) / "trap.sh", trap)
+    stop = StopRequest()
+    outputs: list[bytes] = []
+    call = invocation("graceful", 20_000)
+    call.on_output = lambda line: (outputs.append(line), stop.request(force=False, reason="test"))  # type: ignore[func-returns-value]
+    outcome = await ProcessRuntime(sandbox=sandbox).invoke(task_of(path), call, stop)
+    assert outputs == [b"ready\n"]
+    assert outcome.status is Status.CANCELLED and "cleaned up" in outcome.logs

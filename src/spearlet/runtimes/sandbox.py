@@ -270,12 +270,13 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
 
 
 def terminate(pid: int, sandboxed: bool) -> None:
-    """Ask the function to stop (SIGTERM to its process group), leaving it time to clean up: in a
-    sandbox that is the function's own group (bwrap --new-session), since the sandbox itself dies
-    at once of a SIGTERM."""
-    payload = payload_pid(pid, sandboxed)
-    if payload is not None:
-        kill_group(payload, signal.SIGTERM)
+    """Ask the function to stop (SIGTERM to its process group), leaving it time to clean up. In a
+    sandbox that is the group of the sandbox's init (bwrap --new-session makes it the leader of
+    a session of its own), which ignores the signal as a namespace's init does; the outer bwrap
+    process would die of it at once, and the sandbox with it."""
+    group = _first_child(pid) if sandboxed else pid
+    if group is not None:
+        kill_group(group, signal.SIGTERM)
 
 
 async def settle(pending: asyncio.Future[Any], timeout: float | None) -> bool:
