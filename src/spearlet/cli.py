@@ -2,7 +2,9 @@
 
 Client commands speak gRPC to a node (`--target`, or SPEARLET_TARGET). They print JSON (the proto3
 JSON mapping of the response) when stdout is not a terminal or with --json, a readable view otherwise.
-Exit codes: 0 success, 1 the function or operation failed, 2 the request was refused.
+Exit codes, the same in every command: 0 success, 1 the function failed (an execution that ended
+other than COMPLETED, or a cancel that came after its end), 2 the request was refused (an unknown
+task or execution included, or no node answering).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, NoReturn, cast
 
 import grpc
 import typer
@@ -20,11 +22,13 @@ import uvloop
 from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from spearlet import __version__
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
-from spearlet.api.grpc.convert import tidy_numbers
+from spearlet.api.grpc.convert import message_json, tidy_numbers
 from spearlet.config import Settings
 
 app = typer.Typer(help="spearlet: a function-execution node for SPEAR.", no_args_is_help=True)
@@ -43,11 +47,20 @@ STATUS = {v.number: v.name.removeprefix("EXECUTION_STATUS_") for v in pb.Executi
 _client = {"token": ""}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"spearlet {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def client_options(
     token: Annotated[
         str, typer.Option(envvar="SPEARLET_TOKEN", help="access token of the node", show_default=False)
     ] = "",
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
 ) -> None:
     """spearlet: a function-execution node for SPEAR."""
     _client["token"] = token
@@ -125,30 +138,37 @@ def serve(
 # --- client helpers ----------------------------------------------------------------------------
 
 
-def _call(target: str, method: str, request: Message, service: str = "FunctionService") -> Any:
+def _call(target: str, method: str, request: Message, service: str = "FunctionService", not_found: str = "") -> Any:
+    """The response of a unary call; a refused request exits 2 with the reason (`not_found`, when
+    given, says it better than the node for a NOT_FOUND)."""
     stub_class = getattr(pb_grpc, f"{service}Stub")
     with grpc.insecure_channel(target) as channel:
         stub = stub_class(channel)
         try:
             return getattr(stub, method)(request, metadata=_auth())
         except grpc.RpcError as exc:
-            code = exc.code()
-            detail = exc.details()
-            if code is grpc.StatusCode.UNAVAILABLE:
-                detail = f"no node answers at {target} ({detail}); start one with `spearlet serve`"
-            err_console.print(f"[red]{code.name}[/red]: {detail}")
-            raise typer.Exit(2) from exc
+            _refused(exc, target, not_found)
 
 
-def _as_json(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+def _refused(exc: grpc.RpcError, target: str, not_found: str = "") -> NoReturn:
+    code, detail = exc.code(), exc.details()
+    if code is grpc.StatusCode.UNAVAILABLE:
+        detail = f"no node answers at {target} ({detail}); start one with `spearlet serve`"
+    elif code is grpc.StatusCode.NOT_FOUND and not_found:
+        detail = not_found
+    err_console.print(f"[red]{code.name}[/red]: {escape(detail)}", highlight=False)
+    raise typer.Exit(2) from exc
 
 
 def _emit(message: Message, as_json: bool, pretty: Any) -> None:
     if as_json or not sys.stdout.isatty():
-        print(json.dumps(_as_json(message), indent=2))
+        print(json.dumps(message_json(message), indent=2))
     else:
         pretty()
+
+
+def _unknown_task(task: str) -> str:
+    return f"task {task!r} not found: register it with `spearlet task add {task} PATH` (`spearlet task ls` lists them)"
 
 
 def parse_param(text: str) -> pb.FunctionParameter:
@@ -225,9 +245,9 @@ def invoke(
         context=pb.ExecutionContext(timeout_ms=timeout, max_retries=retries, execution_id=execution_id),
     )
     if stream:
-        _print_stream(_stream(target, "FunctionService", "StreamFunction", request), as_json)
+        _print_stream(_stream(target, "FunctionService", "StreamFunction", request, _unknown_task(task)), as_json)
         return
-    response: pb.InvokeFunctionResponse = _call(target, "InvokeFunction", request)
+    response: pb.InvokeFunctionResponse = _call(target, "InvokeFunction", request, not_found=_unknown_task(task))
     if run_async and wait:
         _follow(target, response.execution_id, as_json)
         return
@@ -242,15 +262,16 @@ def invoke(
         raise typer.Exit(1)
 
 
-def _stream(target: str, service: str, method: str, request: Message) -> Iterator[pb.StreamExecutionResult]:
+def _stream(
+    target: str, service: str, method: str, request: Message, not_found: str = ""
+) -> Iterator[pb.StreamExecutionResult]:
     """The messages of a server-streaming call; Ctrl-C closes it (a StreamFunction then cancels)."""
     with grpc.insecure_channel(target) as channel:
         stub = getattr(pb_grpc, f"{service}Stub")(channel)
         try:
             yield from getattr(stub, method)(request, metadata=_auth())
         except grpc.RpcError as exc:
-            err_console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
-            raise typer.Exit(2) from exc
+            _refused(exc, target, not_found)
 
 
 def _print_stream(messages: Iterator[pb.StreamExecutionResult], as_json: bool) -> None:
@@ -259,7 +280,7 @@ def _print_stream(messages: Iterator[pb.StreamExecutionResult], as_json: bool) -
     for message in messages:
         final = message
         if as_json or not sys.stdout.isatty():
-            print(json.dumps(_as_json(message)), flush=True)
+            print(json.dumps(message_json(message)), flush=True)
             continue
         if message.HasField("chunk_data"):
             value = _plain_any(message.chunk_data)
@@ -284,6 +305,8 @@ def _follow(target: str, execution_id: str, as_json: bool) -> None:
     with console.status(f"{execution_id}: PENDING") as line:
         while True:
             response: pb.GetExecutionStatusResponse = _call(target, "GetExecutionStatus", request)
+            if not response.found:
+                _not_found(response.message)
             status = STATUS.get(response.result.status, "?")
             line.update(f"{execution_id}: {status}")
             if response.result.status >= pb.EXECUTION_STATUS_COMPLETED:
@@ -314,9 +337,17 @@ def status(
         return
     request = pb.GetExecutionStatusRequest(execution_id=execution_id, include_result=True, include_logs=logs)
     response: pb.GetExecutionStatusResponse = _call(target, "GetExecutionStatus", request)
-    _emit(response, as_json, lambda: _show_result(execution_id, response.result, list(response.logs)))
     if not response.found:
+        _not_found(response.message)
+    _emit(response, as_json, lambda: _show_result(execution_id, response.result, list(response.logs)))
+    if response.result.status > pb.EXECUTION_STATUS_COMPLETED:  # it ended, and not well
         raise typer.Exit(1)
+
+
+def _not_found(message: str) -> NoReturn:
+    """An unknown task or execution, which the node answers without an error: a refused request."""
+    err_console.print(f"[red]NOT_FOUND[/red]: {escape(message)}", highlight=False)
+    raise typer.Exit(2)
 
 
 @app.command()
@@ -333,6 +364,8 @@ def cancel(
         "CancelExecution",
         pb.CancelExecutionRequest(execution_id=execution_id, reason=reason, force=force),
     )
+    if response.final_status == pb.EXECUTION_STATUS_UNKNOWN:  # no such execution
+        _not_found(response.message)
     _emit(response, as_json, lambda: console.print(f"{response.message} ({STATUS.get(response.final_status)})"))
     if not response.success:
         raise typer.Exit(1)
@@ -373,6 +406,30 @@ def executions(
         console.print(table)
         if response.has_more:
             console.print(f"more: --start-after {response.next_start_after}")
+
+    _emit(response, as_json, pretty)
+
+
+@app.command()
+def stats(
+    hours: Annotated[int, typer.Option("--hours", help="only executions of the last N hours (0: all kept)")] = 0,
+    target: Target = DEFAULT_TARGET,
+    as_json: JsonFlag = False,
+) -> None:
+    """The node's figures (GetStats): failed counts FAILED and TIMEOUT, a cancel counts in neither."""
+    request = pb.GetStatsRequest(include_task_stats=True, include_execution_stats=True, time_range_hours=hours)
+    response: pb.GetStatsResponse = _call(target, "GetStats", request)
+
+    def pretty() -> None:
+        e, busiest = response.execution_stats, response.task_stats.most_active_tasks
+        table = Table(show_header=False, box=None)
+        table.add_row("completed", str(e.completed_executions))
+        table.add_row("failed", f"{e.failed_executions} (FAILED or TIMEOUT)")
+        table.add_row("running, pending", f"{e.running_executions}, {e.pending_executions}")
+        table.add_row("success rate", f"{e.success_rate_percent:.1f}% of completed + failed")
+        table.add_row("average time", f"{e.average_execution_time_ms:.1f} ms")
+        table.add_row("most active", ", ".join(f"{t.task_id} ({t.execution_count})" for t in busiest) or "-")
+        console.print(table)
 
     _emit(response, as_json, pretty)
 
@@ -450,11 +507,10 @@ def task_show(
         target, "GetTask", pb.GetTaskRequest(task_id=task_id, include_executions=True, execution_limit=limit)
     )
     if not response.found:
-        err_console.print(response.message)
-        raise typer.Exit(1)
+        _not_found(response.message)
 
     def pretty() -> None:
-        console.print(_as_json(response.task))
+        console.print(message_json(response.task))
         table = Table("execution", "function", "status", "time ms")
         for e in response.executions:
             table.add_row(e.execution_id, e.function_name, STATUS.get(e.status), str(e.execution_time_ms))

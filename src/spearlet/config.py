@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     # Prefix for status endpoints, e.g. "https://spear.example.com"; empty gives relative paths.
     public_url: str = ""
 
+    # The shortest interval between keepalive pings the gRPC server accepts from a client, with or
+    # without calls in flight; a client that pings faster is cut off ("too_many_pings").
+    grpc_min_ping_interval_ms: int = Field(1000, ge=0)
+
     max_concurrency: int = Field(16, ge=1)
     max_pending: int = Field(1000, ge=1)
     max_sync_wait_s: float = Field(60.0, gt=0)

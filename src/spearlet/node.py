@@ -162,7 +162,11 @@ class Node:
             if resubmitted or failed:
                 log.warning("recovered unfinished executions: %d resubmitted, %d failed", resubmitted, failed)
         self._grpc, self.grpc_port, health_servicer = build_server(
-            self.api, f"{s.host}:{s.grpc_port}", observe=self.metrics.observe_grpc, token=token
+            self.api,
+            f"{s.host}:{s.grpc_port}",
+            observe=self.metrics.observe_grpc,
+            token=token,
+            min_ping_interval_ms=s.grpc_min_ping_interval_ms,
         )
         await self._grpc.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.timeout(60)
 
 CONTENT = b"#!/bin/sh\necho hello\n"
 DIGEST = hashlib.sha256(CONTENT).hexdigest()
+RUNNABLE = f"{DIGEST}-755"  # the cache keys a copy by content and mode
 OTHER_DIGEST = hashlib.sha256(b"something else").hexdigest()
 
 
@@ -103,12 +104,25 @@ async def test_a_local_file_is_staged_by_digest_keeping_its_name_and_mode(
 ) -> None:
     artifact.chmod(0o700)
     got = await fetcher.fetch(str(artifact))
-    assert got.path == cache_dir / DIGEST / "tool.sh"
+    assert got.path == cache_dir / RUNNABLE / "tool.sh"
     assert got.digest == DIGEST and got.path.read_bytes() == CONTENT
     assert got.path.stat().st_mode & 0o777 == 0o755  # runnable by the unprivileged function user
-    assert cache_entries(cache_dir) == [DIGEST]
+    assert cache_entries(cache_dir) == [RUNNABLE]
     artifact.write_bytes(b"changed later")  # what runs is what was verified
     assert got.path.read_bytes() == CONTENT
+
+
+async def test_a_file_made_executable_after_a_first_fetch_gets_an_executable_copy(
+    fetcher: ArtifactFetcher, artifact: Path, cache_dir: Path
+) -> None:
+    artifact.chmod(0o644)
+    first = await fetcher.fetch(str(artifact))
+    assert first.path.stat().st_mode & 0o777 == 0o644
+    artifact.chmod(0o755)  # the user's fix after "not executable (chmod +x it)"
+    second = await fetcher.fetch(str(artifact))
+    assert second.digest == first.digest and second.path.stat().st_mode & 0o777 == 0o755
+    assert first.path.stat().st_mode & 0o777 == 0o644  # a copy in use by another task is left as it was
+    assert cache_entries(cache_dir) == [f"{DIGEST}-644", RUNNABLE]
 
 
 async def test_file_url_is_used_in_place_with_percent_decoding(fetcher: ArtifactFetcher, tmp_path: Path) -> None:
@@ -276,11 +290,11 @@ async def test_download_lands_in_cache_named_by_digest_and_executable(
 ) -> None:
     url = server.publish("tool.sh", CONTENT)
     got = await fetcher.fetch(url, f"sha256:{DIGEST}")
-    assert got.path == cache_dir / DIGEST / "tool.sh"
+    assert got.path == cache_dir / RUNNABLE / "tool.sh"
     assert got.digest == DIGEST
     assert got.path.read_bytes() == CONTENT
     assert got.path.stat().st_mode & 0o777 == 0o755
-    assert cache_entries(cache_dir) == [DIGEST]
+    assert cache_entries(cache_dir) == [RUNNABLE]
     assert server.requests == ["/tool.sh"]
 
 
@@ -288,9 +302,9 @@ async def test_download_without_checksum_is_cached_by_its_digest(
     fetcher: ArtifactFetcher, server: FileServer, cache_dir: Path
 ) -> None:
     got = await fetcher.fetch(server.publish("tool.sh", CONTENT))
-    assert got.path == cache_dir / DIGEST / "tool.sh"
+    assert got.path == cache_dir / RUNNABLE / "tool.sh"
     assert got.digest == DIGEST
-    assert cache_entries(cache_dir) == [DIGEST]
+    assert cache_entries(cache_dir) == [RUNNABLE]
 
 
 async def test_second_fetch_with_checksum_reuses_the_cache_without_a_request(

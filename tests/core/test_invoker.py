@@ -4,13 +4,10 @@ caller can arrange: a caller that goes away at an exact moment."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from spearlet.config import Settings
 from spearlet.core.invoker import InvocationType, InvokeRequest
 from spearlet.core.lifecycle import Event
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status
@@ -20,13 +17,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    node = Node(Settings(data_dir=tmp_path / "data", grpc_port=0, http_port=0))
-    await node.start()
-    try:
-        yield node
-    finally:
-        await node.stop()
+def node(embedded_node: Node) -> Node:
+    return embedded_node
 
 
 async def final(node: Node, execution_id: str) -> ExecutionRecord | None:

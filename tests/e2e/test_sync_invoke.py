@@ -10,7 +10,9 @@ import pytest
 from google.protobuf import struct_pb2
 
 from spearlet.api.grpc import spearlet_pb2 as pb
-from tests.helpers import NodeProcess, existing, params, script, unpack, value
+from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
+from spearlet.config import Settings
+from tests.helpers import NodeProcess, existing, params, register, script, unpack, value
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,6 +29,20 @@ def test_existing_task_returns_function_output_as_json(node: NodeProcess) -> Non
     assert result.metrics["attempts"] == "1"
     assert "queue_wait_ms" in result.metrics
     assert response.status_endpoint == "" and response.estimated_completion_ms == 0
+
+
+def test_a_client_pinging_at_the_accepted_keepalive_interval_completes_a_long_sync_call(node: NodeProcess) -> None:
+    interval_ms = Settings().grpc_min_ping_interval_ms  # the node's default
+    options = [
+        ("grpc.keepalive_time_ms", interval_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),  # ping on and on, as grpc-js does
+    ]
+    with grpc.insecure_channel(node.grpc_target, options=options) as channel:
+        # Long enough for the pings to strike out under grpc's default policy (one ping in 5 min).
+        call = existing("sleep", parameters=params(seconds=5))
+        response = pb_grpc.FunctionServiceStub(channel).InvokeFunction(call, timeout=30)
+    assert response.result.status == pb.EXECUTION_STATUS_COMPLETED
 
 
 def test_function_name_reaches_the_function(node: NodeProcess) -> None:
@@ -61,6 +77,28 @@ def test_every_parameter_type_arrives_as_json(node: NodeProcess) -> None:
         "i64": 2**40,
         "unset": None,
     }
+
+
+def test_big_integers_are_exact_as_int64_or_strings_and_rounded_as_json_numbers(
+    node: NodeProcess, tmp_path: Path
+) -> None:
+    """What the README's parameter section says about integers beyond 2^53."""
+    from google.protobuf import wrappers_pb2
+
+    big = 2**60 + 1  # not a double: the nearest one is 2**60
+    shows = script(
+        tmp_path / "shows.py",
+        "#!/usr/bin/env python3\nimport json, sys\n"
+        "p = json.load(sys.stdin)\n"
+        "print(json.dumps({'seen': {k: repr(v) for k, v in p.items()}, 'back': p['as_int64']}))\n",
+    )
+    register(node.grpc_target, "shows", shows)
+    as_int64 = pb.FunctionParameter(name="as_int64", value=value(0))
+    as_int64.value.Pack(wrappers_pb2.Int64Value(value=big))
+    request = existing("shows", parameters=[as_int64, *params(as_string=str(big), as_number=big)])
+    out = unpack(node.stub().InvokeFunction(request).result.result)
+    assert out["seen"] == {"as_int64": str(big), "as_string": repr(str(big)), "as_number": repr(float(big))}
+    assert out["back"] == 2**60  # a JSON output is packed as a google.protobuf.Value: a double
 
 
 def test_plain_text_output_is_a_string_and_binary_output_bytes(node: NodeProcess, tmp_path: Path) -> None:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from bench.common import redis_server
 from spearlet.core.ids import new_execution_id
 from spearlet.core.models import ExecutionRecord, Mode, OutputKind, Status, Task, now_ms
 from spearlet.store.redis import RedisStore
@@ -114,3 +119,11 @@ async def test_tasks_and_the_result_cache(store: RedisStore) -> None:
     assert hit is not None and hit.execution_id == cached.execution_id
     assert await store.cached_result("k1", now_ms() + 10_000) is None
     assert await store.delete_task("t1", cleanup_executions=False) == (True, 0)
+
+
+def test_the_redis_server_comes_with_the_dev_dependencies_not_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")  # a fresh machine: nothing installed by hand
+    found = redis_server()
+    assert found is not None and Path(found).parent == Path(sys.executable).parent
+    version = re.search(r"v=(\d+)\.(\d+)", subprocess.run([found, "--version"], capture_output=True, text=True).stdout)
+    assert version and (int(version[1]), int(version[2])) >= (6, 2)  # cluster mode needs XAUTOCLAIM

@@ -157,27 +157,30 @@ class FunctionApi:
             for task in page.tasks:
                 types[task.artifact_type] = types.get(task.artifact_type, 0) + 1
             active = sum(1 for t in page.tasks if stats.by_task.get(t.task_id))
-            busiest = sorted(stats.by_task.items(), key=lambda kv: -kv[1])[:5]
             by_id = {t.task_id: t for t in page.tasks}
+            busiest = [t for t, _ in sorted(stats.by_task.items(), key=lambda kv: -kv[1]) if t in by_id][:5]
+            # Each as ListTasks shows it: its count and last status over every retained record.
+            summaries = await self.invoker.store.task_summaries(busiest)
             response.task_stats.CopyFrom(
                 pb.TaskStats(
                     active_tasks=active,
                     idle_tasks=total_tasks - active,
                     tasks_by_type=types,
-                    most_active_tasks=[convert.task_info(by_id[t]) for t, _ in busiest if t in by_id],
+                    most_active_tasks=[convert.task_info(by_id[t], summaries.get(t)) for t in busiest],
                 )
             )
         if request.include_execution_stats:
-            done = stats.by_status.get(Status.COMPLETED, 0)
-            ended = sum(n for s, n in stats.by_status.items() if s.terminal)
+            completed = stats.by_status.get(Status.COMPLETED, 0)
+            # A timeout is a failure of the call; a cancel is the caller's choice, and neither.
+            failed = stats.by_status.get(Status.FAILED, 0) + stats.by_status.get(Status.TIMEOUT, 0)
             response.execution_stats.CopyFrom(
                 pb.ExecutionStats(
-                    running=stats.by_status.get(Status.RUNNING, 0),
-                    pending=stats.by_status.get(Status.PENDING, 0),
-                    completed=done,
-                    failed=ended - done,
+                    running_executions=stats.by_status.get(Status.RUNNING, 0),
+                    pending_executions=stats.by_status.get(Status.PENDING, 0),
+                    completed_executions=completed,
+                    failed_executions=failed,
                     average_execution_time_ms=stats.average_execution_time_ms,
-                    success_rate_percent=100.0 * done / ended if ended else 0.0,
+                    success_rate_percent=100.0 * completed / (completed + failed) if completed + failed else 0.0,
                     executions_by_function=stats.by_function,
                 )
             )

@@ -1,8 +1,9 @@
 """Turn an artifact `location` into a verified file (or package directory) in the node's store.
 
-A local path, `file://` URL or `http(s)://` URL is verified and copied to `cache_dir/<digest>/<name>`,
-so the code that runs is the code that was verified, whatever later happens to the original. A later
-registration of the same content (or a download naming the same checksum) reuses the copy.
+A local path, `file://` URL or `http(s)://` URL is verified and copied to
+`cache_dir/<digest>-<mode>/<name>`, so the code that runs is the code that was verified, whatever
+later happens to the original. A later registration of the same content and mode (or a download
+naming the same checksum) reuses the copy; a file made executable since gets an executable one.
 """
 
 from __future__ import annotations
@@ -124,16 +125,23 @@ class ArtifactFetcher:
         _verify(expected, actual, location)
         return Artifact(self._stage_file(path, actual, path.name, os.access(path, os.X_OK)), actual)
 
+    def _file_copy(self, digest: str, name: str, executable: bool) -> tuple[Path, int]:
+        """Where the copy of a file lives, and its mode. The mode is part of the key: a file that was
+        registered before its `chmod +x` gets an executable copy of its own when registered again
+        (and a copy in use is never changed under a task)."""
+        mode = 0o755 if executable else 0o644
+        return self.cache_dir / f"{digest}-{mode:o}" / name, mode
+
     def _stage_file(self, source: Path, digest: str, name: str, executable: bool) -> Path:
-        """Copy a verified file to `cache_dir/<digest>/<name>`: what runs is what was verified, and it
-        is readable by the unprivileged function user wherever the original lived."""
-        target = self.cache_dir / digest / name
+        """Copy a verified file into the cache: what runs is what was verified, and it is readable by
+        the unprivileged function user wherever the original lived."""
+        target, mode = self._file_copy(digest, name, executable)
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             self._open_up(target.parent)
             tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
             shutil.copyfile(source, tmp)
-            tmp.chmod(0o755 if executable else 0o644)
+            tmp.chmod(mode)
             tmp.replace(target)
         return target
 
@@ -173,7 +181,7 @@ class ArtifactFetcher:
     async def _download(self, url: str, expected: str) -> Artifact:
         name = Path(unquote(urlparse(url).path)).name or "artifact"
         if expected:
-            cached = self.cache_dir / expected / name
+            cached, _ = self._file_copy(expected, name, executable=True)
             if cached.is_file():
                 return Artifact(cached, expected)
         self.cache_dir.mkdir(parents=True, exist_ok=True)

@@ -383,7 +383,8 @@ class Invoker:
     async def cancel(self, execution_id: str, reason: str = "", force: bool = False) -> CancelResult:
         record = await self.get(execution_id)
         if record is None:
-            raise NotFound(f"execution {execution_id!r} not found")
+            # An answer, not an error, as GetExecutionStatus's found=false (and SPEAR's own tests).
+            return CancelResult(False, f"execution {execution_id!r} not found", Status.UNKNOWN)
         if record.done:
             return CancelResult(False, f"execution already finished: {record.status.name}", record.status)
         waiter = self.lifecycle.waiter(execution_id)

@@ -1,6 +1,6 @@
 """Tasks and execution records: the data every layer agrees on.
 
-Numbers of the enums equal the wire enums of DESIGN.md section 1, so conversion is a cast.
+Numbers of the enums equal the wire enums of api/grpc/spearlet.proto, so conversion is a cast.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Status(IntEnum):
 
 TERMINAL = frozenset(s for s in Status if s.terminal)
 
-# Status moves only forward (DESIGN.md section 2). RUNNING -> RUNNING is a new attempt.
+# Status moves only forward (README, "Executions"). RUNNING -> RUNNING is a new attempt.
 ALLOWED_FROM: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset(),
     Status.RUNNING: frozenset({Status.PENDING, Status.RUNNING}),
@@ -47,7 +47,7 @@ ALLOWED_FROM: dict[Status, frozenset[Status]] = {
 
 
 class OutputKind(IntEnum):
-    """How a function's output is packed on the wire (DESIGN.md section 1, Values)."""
+    """How a function's output is packed on the wire (README, "Runtimes": a process's output)."""
 
     NONE = 0
     JSON = 1

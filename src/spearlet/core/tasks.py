@@ -13,7 +13,7 @@ from spearlet.runtimes.base import Runtime
 from spearlet.store.base import Store, TaskPage
 
 ALIASES = {"binary": "process"}
-# Settings a task may carry in its metadata (DESIGN.md section 4); `env.NAME` keys set variables.
+# Settings a task may carry in its metadata (README, "Task settings"); `env.NAME` keys set variables.
 INT_SETTINGS = frozenset(
     {
         "timeout_ms", "max_retries", "min_instances", "max_instances", "max_concurrency", "idle_timeout_s",

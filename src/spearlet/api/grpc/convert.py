@@ -28,6 +28,14 @@ _JSON_TYPES: dict[str, type[Message]] = {
 _MAX_SAFE_INT = 2**53
 
 
+def message_json(message: Message) -> dict[str, Any]:
+    """A message in the proto3 JSON mapping as the HTTP gateway and the CLI print it: field names as
+    in the .proto, and every field, those that hold their default value (0, "", false) included."""
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
 def tidy_numbers(value: Any) -> Any:
     """JSON numbers arrive as doubles; give whole ones back as ints, as a user wrote them."""
     if isinstance(value, float) and value.is_integer() and abs(value) <= _MAX_SAFE_INT:
@@ -40,7 +48,7 @@ def tidy_numbers(value: Any) -> Any:
 
 
 def unpack_value(name: str, value: any_pb2.Any, present: bool) -> Any:
-    """A parameter's Any as a plain value (DESIGN.md section 1, Values)."""
+    """A parameter's Any as a plain value (README, "Task settings": the types a parameter may hold)."""
     if not present:
         return None
     full_name = value.type_url.rpartition("/")[2]

@@ -213,6 +213,7 @@ def build_server(
     observe: Observer = _ignore,
     token: str = "",
     max_message_bytes: int = 8 << 20,
+    min_ping_interval_ms: int = 1000,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A grpc.aio server with every service added, bound to `address`; returns it and its port."""
     server = grpc.aio.server(
@@ -221,6 +222,10 @@ def build_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # grpc's default accepts a ping every 5 minutes when no data flows, so a client with a
+            # keepalive of seconds was cut off in the middle of a long call (GOAWAY too_many_pings).
+            ("grpc.http2.min_ping_interval_without_data_ms", min_ping_interval_ms),
+            ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
     _add_service(server, "FunctionService", FunctionService(api, observe))

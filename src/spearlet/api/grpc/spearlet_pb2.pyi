@@ -503,7 +503,7 @@ class TaskStats(_message.Message):
     def __init__(self, active_tasks: _Optional[int] = ..., idle_tasks: _Optional[int] = ..., tasks_by_type: _Optional[_Mapping[str, int]] = ..., most_active_tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ...) -> None: ...
 
 class ExecutionStats(_message.Message):
-    __slots__ = ("running", "pending", "completed", "failed", "average_execution_time_ms", "success_rate_percent", "executions_by_function")
+    __slots__ = ("running_executions", "pending_executions", "completed_executions", "failed_executions", "average_execution_time_ms", "success_rate_percent", "executions_by_function")
     class ExecutionsByFunctionEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -511,21 +511,21 @@ class ExecutionStats(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
-    RUNNING_FIELD_NUMBER: _ClassVar[int]
-    PENDING_FIELD_NUMBER: _ClassVar[int]
-    COMPLETED_FIELD_NUMBER: _ClassVar[int]
-    FAILED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_EXECUTIONS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_EXECUTIONS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_EXECUTIONS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_EXECUTIONS_FIELD_NUMBER: _ClassVar[int]
     AVERAGE_EXECUTION_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     SUCCESS_RATE_PERCENT_FIELD_NUMBER: _ClassVar[int]
     EXECUTIONS_BY_FUNCTION_FIELD_NUMBER: _ClassVar[int]
-    running: int
-    pending: int
-    completed: int
-    failed: int
+    running_executions: int
+    pending_executions: int
+    completed_executions: int
+    failed_executions: int
     average_execution_time_ms: float
     success_rate_percent: float
     executions_by_function: _containers.ScalarMap[str, int]
-    def __init__(self, running: _Optional[int] = ..., pending: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., average_execution_time_ms: _Optional[float] = ..., success_rate_percent: _Optional[float] = ..., executions_by_function: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    def __init__(self, running_executions: _Optional[int] = ..., pending_executions: _Optional[int] = ..., completed_executions: _Optional[int] = ..., failed_executions: _Optional[int] = ..., average_execution_time_ms: _Optional[float] = ..., success_rate_percent: _Optional[float] = ..., executions_by_function: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
     __slots__ = ("service_stats", "task_stats", "execution_stats")

@@ -1,25 +1,36 @@
 """The HTTP gateway, served by uvicorn in the node's own event loop.
 
 Request and response bodies are the gRPC messages in the proto3 JSON mapping (field names as in the
-.proto), handled by the same FunctionApi as gRPC. Streams (StreamFunction, watching an execution)
-are Server-Sent Events. Errors are `{"error": {"code", "message"}}` with the matching HTTP status.
+.proto, fields that hold their default value printed too), handled by the same FunctionApi as gRPC.
+A body is read as JSON whatever its Content-Type says (`curl -d` sends a form type), and a
+parameter's value may be a plain JSON value. Streams (StreamFunction, watching an execution) are
+Server-Sent Events. Every error is `{"error": {"code", "message"}}` with the matching HTTP status.
+Swagger UI is served from files shipped in the package: a node needs no internet for its docs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
-from fastapi import Body, FastAPI, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
-from google.protobuf import json_format
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from google.protobuf import descriptor_pool, json_format
 from google.protobuf.message import Message
+from starlette.exceptions import HTTPException
 
 from spearlet import __version__
 from spearlet.api.auth import DENIED, HEADER, TokenCheck
 from spearlet.api.grpc import spearlet_pb2 as pb
+from spearlet.api.grpc.convert import message_json
 from spearlet.api.service import FunctionApi
 from spearlet.api.views import record_json
 from spearlet.core.errors import SpearletError
@@ -37,6 +48,9 @@ HTTP_STATUS = {
     "RESOURCE_EXHAUSTED": 429,
 }
 _STREAM = "text/event-stream"
+# Swagger UI's files (swagger-ui-dist, Apache-2.0: LICENSE and NOTICE beside them).
+SWAGGER_UI = Path(__file__).with_name("swagger-ui")
+_VALUE_TYPE = "type.googleapis.com/google.protobuf.Value"
 REGISTER_EXAMPLE = {
     "task_name": "shout",
     "artifact_spec": {"artifact_type": "process", "location": "/path/to/shout.sh"},
@@ -45,29 +59,96 @@ INVOKE_EXAMPLE = {
     "invocation_type": "INVOCATION_TYPE_EXISTING_TASK",
     "task_id": "hello",
     "execution_mode": "EXECUTION_MODE_SYNC",
-    "parameters": [
-        {"name": "name", "value": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "Ada"}}
-    ],
+    "parameters": {"name": "Ada"},
 }
+CANCEL_EXAMPLE = {"reason": "changed my mind", "force": False}
 
 
-def error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-def as_json(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+class BadRequest(SpearletError):
+    code = "INVALID_ARGUMENT"
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+async def json_body(request: Request, required: bool = True) -> dict[str, Any]:
+    """The request body as a JSON object, whatever the Content-Type header says."""
+    raw = await request.body()
+    if not raw.strip():
+        if required:
+            raise BadRequest("the request body is empty: send a JSON object")
+        return {}
+    try:
+        body = json.loads(raw, parse_constant=_not_json)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise BadRequest(f"the request body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest(f"the request body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def plain_parameters(body: dict[str, Any]) -> dict[str, Any]:
+    """HTTP's easier forms of `parameters`: an object `{"name": value, ...}`, and a `value` without
+    `@type` that is a plain JSON value (packed as google.protobuf.Value). The proto3 JSON form, a
+    list whose values are Any objects with `@type`, passes unchanged."""
+    parameters = body.get("parameters")
+    if isinstance(parameters, dict):
+        parameters = [{"name": name, "value": value} for name, value in parameters.items()]
+    if not isinstance(parameters, list):
+        return body
+    packed = []
+    for parameter in parameters:
+        if isinstance(parameter, dict) and "value" in parameter:
+            value = parameter["value"]
+            if not (isinstance(value, dict) and "@type" in value):
+                parameter = {**parameter, "value": {"@type": _VALUE_TYPE, "value": value}}
+        packed.append(parameter)
+    return {**body, "parameters": packed}
 
 
 def parse(body: dict[str, Any], message: M) -> M:
     try:
         return json_format.ParseDict(body, message)
     except json_format.ParseError as exc:
-        raise _BadJson(f"request body is not a valid {message.DESCRIPTOR.name}: {exc}") from exc
+        raise BadRequest(f"the request body is not a valid {message.DESCRIPTOR.name}: {_snake_case(str(exc))}") from exc
 
 
-class _BadJson(SpearletError):
-    code = "INVALID_ARGUMENT"
+_UNKNOWN_FIELD = re.compile(
+    r'Message type "(?P<type>[\w.]+)" has no field named "(?P<field>[^"]*)" at "(?P<at>[^"]*)"\.?'
+    r'\s*Available Fields\(except extensions\): "\[[^\]]*\]"'
+)
+
+
+def _snake_case(message: str) -> str:
+    """protobuf lists a message's fields by their camelCase JSON names; the README and the .proto
+    name them in snake_case."""
+
+    def fields(match: re.Match[str]) -> str:
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(match["type"])
+        names = ", ".join(f.name for f in descriptor.fields)
+        return f"{match['at']} has no field {match['field']!r} (its fields: {names})"
+
+    return _UNKNOWN_FIELD.sub(fields, message)
+
+
+def _json_body_doc(example: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    """The OpenAPI description of a JSON body that a route reads itself (json_body)."""
+    content = {"application/json": {"schema": {"type": "object"}, "example": example}}
+    return {"requestBody": {"required": required, "content": content}}
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for problem in exc.errors():
+        where, *names = problem.get("loc", ()) or ("request",)
+        name = ".".join(str(n) for n in names)
+        parts.append(f"{where} parameter {name!r}: {problem.get('msg', 'invalid')}" if name else problem.get("msg", ""))
+    return "; ".join(parts) or "invalid request"
 
 
 async def sse(messages: AsyncGenerator[pb.StreamExecutionResult, None]) -> AsyncIterator[bytes]:
@@ -75,7 +156,7 @@ async def sse(messages: AsyncGenerator[pb.StreamExecutionResult, None]) -> Async
     async with contextlib.aclosing(messages):
         async for message in messages:
             kind = "result" if message.is_final else "chunk" if message.HasField("chunk_data") else "status"
-            yield f"event: {kind}\ndata: {json.dumps(as_json(message))}\n\n".encode()
+            yield f"event: {kind}\ndata: {json.dumps(message_json(message))}\n\n".encode()
 
 
 async def _first_or_error(messages: AsyncGenerator[pb.StreamExecutionResult, None]) -> Response:
@@ -101,11 +182,43 @@ def create_app(
         title="spearlet",
         version=__version__,
         description="HTTP gateway of a spearlet node: the FunctionService messages as JSON, streams as SSE.",
+        docs_url=None,  # served below from the package's own files, not a CDN
+        redoc_url=None,
     )
 
     @app.exception_handler(SpearletError)
     async def request_error(_: Request, exc: SpearletError) -> JSONResponse:
         return error(HTTP_STATUS.get(exc.code, 500), exc.code, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error(400, "INVALID_ARGUMENT", _validation_message(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        """Starlette's own answers (no such route, a method the route lacks) in the error shape."""
+        status = http.HTTPStatus(exc.status_code)
+        code = next((c for c, s in HTTP_STATUS.items() if s == status), status.name)
+        return error(status, code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        # Starlette still re-raises it, so the server logs the traceback.
+        return error(500, "INTERNAL", "internal error of the node; its log has the details")
+
+    app.mount("/docs/swagger-ui", StaticFiles(directory=SWAGGER_UI), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="spearlet - Swagger UI",
+            swagger_js_url="/docs/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/docs/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/docs/swagger-ui/favicon-32x32.png",
+            # Its default sends the spec's URL to an online validator.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
 
     check = TokenCheck(token) if token else None
 
@@ -131,7 +244,7 @@ def create_app(
     @app.get("/health", tags=["node"])
     async def health() -> dict[str, Any]:
         """Liveness for load balancers: status, message and uptime."""
-        return as_json(await api.health(pb.GetHealthRequest()))
+        return message_json(await api.health(pb.GetHealthRequest()))
 
     @app.get("/metrics", tags=["node"], response_class=Response)
     async def prometheus() -> Response:
@@ -139,18 +252,20 @@ def create_app(
         body = metrics.exposition() if metrics is not None else b""
         return Response(body, media_type=CONTENT_TYPE)
 
-    @app.post("/api/v1/invoke", tags=["executions"], response_model=None)
-    async def invoke(body: dict[str, Any] = Body(..., examples=[INVOKE_EXAMPLE])) -> Response:
-        """InvokeFunction. With `execution_mode` STREAM the answer is an event stream (as StreamFunction)."""
-        request = parse(body, pb.InvokeFunctionRequest())
+    @app.post("/api/v1/invoke", tags=["executions"], response_model=None, openapi_extra=_json_body_doc(INVOKE_EXAMPLE))
+    async def invoke(raw: Request) -> Response:
+        """InvokeFunction. With `execution_mode` STREAM the answer is an event stream (as StreamFunction).
+        `parameters` may also be an object of plain JSON values, `{"name": "Ada", "n": 3}`."""
+        request = parse(plain_parameters(await json_body(raw)), pb.InvokeFunctionRequest())
         if request.execution_mode == pb.EXECUTION_MODE_STREAM:
             return await _first_or_error(api.stream(request))
-        return JSONResponse(as_json(await api.invoke(request)))
+        return JSONResponse(message_json(await api.invoke(request)))
 
-    @app.post("/api/v1/stream", tags=["executions"], response_model=None)
-    async def stream(body: dict[str, Any] = Body(...)) -> Response:
+    @app.post("/api/v1/stream", tags=["executions"], response_model=None, openapi_extra=_json_body_doc(INVOKE_EXAMPLE))
+    async def stream(raw: Request) -> Response:
         """StreamFunction as Server-Sent Events; closing the connection cancels the execution."""
-        return await _first_or_error(api.stream(parse(body, pb.InvokeFunctionRequest())))
+        request = parse(plain_parameters(await json_body(raw)), pb.InvokeFunctionRequest())
+        return await _first_or_error(api.stream(request))
 
     @app.get("/api/v1/executions", tags=["executions"])
     async def list_executions(
@@ -161,7 +276,7 @@ def create_app(
             {"task_id": task_id, "limit": limit, "start_after": start_after, "status_filter": _status(status)},
             pb.ListExecutionsRequest(),
         )
-        return as_json(await api.list_executions(request))
+        return message_json(await api.list_executions(request))
 
     @app.get("/api/v1/executions/{execution_id}", tags=["executions"], response_model=None)
     async def get_execution(execution_id: str, include_logs: bool = False) -> dict[str, Any] | JSONResponse:
@@ -184,30 +299,45 @@ def create_app(
         response = await api.status(request)
         if not response.found:
             return error(404, "NOT_FOUND", response.message)
-        return {**as_json(response), "execution_id": execution_id}
+        return {**message_json(response), "execution_id": execution_id}
 
-    @app.post("/api/v1/executions/{execution_id}/cancel", tags=["executions"])
-    async def cancel(execution_id: str, body: dict[str, Any] | None = Body(None)) -> dict[str, Any]:
+    @app.post(
+        "/api/v1/executions/{execution_id}/cancel",
+        tags=["executions"],
+        response_model=None,
+        openapi_extra=_json_body_doc(CANCEL_EXAMPLE, required=False),
+    )
+    async def cancel(execution_id: str, raw: Request) -> dict[str, Any] | JSONResponse:
         """CancelExecution; optional body `{"reason": "...", "force": true}`."""
-        request = parse({**(body or {}), "execution_id": execution_id}, pb.CancelExecutionRequest())
-        return as_json(await api.cancel(request))
+        body = await json_body(raw, required=False)
+        request = parse({**body, "execution_id": execution_id}, pb.CancelExecutionRequest())
+        response = await api.cancel(request)
+        if not response.success and response.final_status == pb.EXECUTION_STATUS_UNKNOWN:
+            return error(404, "NOT_FOUND", response.message)  # as the other routes of an execution
+        return message_json(response)
 
     @app.get("/api/v1/executions/{execution_id}/events", tags=["executions"], response_model=None)
     async def events(execution_id: str) -> Response:
         """Watch an execution as Server-Sent Events: its current state, each change and chunk, the result."""
         return await _first_or_error(api.watch(pb.WatchExecutionRequest(execution_id=execution_id)))
 
-    @app.post("/api/v1/tasks", tags=["tasks"], status_code=201, response_model=None)
-    async def register_task(body: dict[str, Any] = Body(..., examples=[REGISTER_EXAMPLE])) -> JSONResponse:
+    @app.post(
+        "/api/v1/tasks",
+        tags=["tasks"],
+        status_code=201,
+        response_model=None,
+        openapi_extra=_json_body_doc(REGISTER_EXAMPLE),
+    )
+    async def register_task(raw: Request) -> JSONResponse:
         """RegisterTask (set `replace` to update an existing task)."""
-        response = await api.register_task(parse(body, pb.RegisterTaskRequest()))
-        return JSONResponse(as_json(response), status_code=201 if response.created else 200)
+        response = await api.register_task(parse(await json_body(raw), pb.RegisterTaskRequest()))
+        return JSONResponse(message_json(response), status_code=201 if response.created else 200)
 
     @app.get("/api/v1/tasks", tags=["tasks"])
     async def list_tasks(prefix: str = "", limit: int = 100, start_after: str = "") -> dict[str, Any]:
         """ListTasks, by id."""
         request = pb.ListTasksRequest(prefix=prefix, limit=limit, start_after=start_after)
-        return as_json(await api.list_tasks(request))
+        return message_json(await api.list_tasks(request))
 
     @app.get("/api/v1/tasks/{task_id}", tags=["tasks"], response_model=None)
     async def get_task(task_id: str, execution_limit: int = 10) -> dict[str, Any] | JSONResponse:
@@ -216,18 +346,18 @@ def create_app(
         response = await api.get_task(request)
         if not response.found:
             return error(404, "NOT_FOUND", response.message)
-        return as_json(response)
+        return message_json(response)
 
     @app.delete("/api/v1/tasks/{task_id}", tags=["tasks"])
     async def delete_task(task_id: str, force: bool = False, cleanup_executions: bool = False) -> dict[str, Any]:
         """DeleteTask; `force` also stops its active executions."""
         request = pb.DeleteTaskRequest(task_id=task_id, force=force, cleanup_executions=cleanup_executions)
-        return as_json(await api.delete_task(request))
+        return message_json(await api.delete_task(request))
 
     @app.get("/api/v1/health", tags=["node"])
     async def health_details(include_details: bool = True) -> dict[str, Any]:
         """GetHealth."""
-        return as_json(await api.health(pb.GetHealthRequest(include_details=include_details)))
+        return message_json(await api.health(pb.GetHealthRequest(include_details=include_details)))
 
     @app.get("/api/v1/stats", tags=["node"])
     async def stats(
@@ -239,7 +369,7 @@ def create_app(
             include_task_stats=include_task_stats,
             include_execution_stats=include_execution_stats,
         )
-        return as_json(await api.stats(request))
+        return message_json(await api.stats(request))
 
     return app
 

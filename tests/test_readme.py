@@ -1,0 +1,87 @@
+"""The README is the reference: its CLI walkthrough runs as written (its commands are read from the
+README itself), and the code points at it rather than at documents outside the repository."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import NodeProcess
+
+pytestmark = pytest.mark.timeout(90)
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def walkthrough() -> list[list[str]]:
+    """The `$ spearlet ...` commands of the CLI worked example, without their comments."""
+    section = README.read_text().split("## Worked example: the CLI", 1)[1].split("\n## ", 1)[0]
+    return [shlex.split(line[2:], comments=True)[1:] for line in section.splitlines() if line.startswith("$ spearlet ")]
+
+
+def command(*words: str) -> list[str]:
+    """The walkthrough's one command that has all these words."""
+    found = [c for c in walkthrough() if set(words) <= set(c)]
+    assert len(found) == 1, f"the README's walkthrough has no single command with {words}: {found}"
+    return found[0]
+
+
+def spearlet(node: NodeProcess, args: list[str], execution_id: str = "") -> list[str]:
+    filled = [execution_id if a == "<execution-id>" else a for a in args]
+    return [sys.executable, "-m", "spearlet", *filled, "--target", node.grpc_target]
+
+
+def test_the_walkthrough_cancels_the_sleep_while_it_is_watched_and_then_lists_it(node: NodeProcess) -> None:
+    accepted = subprocess.run(
+        spearlet(node, command("invoke", "sleep", "--async")), capture_output=True, text=True, timeout=30
+    )
+    assert accepted.returncode == 0, accepted.stderr
+    execution_id = json.loads(accepted.stdout)["execution_id"]
+    watch = subprocess.Popen(
+        spearlet(node, command("status", "--watch"), execution_id), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert watch.stdout is not None
+        first = json.loads(watch.stdout.readline())  # the watch shows the sleep before the cancel
+        assert first["status"] in ("EXECUTION_STATUS_PENDING", "EXECUTION_STATUS_RUNNING") and not first["is_final"]
+        started = time.monotonic()
+        cancelled = subprocess.run(
+            spearlet(node, command("cancel"), execution_id), capture_output=True, text=True, timeout=30
+        )
+        assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+        assert json.loads(cancelled.stdout)["final_status"] == "EXECUTION_STATUS_CANCELLED"
+        rest = [json.loads(line) for line in watch.stdout]
+        assert rest[-1]["is_final"] and rest[-1]["status"] == "EXECUTION_STATUS_CANCELLED"
+        assert watch.wait(10) == 1  # the watched execution did not complete
+        assert time.monotonic() - started < 10  # the sleep was stopped, not waited for
+    finally:
+        watch.kill()
+        watch.wait()
+    listing = subprocess.run(
+        spearlet(node, command("executions", "CANCELLED")), capture_output=True, text=True, timeout=30
+    )
+    assert execution_id in [e["execution_id"] for e in json.loads(listing.stdout)["executions"]]
+
+
+def test_the_walkthrough_sleeps_long_enough_to_be_cancelled_by_hand() -> None:
+    seconds = re.search(r"seconds=(\d+)", " ".join(command("invoke", "sleep", "--async")))
+    assert seconds and int(seconds.group(1)) >= 30  # time to type the cancel in another terminal
+
+
+def test_sources_and_tests_cite_no_design_document_outside_the_repository() -> None:
+    outside = "DESIGN" + ".md"  # spelled apart so that this file does not cite it
+    root = README.parent
+    files = [p for d in ("src", "tests", "bench", "scripts") for p in (root / d).rglob("*") if p.is_file()]
+    citing = [
+        str(p.relative_to(root))
+        for p in files
+        if p.suffix in (".py", ".proto", ".toml", ".md", ".sh", ".pyi") and outside in p.read_text(errors="replace")
+    ]
+    assert citing == [], "point at README sections instead"
