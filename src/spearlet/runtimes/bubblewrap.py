@@ -91,6 +91,8 @@ class Sandbox:
         made: set[str] = set()
         empty = [*covered, "/tmp", "/dev/shm"]  # where the way to a bind does not exist yet
         for path, writable in exposed:
+            if not writable and not _under_any(path, empty):
+                continue  # in sight, read-only, through the root's bind already: one mount less
             # bwrap would make the directories leading to a bind inside a tmpfs closed to others.
             for parent in reversed(Path(path).parents):
                 directory = str(parent)
