@@ -288,6 +288,8 @@ async def settle(pending: asyncio.Future[Any], timeout: float | None) -> bool:
         return True
     pending.cancel()
     await asyncio.wait({pending})
+    if not pending.cancelled():
+        pending.exception()  # a cancelled gather ends holding a CancelledError: taken, not logged
     return False
 
 
