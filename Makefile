@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint proto bench clean
+.PHONY: setup sandbox-tools run test lint proto bench clean
 
 $(BIN)/spearlet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,7 +11,20 @@ $(BIN)/spearlet: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-setup: $(BIN)/spearlet
+setup: $(BIN)/spearlet sandbox-tools
+
+# Functions run in a bubblewrap sandbox (README, Security). Installed here when missing, if this is
+# root on a system with apt-get; otherwise said, and a node started without it says so and runs
+# functions unsandboxed (or refuses to start, with sandbox = "required").
+sandbox-tools:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing bubblewrap (the function sandbox)"; \
+	    apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; }; \
+	  else \
+	    echo "bubblewrap (bwrap) is missing: install it (e.g. sudo apt-get install bubblewrap) to sandbox functions"; \
+	  fi; }
 
 run: setup
 	$(BIN)/spearlet serve

@@ -40,6 +40,7 @@ from bench.common import (
     throughput,
     write_results,
 )  # fmt: skip
+from bench.sandbox_cost import sandbox_cost
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 from spearlet.core.ids import new_execution_id
@@ -314,6 +315,7 @@ def main() -> None:
             own.append(run)
     figures: dict[str, Any] = {k: statistics.median(r[k] for r in own) for k in own[0]}
     figures.update(growth(args.quick))
+    figures.update(sandbox_cost(3 if args.quick else 10))
     server, url = start_redis()
     try:
         sync_calls, async_calls = (100, 300) if args.quick else (300, 1000)

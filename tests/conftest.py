@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -37,6 +39,17 @@ def redis_url() -> Iterator[str]:
     yield url
     server.terminate()
     server.wait(10)
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A temporary directory any user may pass through all along, for a node whose functions run
+    as another user without the sandbox: every pytest session started as root closes the root of
+    pytest's own temporary directories to others, at any moment of another session's run."""
+    path = Path(tempfile.mkdtemp(prefix="spearlet-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -13,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,14 +147,17 @@ def start_node(
     cwd: Path | None = None,
     open_data_dir: bool = True,
     python: str = sys.executable,
+    prefix: Sequence[str] = (),
 ) -> NodeProcess:
     """`spearlet serve` as a real process on free ports; returns once it listens. With `cwd`,
     the node runs there with its default (relative) data dir, `data_dir` being where that lands.
-    `python`: the interpreter of another environment that has spearlet installed."""
+    `python`: the interpreter of another environment that has spearlet installed. `prefix` runs the
+    node through another command (`as_user`)."""
     if open_data_dir:
         open_path(data_dir if cwd is None else cwd)
     where = [] if cwd is not None else ["--data-dir", str(data_dir)]
-    cmd = [python, "-m", "spearlet", "serve", *where, "--grpc-port", "0", "--http-port", "0", *extra]
+    serve = [python, "-m", "spearlet", "serve", *where, "--grpc-port", "0", "--http-port", "0", *extra]
+    cmd = [*prefix, *serve]
     proc = subprocess.Popen(
         cmd,
         cwd=cwd,
@@ -181,6 +186,55 @@ def start_node(
     node = NodeProcess(proc, data_dir, grpc_target, http_url, [ln.rstrip("\n") for ln in lines])
     threading.Thread(target=node._drain, daemon=True).start()
     return node
+
+
+TEST_USER = "spearlet-test"
+
+# Runs "$@" as $UID_GID in a mount namespace where $PREFIX (the Python installation), closed to other
+# users by its ancestor $CLOSED, is reachable: moved onto an empty $CLOSED open to all.
+_REACHABLE_PYTHON = """set -e
+stage=$(mktemp -d)
+mount --rbind "$PREFIX" "$stage"
+mount -t tmpfs -o mode=0755 tmpfs "$CLOSED"
+mkdir -p "$PREFIX"
+mount --move "$stage" "$PREFIX"
+rmdir "$stage"
+exec setpriv --reuid="${UID_GID%:*}" --regid="${UID_GID#*:}" --clear-groups -- "$@"
+"""
+
+
+def unprivileged_user() -> tuple[int, int]:
+    """The uid and gid of an account of its own for unprivileged nodes, created when missing (the
+    tests run as root)."""
+    try:
+        entry = pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER],
+            check=True,
+            capture_output=True,
+        )
+        entry = pwd.getpwnam(TEST_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+def as_user(uid: int, gid: int) -> list[str]:
+    """A command prefix (for `start_node`) that runs a node as `uid`, with this test run's own Python.
+
+    That Python may live where no other user can go (here pyenv's, under /root, mode 0700): the
+    prefix then moves it, in a mount namespace of the node's own, onto an empty directory open to all.
+    A real deployment needs no such thing: it installs spearlet where its user can reach it (a venv
+    of that user, or a system Python)."""
+    closed = next(
+        (str(d) for d in reversed(Path(sys.base_prefix).parents) if not d.stat().st_mode & 0o001),
+        "",
+    )
+    drop = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+    if not closed:
+        return drop
+    script = ["sh", "-c", _REACHABLE_PYTHON, "sh"]
+    env = ["env", f"PREFIX={sys.base_prefix}", f"CLOSED={closed}", f"UID_GID={uid}:{gid}"]
+    return ["unshare", "--mount", "--propagation", "private", *env, *script]
 
 
 def as_json(message: Any) -> dict[str, Any]:

@@ -106,6 +106,7 @@ def serve(
     """Run a node until SIGINT or SIGTERM. Every option is also a SPEARLET_* variable."""
     from spearlet.node import serve as run_node
     from spearlet.observability.logging import configure_logging
+    from spearlet.runtimes.bubblewrap import SandboxUnavailable
     from spearlet.runtimes.sandbox import resolve_user
 
     configure_logging()
@@ -133,6 +134,9 @@ def serve(
     except OSError as exc:
         err_console.print(f"[red]cannot start the node:[/red] {exc}")
         raise typer.Exit(1) from exc
+    except SandboxUnavailable as exc:
+        err_console.print(f"[red]cannot start the node:[/red] {exc}")
+        raise typer.Exit(2) from exc
 
 
 # --- client helpers ----------------------------------------------------------------------------

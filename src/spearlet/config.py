@@ -6,9 +6,9 @@ import ipaddress
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -62,9 +62,16 @@ class Settings(BaseSettings):
     # Interpreter of python workers; empty: the node's own, or /usr/bin/python3 when the function
     # user cannot run the node's.
     python_executable: str = ""
-    # Where files functions use live (artifact copies, the worker program); empty: the data dir if
-    # the function user can reach it, else /var/lib/spearlet/<id>.
+    # Where files functions use live (artifact copies, the worker program) when the sandbox is off and
+    # functions run as another user; empty: the data dir if that user can reach it, else
+    # /var/lib/spearlet/<id>.
     shared_dir: Path | None = None
+    # Functions and Python workers in a bubblewrap sandbox: "auto" when bwrap and namespaces work
+    # (said once at start when not), "required" refuses to start without it, "off".
+    sandbox: Literal["auto", "required", "off"] = "auto"
+    # A function's network: "host" (the node's) or "none" (loopback of its own); a task's metadata
+    # `network` chooses for it. "none" needs the sandbox.
+    network: Literal["host", "none"] = "host"
 
     # Artifacts: allowed URL schemes ("file" covers plain paths), local directories (empty: any),
     # and whether every artifact must name its sha256 checksum.
@@ -80,6 +87,9 @@ class Settings(BaseSettings):
     retention_hours: float = Field(24.0, gt=0)
     retention_max_records: int = Field(100_000, ge=1)
     retention_interval_s: float = Field(60.0, gt=0)
+
+    # The settings file the node was started with: hidden from functions like the token file.
+    _config_file: Path | None = PrivateAttr(None)
 
     @field_validator("store")
     @classmethod
@@ -106,7 +116,9 @@ class Settings(BaseSettings):
         env_values = cls().model_dump(exclude_unset=True)
         values.update(env_values)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        settings = cls(**values)
+        settings._config_file = config_file.resolve() if config_file is not None else None
+        return settings
 
     def access_token(self) -> str:
         """The token from `token` or `token_file` (empty: no access control)."""
@@ -124,6 +136,10 @@ class Settings(BaseSettings):
             f"refusing to serve on {self.host!r} without a token: set --token or --token-file, "
             "or pass --insecure to serve an open node on the network"
         )
+
+    @property
+    def config_file(self) -> Path | None:
+        return self._config_file
 
     @property
     def db_path(self) -> Path:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import hashlib
 import logging
+import os
 import signal
 import socket
 import tomllib
@@ -32,6 +34,7 @@ from spearlet.core.models import ArtifactSpec
 from spearlet.core.tasks import TaskRegistry
 from spearlet.observability.metrics import Metrics
 from spearlet.runtimes.base import Runtime
+from spearlet.runtimes.bubblewrap import SandboxUnavailable, hidden_paths, start_sandbox
 from spearlet.runtimes.process import ProcessRuntime
 from spearlet.runtimes.python import PythonRuntime
 from spearlet.runtimes.sandbox import FunctionUser, kill_leftovers, resolve_user, set_node_mark, world_traversable
@@ -89,13 +92,29 @@ class Node:
             self.store = RedisStore(settings.store, retention_ms=int(settings.retention_hours * 3_600_000))
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.user = resolve_user(settings.run_as)
-        self.shared_dir = shared_dir(settings, self.user)
+        if settings.shared_dir is not None:
+            settings.shared_dir.mkdir(parents=True, exist_ok=True)  # hidden from functions: it must exist
+        hidden_dirs, hidden_files = hidden_paths(
+            settings.data_dir, settings.shared_dir or settings.data_dir, (settings.token_file, settings.config_file)
+        )
+        self.sandbox, self.sandbox_mode = start_sandbox(
+            settings.sandbox, other_user=self.user is not None, hidden_dirs=hidden_dirs, hidden_files=hidden_files
+        )
+        if self.sandbox is None and settings.network == "none":
+            raise SandboxUnavailable(f'network = "none" needs the sandbox, which is {self.sandbox_mode}')
+        # In a sandbox, bwrap shows functions what they need wherever it is: no directory is opened.
+        self.shared_dir = shared_dir(settings, self.user if self.sandbox is None else None)
         self.runtimes: dict[str, Runtime] = {
-            "process": ProcessRuntime(self.user),
-            "python": PythonRuntime(settings, self.user, self.shared_dir),
+            "process": ProcessRuntime(self.user, self.sandbox, settings.network),
+            "python": PythonRuntime(settings, self.user, self.shared_dir, self.sandbox),
             "wasm": WasmRuntime(settings),
         }
         self.lifecycle = Lifecycle()
+        if self.sandbox is None and self.user is not None:
+            # Without the sandbox to bind them in, the function user must pass through the artifact
+            # cache to the files it runs (not list it).
+            (self.shared_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+            (self.shared_dir / "artifacts").chmod(0o711)
         fetcher = ArtifactFetcher(
             self.shared_dir / "artifacts",
             schemes=settings.artifact_schemes,
@@ -110,7 +129,7 @@ class Node:
         if isinstance(self.store, RedisStore):
             self.cluster = Cluster(settings, self.store, self.scheduler, self.tasks, self.lifecycle, settings.lease_s)
             self.invoker.dispatch = self.cluster
-        self.api = FunctionApi(self.invoker)
+        self.api = FunctionApi(self.invoker, {"sandbox": self.sandbox_mode})
         python = self.runtimes["python"]
         assert isinstance(python, PythonRuntime)
         self.metrics = Metrics(self.scheduler, {"python": python.pool})
@@ -225,6 +244,14 @@ def shared_dir(settings: Settings, user: FunctionUser | None) -> Path:
     return chosen
 
 
+def not_dumpable() -> None:
+    """Make this process non-dumpable: its /proc files (environment, memory) then belong to root, so
+    that even a process of the same user outside any sandbox cannot read the token or the heap."""
+    pr_set_dumpable = 4
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
+        log.warning("could not make the node non-dumpable: %s", os.strerror(ctypes.get_errno()))
+
+
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
@@ -235,6 +262,7 @@ async def serve(settings: Settings, announce: Any = print) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before anyone can learn that we listen
         loop.add_signal_handler(sig, stop.set)
+    not_dumpable()
     node = Node(settings)
     await node.start()
     # What the node built to serve (modules, app, servers) lives as long as it does: a full
@@ -246,6 +274,7 @@ async def serve(settings: Settings, announce: Any = print) -> None:
     announce(f"  gRPC  {host}:{node.grpc_port}")
     announce(f"  HTTP  http://{host}:{node.http_port}")
     announce(f"  data  {settings.data_dir.resolve()}")
+    announce(f"  sandbox  {node.sandbox_mode}")
     try:
         await stop.wait()
     finally:

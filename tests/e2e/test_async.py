@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,20 @@ if runs <= p.get("fail_times", 0):
     sys.exit(1)
 json.dump({"runs": runs}, sys.stdout)
 """
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[NodeProcess]:
+    """A node without the sandbox: these functions leave a trace of each run in a shared directory
+    (COUNTER), and a sandboxed function may write only in its own working directory. Its data, like
+    those traces (`open_tmp`), lives outside pytest's temporary root, which a pytest session
+    started elsewhere may close to the function user at any moment."""
+    data = Path(tempfile.mkdtemp(prefix="spearlet-async-"))
+    data.chmod(0o755)
+    proc = start_node(data, env={"SPEARLET_SANDBOX": "off"})
+    yield proc
+    assert proc.stop() == 0, "\n".join(proc.output)
+    shutil.rmtree(data, ignore_errors=True)
 
 
 def wait_done(stub: Any, execution_id: str, timeout: float = 30) -> pb.GetExecutionStatusResponse:
@@ -130,8 +146,8 @@ def test_cancel_running_stops_the_process_within_a_second(node: NodeProcess, tmp
     assert not again.success and again.final_status == pb.EXECUTION_STATUS_CANCELLED
 
 
-def test_cancel_pending_means_it_never_starts(node: NodeProcess, tmp_path: Path) -> None:
-    log = shared_dir(tmp_path) / "runs.log"
+def test_cancel_pending_means_it_never_starts(node: NodeProcess, tmp_path: Path, open_tmp: Path) -> None:
+    log = shared_dir(open_tmp) / "runs.log"
     gate = script(tmp_path / "gate.sh", "#!/bin/sh\nsleep 600\n")
     counter = script(tmp_path / "counter.py", COUNTER)
     register(node.grpc_target, "one-at-a-time", gate, max_concurrency="1")
@@ -157,10 +173,10 @@ def test_cancel_of_an_unknown_execution_succeeds_as_a_call_and_says_not_found(no
     assert response.message == "execution 'nope' not found"
 
 
-def test_retries_rerun_failed_attempts_and_report_the_count(node: NodeProcess, tmp_path: Path) -> None:
+def test_retries_rerun_failed_attempts_and_report_the_count(node: NodeProcess, tmp_path: Path, open_tmp: Path) -> None:
     counter = script(tmp_path / "flaky.py", COUNTER)
     register(node.grpc_target, "flaky", counter)
-    log = shared_dir(tmp_path) / "flaky.log"
+    log = shared_dir(open_tmp) / "flaky.log"
     response = node.stub().InvokeFunction(
         existing("flaky", parameters=params(log=str(log), fail_times=2), context=pb.ExecutionContext(max_retries=3))
     )
@@ -169,10 +185,10 @@ def test_retries_rerun_failed_attempts_and_report_the_count(node: NodeProcess, t
     assert response.result.metrics["attempts"] == "3"
 
 
-def test_retries_stop_when_attempts_run_out(node: NodeProcess, tmp_path: Path) -> None:
+def test_retries_stop_when_attempts_run_out(node: NodeProcess, tmp_path: Path, open_tmp: Path) -> None:
     counter = script(tmp_path / "flaky2.py", COUNTER)
     register(node.grpc_target, "flaky2", counter)
-    log = shared_dir(tmp_path) / "flaky2.log"
+    log = shared_dir(open_tmp) / "flaky2.log"
     response = node.stub().InvokeFunction(
         existing("flaky2", parameters=params(log=str(log), fail_times=5), context=pb.ExecutionContext(max_retries=1))
     )
@@ -181,12 +197,12 @@ def test_retries_stop_when_attempts_run_out(node: NodeProcess, tmp_path: Path) -
     assert len(log.read_text().splitlines()) == 2
 
 
-def test_no_retry_after_cancel(node: NodeProcess, tmp_path: Path) -> None:
+def test_no_retry_after_cancel(node: NodeProcess, tmp_path: Path, open_tmp: Path) -> None:
     slow = script(
         tmp_path / "slow-fail.sh", '#!/bin/sh\necho x >> "$(cat | sed \'s/.*"log":"\\([^"]*\\)".*/\\1/\')"\nsleep 600\n'
     )
     register(node.grpc_target, "slow-fail", slow)
-    log = shared_dir(tmp_path) / "slow.log"
+    log = shared_dir(open_tmp) / "slow.log"
     stub = node.stub()
     response = stub.InvokeFunction(
         existing(
@@ -208,17 +224,19 @@ def test_no_retry_after_cancel(node: NodeProcess, tmp_path: Path) -> None:
     assert len(log.read_text().splitlines()) == 1
 
 
-def test_client_execution_id_and_idempotency_key_run_the_function_once(node: NodeProcess, tmp_path: Path) -> None:
+def test_client_execution_id_and_idempotency_key_run_the_function_once(
+    node: NodeProcess, tmp_path: Path, open_tmp: Path
+) -> None:
     counter = script(tmp_path / "once.py", COUNTER)
     register(node.grpc_target, "once", counter)
     stub = node.stub()
-    log = shared_dir(tmp_path) / "once.log"
+    log = shared_dir(open_tmp) / "once.log"
     ctx = pb.ExecutionContext(execution_id="my-run-1")
     first = stub.InvokeFunction(existing("once", parameters=params(log=str(log)), context=ctx))
     second = stub.InvokeFunction(existing("once", parameters=params(log=str(log)), context=ctx))
     assert first.execution_id == second.execution_id == "my-run-1"
     assert unpack(second.result.result) == {"runs": 1}
-    log2 = shared_dir(tmp_path) / "once2.log"
+    log2 = shared_dir(open_tmp) / "once2.log"
     keyed = {"idempotency_key": "order-42"}
     a = stub.InvokeFunction(
         existing("once", mode=pb.EXECUTION_MODE_ASYNC, parameters=params(log=str(log2)), invocation_metadata=keyed)
@@ -229,11 +247,13 @@ def test_client_execution_id_and_idempotency_key_run_the_function_once(node: Nod
     assert len(log.read_text().splitlines()) == 1 and len(log2.read_text().splitlines()) == 1
 
 
-def test_result_cache_answers_identical_calls_without_running(node: NodeProcess, tmp_path: Path) -> None:
+def test_result_cache_answers_identical_calls_without_running(
+    node: NodeProcess, tmp_path: Path, open_tmp: Path
+) -> None:
     counter = script(tmp_path / "cached.py", COUNTER)
     register(node.grpc_target, "cached", counter, cache_ttl_s="60")
     stub = node.stub()
-    log = shared_dir(tmp_path) / "cached.log"
+    log = shared_dir(open_tmp) / "cached.log"
     first = stub.InvokeFunction(existing("cached", parameters=params(log=str(log))))
     second = stub.InvokeFunction(existing("cached", parameters=params(log=str(log))))
     assert "cache_hit" not in first.result.metrics
@@ -244,11 +264,11 @@ def test_result_cache_answers_identical_calls_without_running(node: NodeProcess,
     assert unpack(other.result.result) == {"runs": 2}
 
 
-def test_failures_are_never_cached(node: NodeProcess, tmp_path: Path) -> None:
+def test_failures_are_never_cached(node: NodeProcess, tmp_path: Path, open_tmp: Path) -> None:
     counter = script(tmp_path / "cfail.py", COUNTER)
     register(node.grpc_target, "cfail", counter, cache_ttl_s="60")
     stub = node.stub()
-    log = shared_dir(tmp_path) / "cfail.log"
+    log = shared_dir(open_tmp) / "cfail.log"
     first = stub.InvokeFunction(existing("cfail", parameters=params(log=str(log), fail_times=1)))
     second = stub.InvokeFunction(existing("cfail", parameters=params(log=str(log), fail_times=1)))
     assert first.result.status == pb.EXECUTION_STATUS_FAILED

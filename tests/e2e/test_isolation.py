@@ -33,15 +33,17 @@ def test_a_root_node_runs_functions_as_nobody(node: NodeProcess, tmp_path: Path)
     worker_ids = unpack(node.stub().InvokeFunction(existing("greet", function_name="noop")).result.result)
     assert worker_ids is None
     workers = [
-        p for p in psutil.Process(node.proc.pid).children(recursive=True) if p.environ().get("SPEAR_TASK_ID") == "greet"
+        p
+        for p in psutil.Process(node.proc.pid).children(recursive=True)
+        if p.environ().get("SPEAR_TASK_ID") == "greet" and p.name() != "bwrap"  # not the sandbox around it
     ]
     assert workers and all(p.uids().real == 65534 for p in workers)
 
 
-@as_root
 def test_functions_cannot_read_the_data_dir(node: NodeProcess, tmp_path: Path) -> None:
-    body = f"#!/bin/sh\nls {node.data_dir} >/dev/null 2>&1 && echo listed\ncat {node.data_dir}/spearlet.db >/dev/null 2>&1 && echo read\necho done\n"
-    assert unpack(run(node, tmp_path, "snoop", body).result.result) == "done\n"
+    body = f"#!/bin/sh\nfind {node.data_dir} -type f\ncat {node.data_dir}/spearlet.db >/dev/null 2>&1 && echo read\necho done\n"
+    seen, done = unpack(run(node, tmp_path, "snoop", body).result.result).splitlines()
+    assert seen.endswith("/snoop.sh") and done == "done"  # an empty data dir, but for its own artifact
 
 
 def test_each_execution_has_its_own_working_directory_removed_after(node: NodeProcess, tmp_path: Path) -> None:
@@ -80,7 +82,10 @@ def test_a_file_over_the_size_limit_fails_with_its_own_code(node: NodeProcess, t
 
 
 @as_root
-def test_a_data_dir_closed_to_others_keeps_function_files_under_var_lib(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sandbox", ["auto", "off"])
+def test_a_data_dir_closed_to_others_stays_closed_in_the_sandbox_else_function_files_go_under_var_lib(
+    tmp_path: Path, sandbox: str
+) -> None:
     import hashlib
     import shutil
 
@@ -90,11 +95,14 @@ def test_a_data_dir_closed_to_others_keeps_function_files_under_var_lib(tmp_path
     closed.mkdir(parents=True)
     (tmp_path / "closed").chmod(0o700)
     shared = Path("/var/lib/spearlet") / hashlib.sha256(str(closed.resolve()).encode()).hexdigest()[:16]
-    node = start_node(closed, open_data_dir=False)
+    node = start_node(closed, open_data_dir=False, env={"SPEARLET_SANDBOX": sandbox})
     try:
         for task in ("hello", "greet"):
             assert node.stub().InvokeFunction(existing(task)).success, "\n".join(node.output)
-        assert (shared / "artifacts").is_dir() and (shared / "runtime" / "python_worker.py").is_file()
+        if sandbox == "auto":  # bwrap, as root, binds the artifact and worker program from where they are
+            assert not shared.exists() and ((tmp_path / "closed").stat().st_mode & 0o777) == 0o700
+        else:
+            assert (shared / "artifacts").is_dir() and (shared / "runtime" / "python_worker.py").is_file()
     finally:
         assert node.stop() == 0
         shutil.rmtree(shared, ignore_errors=True)

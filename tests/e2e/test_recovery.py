@@ -42,13 +42,16 @@ def test_tasks_and_records_survive_a_clean_restart(tmp_path: Path) -> None:
         assert again.stop() == 0
 
 
-def test_kill_9_with_pending_and_running_work_finishes_everything_after_restart(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+@pytest.mark.parametrize("sandbox", ["auto", "off"])
+def test_kill_9_with_pending_and_running_work_finishes_everything_after_restart(
+    tmp_path: Path, open_tmp: Path, sandbox: str
+) -> None:
+    data = open_tmp / "data"
     marker = tmp_path / "work.sh"
     script(marker, "#!/bin/sh\nsleep 0.3\necho '{\"done\": true}'\n")
     long = tmp_path / "long.sh"
     script(long, "#!/bin/sh\nsleep 601\n")  # sleep: a grandchild, which the parent-death signal misses
-    node = start_node(data, "--tasks", "none")
+    node = start_node(data, "--tasks", "none", env={"SPEARLET_SANDBOX": sandbox})
     register(node.grpc_target, "work", marker, max_concurrency="1")
     register(node.grpc_target, "long", long, max_concurrency="2")
     stub = node.stub()
@@ -76,8 +79,12 @@ def test_kill_9_with_pending_and_running_work_finishes_everything_after_restart(
         time.sleep(0.05)
 
     orphans = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "601"]]
-    assert orphans  # grandchildren outlive the node...
-    again = start_node(data, "--tasks", "none")
+    if sandbox == "auto":  # grandchildren die with the sandbox, which dies with the node
+        _, alive = psutil.wait_procs(orphans, timeout=5)
+        assert not alive
+    else:
+        assert orphans  # grandchildren outlive the node...
+    again = start_node(data, "--tasks", "none", env={"SPEARLET_SANDBOX": sandbox})
     try:
         _, alive = psutil.wait_procs(orphans, timeout=5)
         assert not alive  # ...until the restarted node kills what the dead one left behind

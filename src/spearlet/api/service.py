@@ -21,8 +21,10 @@ from spearlet.core.models import Status
 
 
 class FunctionApi:
-    def __init__(self, invoker: Invoker) -> None:
+    def __init__(self, invoker: Invoker, node_info: dict[str, str] | None = None) -> None:
         self.invoker = invoker
+        # What the node says of itself in health details beside its figures (its sandbox, say).
+        self.node_info = node_info or {}
 
     async def invoke(self, request: pb.InvokeFunctionRequest) -> pb.InvokeFunctionResponse:
         outcome = await self.invoker.invoke(convert.invoke_request_from(request))
@@ -130,6 +132,7 @@ class FunctionApi:
                         "node": self.invoker.settings.node_id,
                         "cpu_count": str(psutil.cpu_count() or 0),
                         "memory_total": str(psutil.virtual_memory().total),
+                        **self.node_info,
                     },
                 )
             )

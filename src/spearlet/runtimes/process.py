@@ -17,6 +17,7 @@ from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
 from spearlet.core.values import stdin_payload
 from spearlet.runtimes.base import Invocation, LineSplitter, Outcome, Runtime, StopRequest
+from spearlet.runtimes.bubblewrap import Sandbox, function_command, task_network
 from spearlet.runtimes.sandbox import (
     FunctionUser,
     PeakMemory,
@@ -24,13 +25,15 @@ from spearlet.runtimes.sandbox import (
     collect,
     function_environment,
     kill_group,
-    limited_argv,
     make_workdir,
+    settle,
     spawn,
+    terminate,
     wait_exit,
 )
 
-# How long a graceful stop (SIGTERM) may take before SIGKILL.
+# How long a graceful stop (SIGTERM) may take before SIGKILL, and how long the output of a killed
+# function may take to drain.
 STOP_GRACE_S = 0.5
 
 _OOM_MARKERS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc")
@@ -64,6 +67,12 @@ def failure_code(returncode: int, logs: str) -> tuple[str, str]:
     return "NONZERO_EXIT", f"the function exited with code {returncode}"
 
 
+def signal_exit(returncode: int) -> int:
+    """A sandbox's exit code as the function's: the sandbox's init exits with 128 + N when the
+    function died of signal N, reported as -N like a direct child's."""
+    return -(returncode - 128) if 128 < returncode <= 128 + signal.SIGRTMAX else returncode
+
+
 def log_tail(logs: str, lines: int = 20) -> str:
     return "\n".join(logs.rstrip("\n").splitlines()[-lines:])
 
@@ -71,8 +80,10 @@ def log_tail(logs: str, lines: int = 20) -> str:
 class ProcessRuntime(Runtime):
     name = "process"
 
-    def __init__(self, user: FunctionUser | None = None) -> None:
+    def __init__(self, user: FunctionUser | None = None, sandbox: Sandbox | None = None, network: str = "host") -> None:
         self.user = user
+        self.sandbox = sandbox
+        self.network = network
 
     async def prepare(self, task: Task) -> None:
         path = task.local_path
@@ -80,9 +91,21 @@ class ProcessRuntime(Runtime):
             raise InvalidArgument(f"process artifact {task.location!r} is not a file")
         if not os.access(path, os.X_OK):
             raise InvalidArgument(f"process artifact {task.location!r} is not executable (chmod +x it)")
+        task_network(task, self.network, self.sandbox)
+
+    def command(self, task: Task, workdir: str, invocation: Invocation) -> list[str]:
+        """The function's command line: limited, and inside the sandbox when there is one."""
+        return function_command(
+            [task.local_path],
+            invocation.limits,
+            self.user,
+            self.sandbox,
+            workdir=workdir,
+            expose=[task.local_path],
+            network=task_network(task, self.network, self.sandbox),
+        )
 
     async def invoke(self, task: Task, invocation: Invocation, stop: StopRequest) -> Outcome:
-        limits = invocation.limits
         workdir = make_workdir("spearlet-", self.user)
         stdin_fd = os.memfd_create("spearlet-stdin")
         try:
@@ -100,8 +123,7 @@ class ProcessRuntime(Runtime):
             )
             started = time.monotonic()
             try:
-                argv = limited_argv([task.local_path], limits, self.user)
-                proc = spawn(argv, cwd=workdir, env=env, stdin=stdin_fd)
+                proc = spawn(self.command(task, workdir, invocation), cwd=workdir, env=env, stdin=stdin_fd)
             except OSError as exc:
                 return Outcome(Status.FAILED, error_code="SPAWN_FAILED", error_message=f"cannot start: {exc}")
             finally:
@@ -119,13 +141,14 @@ class ProcessRuntime(Runtime):
         started: float,
     ) -> Outcome:  # fmt: skip
         limits = invocation.limits
+        sandboxed = self.sandbox is not None
         lines = LineSplitter(invocation.on_output) if invocation.on_output else None
         out = PipeCollector(
             limits.output_bytes, on_overflow=lambda: kill_group(pid), on_data=lines.feed if lines else None
         )
         err = PipeCollector(limits.log_bytes, tail=True)
         readers = asyncio.gather(collect(stdout, out), collect(stderr, err))
-        memory = PeakMemory(pid)
+        memory = PeakMemory(pid, sandboxed)
         exited = asyncio.ensure_future(wait_exit(pid, before_reap=memory.stop))
         stopped = asyncio.ensure_future(stop.wait())
         timeout = limits.timeout_ms / 1000 if limits.timeout_ms > 0 else None
@@ -137,21 +160,31 @@ class ProcessRuntime(Runtime):
                     status, code = Status.CANCELLED, "CANCELLED"
                     message = f"cancelled{': ' + stop.reason if stop.reason else ''}"
                     if not stop.force:
-                        kill_group(pid, signal.SIGTERM)
+                        terminate(pid, sandboxed)
                         await asyncio.wait({exited}, timeout=STOP_GRACE_S)
                 else:
                     status, code = Status.TIMEOUT, "TIMEOUT"
                     message = f"the function did not finish within {limits.timeout_ms} ms"
                 kill_group(pid)
             result = await exited
+            # Descendants left in the group would keep the pipes open and outlive the call (in a
+            # sandbox they died with it). One that left the group, outside a sandbox, may hold them
+            # still: the output is waited for until the deadline, no longer.
+            kill_group(pid)
+            if status is Status.COMPLETED:
+                left = None if timeout is None else max(0.0, started + timeout - time.monotonic())
+            else:
+                left = STOP_GRACE_S
+            if not await settle(readers, left) and status is Status.COMPLETED:
+                status, code = Status.TIMEOUT, "TIMEOUT"
+                message = f"the function's output was still open after {limits.timeout_ms} ms"
         finally:
             stopped.cancel()
             if not exited.done():  # we are being cancelled ourselves: leave nothing behind
                 kill_group(pid)
                 await asyncio.shield(exited)
-            # Descendants left in the group would keep the pipes open and outlive the call.
             kill_group(pid)
-            await readers
+            await settle(readers, 0)
             if lines is not None:
                 lines.flush()
         elapsed_ms = int((time.monotonic() - started) * 1000)
@@ -161,7 +194,7 @@ class ProcessRuntime(Runtime):
             message = f"the function wrote more than {limits.output_bytes} bytes to stdout"
         elif status is Status.COMPLETED and result.returncode != 0:
             status = Status.FAILED
-            code, message = failure_code(result.returncode, logs)
+            code, message = failure_code(signal_exit(result.returncode) if sandboxed else result.returncode, logs)
             tail = log_tail(logs)
             if tail:
                 message = f"{message}: {tail}"

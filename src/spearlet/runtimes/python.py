@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -26,7 +27,8 @@ from spearlet.core.models import Status, Task
 from spearlet.core.values import tag_bytes, untag_bytes
 from spearlet.pool import Instance, Pool, PoolSettings
 from spearlet.runtimes.base import Invocation, Limits, Outcome, Runtime, StopRequest
-from spearlet.runtimes.process import task_environment
+from spearlet.runtimes.bubblewrap import Sandbox, function_command, task_network
+from spearlet.runtimes.process import STOP_GRACE_S, task_environment
 from spearlet.runtimes.sandbox import (
     FunctionUser,
     PeakMemory,
@@ -35,8 +37,8 @@ from spearlet.runtimes.sandbox import (
     connect_pipe,
     function_environment,
     kill_group,
-    limited_argv,
     make_workdir,
+    settle,
     spawn,
     wait_exit,
     world_runnable,
@@ -171,13 +173,13 @@ class _Frames(asyncio.Protocol):
 
 
 class PythonWorker(Instance):
-    def __init__(self, instance_id: str, proc: subprocess.Popen[bytes], workdir: str) -> None:
+    def __init__(self, instance_id: str, proc: subprocess.Popen[bytes], workdir: str, sandboxed: bool) -> None:
         super().__init__(instance_id)
         self.proc = proc
         self.pid = proc.pid
         self.workdir = workdir
         self.exited = asyncio.ensure_future(wait_exit(self.pid))
-        self.memory = PeakMemory(self.pid)
+        self.memory = PeakMemory(self.pid, sandboxed)
         self.stderr = PipeCollector(16 << 10, tail=True)
         self._stderr_task = asyncio.ensure_future(collect(proc.stderr, self.stderr))  # type: ignore[arg-type]
         self._frames = _Frames()
@@ -224,7 +226,8 @@ class PythonWorker(Instance):
         if self._writer is not None:
             self._writer.close()
         self._frames.close()
-        await self._stderr_task
+        # Outside a sandbox, a descendant that left the group may hold stderr open: not for long.
+        await settle(self._stderr_task, STOP_GRACE_S)
         self.memory.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -232,49 +235,72 @@ class PythonWorker(Instance):
 class PythonRuntime(Runtime):
     name = "python"
 
-    def __init__(self, settings: Settings, user: FunctionUser | None = None, shared_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        user: FunctionUser | None = None,
+        shared_dir: Path | None = None,
+        sandbox: Sandbox | None = None,
+    ) -> None:
         self.settings = settings
         self.user = user
         self.shared_dir = shared_dir or settings.data_dir
+        self.sandbox = sandbox
         self.pool = Pool(self._start, default_max=settings.max_concurrency)
         self._reaper: asyncio.Task[None] | None = None
-        self.interpreter, self.worker_script = self._worker_program()
+        self.interpreter, self.worker_script, self.program_files = self._worker_program()
 
-    def _worker_program(self) -> tuple[str, str]:
-        """The interpreter and worker script, both runnable by the function user: the node's own
-        where it can reach them, else /usr/bin/python3 and a copy of the script in the data dir."""
-        interpreter = self.settings.python_executable or sys.executable
-        script = str(WORKER)
+    def _worker_program(self) -> tuple[str, str, list[str]]:
+        """The interpreter, the worker script, and what of them a sandbox must show.
+
+        In a sandbox: the node's interpreter (its real file: the worker needs only the standard
+        library, not the node's virtual environment) and installation, and the script where it is,
+        bound in even from directories closed to the function user. Outside one, as another user:
+        the node's interpreter where that user can reach it, else /usr/bin/python3, and a copy of
+        the script in the shared dir."""
+        configured = self.settings.python_executable
+        interpreter = configured or sys.executable
+        if self.sandbox is not None:
+            real = os.path.realpath(interpreter)
+            # Its installation (or venv): what it finds beside itself; and the node's base, its stdlib.
+            shown = {str(Path(real).parent.parent), *([] if configured else [sys.base_prefix])}
+            return real, str(WORKER), [*sorted(shown), str(WORKER)]
         if self.user is None:
-            return interpreter, script
-        if not self.settings.python_executable and not world_runnable(interpreter):
+            return interpreter, str(WORKER), []
+        if not configured and not world_runnable(interpreter):
             interpreter = SYSTEM_PYTHON
         copy = self.shared_dir / "runtime" / WORKER.name
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.parent.chmod(0o755)
         shutil.copyfile(WORKER, copy)
         copy.chmod(0o644)
-        return interpreter, str(copy)
+        return interpreter, str(copy), []
 
     async def _start(self, task: Task, instance_id: str) -> Instance:
         path, entry = code_location(task)
-        if self.user is not None and not world_runnable(self.interpreter):
+        sandbox = self.sandbox
+        if sandbox is None and self.user is not None and not world_runnable(self.interpreter):
             raise WorkerStartFailed(
                 f"the function user {self.user.name!r} cannot run {self.interpreter}: set python_executable"
             )
         workdir = make_workdir("spearlet-py-", self.user)
         env = function_environment(workdir, {**task_environment(task), "SPEAR_TASK_ID": task.task_id})
-        argv = limited_argv(
+        # One sandbox per worker, for its whole life: warm calls cost nothing more.
+        argv = function_command(
             [self.interpreter, "-I", "-u", self.worker_script, path, entry],
             Limits.for_task(self.settings, task, timeout_ms=0),
             self.user,
+            sandbox,
+            workdir=workdir,
+            expose=[*self.program_files, task.local_path],
+            network=task_network(task, self.settings.network, sandbox),
         )
         try:
             proc = spawn(argv, cwd=workdir, env=env, stdin=subprocess.PIPE)
         except OSError as exc:
             shutil.rmtree(workdir, ignore_errors=True)
             raise WorkerStartFailed(f"cannot start a worker: {exc}") from exc
-        worker = PythonWorker(instance_id, proc, workdir)
+        worker = PythonWorker(instance_id, proc, workdir, sandbox is not None)
         try:
             await worker.connect()
             hello = await asyncio.wait_for(worker.receive(1 << 20), START_TIMEOUT_S)
@@ -294,6 +320,7 @@ class PythonRuntime(Runtime):
         if path.suffix == ".zip":
             check_zip(path, task.location)
         code_location(task)
+        task_network(task, self.settings.network, self.sandbox)
         PoolSettings.of(task, self.settings.max_concurrency)
         await self.pool.forget(task.task_id)
         # Import the code now: a broken module is a registration error, not a failure per call.

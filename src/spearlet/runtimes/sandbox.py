@@ -93,21 +93,27 @@ def world_runnable(path: str) -> bool:
         return False
 
 
-def limited_argv(argv: list[str], limits: Limits, user: FunctionUser | None = None) -> list[str]:
-    """Prefix `argv` so that it execs as the function user, under the resource limits, and dies
-    with the node.
+def limited_argv(
+    argv: list[str], limits: Limits, user: FunctionUser | None = None, own_user_namespace: bool = False
+) -> list[str]:
+    """Prefix `argv` so that it execs as the function user, under the resource limits, unable to
+    gain privileges (no setuid programs), and dies with its parent.
 
-    `setpriv --pdeathsig KILL` makes the kernel kill the child if the node itself dies (even by
-    SIGKILL), so a crashed node leaves no function running unsupervised.
+    `setpriv --pdeathsig KILL` makes the kernel kill the child if its parent dies (even by SIGKILL):
+    outside a sandbox the parent is the node, so a crashed node leaves no function running
+    unsupervised; inside one it is the sandbox's init. `own_user_namespace`: the function runs in a
+    user namespace of its own, where the process limit counts only its processes.
     """
     if PRLIMIT is None or SETPRIV is None:
         raise RuntimeError("the prlimit and setpriv commands (util-linux) are required to sandbox functions")
     prefix = [SETPRIV]
     if user is not None:
         prefix += [f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
-    prefix += ["--pdeathsig", "KILL", "--", PRLIMIT]
-    if user is not None and limits.processes > 0:
-        # Counted per user, and only binding for an unprivileged one: a fork bomb stops here.
+        prefix += ["--inh-caps=-all", "--bounding-set=-all"]
+    prefix += ["--no-new-privs", "--pdeathsig", "KILL", "--", PRLIMIT]
+    if (user is not None or own_user_namespace) and limits.processes > 0:
+        # Counted per user (per user namespace), and only binding for an unprivileged one: a fork
+        # bomb stops here.
         prefix.append(f"--nproc={limits.processes}")
     if limits.memory_bytes > 0:
         prefix.append(f"--as={limits.memory_bytes}")
@@ -199,6 +205,24 @@ async def wait_exit(pid: int, before_reap: Callable[[], object] | None = None) -
     return Exit(os.waitstatus_to_exitcode(status))
 
 
+def _first_child(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            children = f.read().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+def payload_pid(pid: int, sandboxed: bool) -> int | None:
+    """The function's own process: the child started as `pid`, or in a sandbox the child of the
+    sandbox's init (itself the child of `pid`); None until it is started, or once it is gone."""
+    if not sandboxed:
+        return pid
+    init = _first_child(pid)
+    return _first_child(init) if init is not None else None
+
+
 def _high_water_mark(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
@@ -211,17 +235,24 @@ def _high_water_mark(pid: int) -> int:
 
 
 class PeakMemory:
-    """Samples a running process's memory high-water mark, densely at first (most calls are short)."""
+    """Samples a running function's memory high-water mark, densely at first (most calls are short).
+    In a sandbox, the function's process is found once it is started (the exec chain through setpriv
+    and prlimit keeps its pid)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, sandboxed: bool = False) -> None:
         self.pid = pid
+        self.sandboxed = sandboxed
         self.peak = 0
         self._task = asyncio.get_running_loop().create_task(self._sample())
 
     async def _sample(self) -> None:
         delay = 0.002
+        payload = None
         while True:
-            self.peak = max(self.peak, _high_water_mark(self.pid))
+            if payload is None:
+                payload = payload_pid(self.pid, self.sandboxed)
+            if payload is not None:
+                self.peak = max(self.peak, _high_water_mark(payload))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
@@ -232,9 +263,34 @@ class PeakMemory:
 
 
 def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
-    """Signal the child's whole process group; it is gone already when that fails."""
+    """Signal the child's whole process group; it is gone already when that fails. For a sandbox,
+    SIGKILL of its group ends the sandbox and with it every process inside."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def terminate(pid: int, sandboxed: bool) -> None:
+    """Ask the function to stop (SIGTERM to its process group), leaving it time to clean up. In a
+    sandbox that is the group of the sandbox's init (bwrap --new-session makes it the leader of
+    a session of its own), which ignores the signal as a namespace's init does; the outer bwrap
+    process would die of it at once, and the sandbox with it."""
+    group = _first_child(pid) if sandboxed else pid
+    if group is not None:
+        kill_group(group, signal.SIGTERM)
+
+
+async def settle(pending: asyncio.Future[Any], timeout: float | None) -> bool:
+    """Wait at most `timeout` seconds for `pending`; cancel it when it does not finish in time.
+    Whether it finished."""
+    if not pending.done():
+        await asyncio.wait({pending}, timeout=timeout)
+    if pending.done():
+        return True
+    pending.cancel()
+    await asyncio.wait({pending})
+    if not pending.cancelled():
+        pending.exception()  # a cancelled gather ends holding a CancelledError: taken, not logged
+    return False
 
 
 class PipeCollector(asyncio.Protocol):
