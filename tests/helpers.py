@@ -185,3 +185,9 @@ def environ_of(process: psutil.Process) -> dict[str, str]:
         return process.environ()
     except psutil.Error:
         return {}
+
+
+def serve_refused(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """`spearlet serve` with `args` on free ports, expected to refuse to start: its exit and output."""
+    cmd = [sys.executable, "-m", "spearlet", "serve", "--grpc-port", "0", "--http-port", "0", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, start_new_session=True)
