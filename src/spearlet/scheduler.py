@@ -85,6 +85,11 @@ class Scheduler:
         """(executions queued for this task, executions of it running now)."""
         return len(self._queues.get(task_id, ())), self._running_per_task.get(task_id, 0)
 
+    def forget_task(self, task_id: str) -> None:
+        """Drop what is kept about a deleted task (its queue and counts go once empty)."""
+        for key in [k for k in self._durations if k[0] == task_id]:
+            del self._durations[key]
+
     # Submitting and cancelling
 
     def ensure_room(self) -> None:

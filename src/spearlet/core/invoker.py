@@ -432,8 +432,14 @@ class Invoker:
             raise FailedPrecondition(
                 f"task {task_id!r} has {len(active)} active executions: cancel them or delete with force"
             )
+        ends = {record.execution_id: self.lifecycle.waiter(record.execution_id) for record in active}
         for record in active:
             self.scheduler.request_stop(record.execution_id, True, "task deleted")
+        if ends:
+            # Their ends first, so that what is kept per task (metrics, history) goes with it.
+            await asyncio.wait(ends.values(), timeout=5.0)
+            for execution_id, end in ends.items():
+                self.lifecycle.drop_waiter(execution_id, end)
         deleted, cleaned = await self.tasks.delete(task_id, cleanup_executions)
         if not deleted:
             raise NotFound(f"task {task_id!r} not found")
