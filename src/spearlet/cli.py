@@ -26,6 +26,7 @@ from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 from spearlet.api.grpc.convert import tidy_numbers
 from spearlet.config import Settings
+from spearlet.core.errors import StartError
 
 app = typer.Typer(help="spearlet: a function-execution node for SPEAR.", no_args_is_help=True)
 task_app = typer.Typer(help="Register, list, show and remove tasks.", no_args_is_help=True)
@@ -40,7 +41,7 @@ DEFAULT_TARGET = "127.0.0.1:50052"
 STATUS = {v.number: v.name.removeprefix("EXECUTION_STATUS_") for v in pb.ExecutionStatus.DESCRIPTOR.values}
 
 
-_client = {"token": ""}
+_client: dict[str, Any] = {"token": "", "tls_ca": None}
 
 
 @app.callback()
@@ -48,13 +49,32 @@ def client_options(
     token: Annotated[
         str, typer.Option(envvar="SPEARLET_TOKEN", help="access token of the node", show_default=False)
     ] = "",
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-ca",
+            envvar="SPEARLET_TLS_CA",
+            help="speak TLS to the node, trusting this CA certificate (PEM)",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """spearlet: a function-execution node for SPEAR."""
     _client["token"] = token
+    _client["tls_ca"] = tls_ca
 
 
 def _auth() -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {_client['token']}")] if _client["token"] else []
+
+
+def _channel(target: str) -> grpc.Channel:
+    """A channel to the node: TLS trusting --tls-ca when given, else plaintext."""
+    ca: Path | None = _client["tls_ca"]
+    if ca is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca.read_bytes()))
 
 
 def main() -> None:
@@ -75,7 +95,9 @@ def serve(
         str | None,
         typer.Option(help="tasks file to register at start; 'none' for none [default: bundled examples]"),
     ] = None,
-    node_id: Annotated[str | None, typer.Option(help="this node's name [default: hostname]")] = None,
+    node_id: Annotated[
+        str | None, typer.Option(help="this node's name [default: made once per data dir: <hostname>-<random>]")
+    ] = None,
     store: Annotated[
         str | None, typer.Option(help="'sqlite' or redis://HOST:PORT/DB for cluster mode [default: sqlite]")
     ] = None,
@@ -85,6 +107,10 @@ def serve(
     insecure: Annotated[
         bool | None, typer.Option("--insecure", help="allow a non-loopback host without a token")
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate (chain): serve gRPC and HTTPS with TLS", exists=True)
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert", exists=True)] = None,
 ) -> None:
     """Run a node until SIGINT or SIGTERM. Every option is also a SPEARLET_* variable."""
     from spearlet.node import serve as run_node
@@ -104,6 +130,8 @@ def serve(
             store=store,
             token_file=token_file,
             insecure=insecure,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
         )
         settings.check_exposure()
         resolve_user(settings.run_as)
@@ -113,9 +141,10 @@ def serve(
     try:
         # uvloop: measured 5-8% more calls/s and 3-5% lower sync latency than asyncio's own loop.
         uvloop.run(run_node(settings, announce=lambda line: print(line, flush=True)))
-    except OSError as exc:
-        err_console.print(f"[red]cannot start the node:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    except (StartError, OSError) as exc:
+        # One line, whatever the terminal's width: what is wrong and what to change.
+        err_console.print(f"cannot start the node: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 # --- client helpers ----------------------------------------------------------------------------
@@ -123,7 +152,7 @@ def serve(
 
 def _call(target: str, method: str, request: Message, service: str = "FunctionService") -> Any:
     stub_class = getattr(pb_grpc, f"{service}Stub")
-    with grpc.insecure_channel(target) as channel:
+    with _channel(target) as channel:
         stub = stub_class(channel)
         try:
             return getattr(stub, method)(request, metadata=_auth())
@@ -240,7 +269,7 @@ def invoke(
 
 def _stream(target: str, service: str, method: str, request: Message) -> Iterator[pb.StreamExecutionResult]:
     """The messages of a server-streaming call; Ctrl-C closes it (a StreamFunction then cancels)."""
-    with grpc.insecure_channel(target) as channel:
+    with _channel(target) as channel:
         stub = getattr(pb_grpc, f"{service}Stub")(channel)
         try:
             yield from getattr(stub, method)(request, metadata=_auth())

@@ -17,12 +17,16 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
+import time
 from typing import Any
 
 from redis.exceptions import ResponseError
 
 from spearlet.config import Settings
 from spearlet.core.background import Background
+from spearlet.core.errors import StartError
 from spearlet.core.lifecycle import Event, Lifecycle
 from spearlet.core.models import ExecutionRecord, Mode, Status
 from spearlet.core.tasks import TaskRegistry
@@ -58,6 +62,8 @@ class Cluster:
         self._entries: dict[str, str] = {}  # execution id -> stream entry id, for work read here
         self._loops: list[asyncio.Task[None]] = []
         self._background = Background()
+        # What a node refused this id is told about its holder.
+        self._beat_value = f"host {socket.gethostname()}, pid {os.getpid()}"
 
     @property
     def _heartbeat(self) -> str:
@@ -66,6 +72,27 @@ class Cluster:
     @property
     def _local(self) -> str:
         return f"{P}node-running:{self.node}"
+
+    async def claim_id(self) -> None:
+        """Take this node's id in the cluster (its heartbeat key), or StartError while a live node
+        holds it. A holder that does not renew within its lease (a run of this node that just
+        crashed) yields it: the key expires and is ours."""
+        wait = self.lease_s + 1.0
+        deadline = time.monotonic() + wait
+        last_ttl: int | None = None
+        while True:
+            if await self.redis.set(self._heartbeat, self._beat_value, nx=True, px=int(self.lease_s * 1000)):
+                return
+            ttl = int(await self.redis.pttl(self._heartbeat))
+            renewed = last_ttl is not None and ttl > last_ttl
+            if renewed or ttl == -1 or time.monotonic() > deadline:
+                holder = await self.redis.get(self._heartbeat) or "unknown"
+                raise StartError(
+                    f"node id {self.node!r} is held by a live node of the cluster ({holder}, heartbeat within "
+                    f"lease_s={self.lease_s:g}): give this node another --node-id, or stop that one"
+                )
+            last_ttl = ttl
+            await asyncio.sleep(0.05)
 
     async def start(self) -> None:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: another node made it
@@ -84,7 +111,8 @@ class Cluster:
         for loop in self._loops:
             loop.cancel()
         # Bounded: a node must stop even if Redis stopped answering.
-        await asyncio.wait(self._loops, timeout=2.0)
+        if self._loops:
+            await asyncio.wait(self._loops, timeout=2.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._background.wait(), 2.0)
 
@@ -188,7 +216,7 @@ class Cluster:
                     await self._take(entry, fields["id"], reclaimed=False)
 
     async def _beat(self) -> None:
-        await self.redis.set(self._heartbeat, "1", px=int(self.lease_s * 1000))
+        await self.redis.set(self._heartbeat, self._beat_value, px=int(self.lease_s * 1000))
 
     async def _renew(self) -> None:
         while True:

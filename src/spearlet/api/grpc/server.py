@@ -213,8 +213,10 @@ def build_server(
     observe: Observer = _ignore,
     token: str = "",
     max_message_bytes: int = 8 << 20,
+    tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A grpc.aio server with every service added, bound to `address`; returns it and its port."""
+    """A grpc.aio server with every service added, bound to `address` (TLS only, with `tls`: the
+    PEM certificate chain and private key); returns it and its port. OSError if it cannot bind."""
     server = grpc.aio.server(
         interceptors=[GrpcTokenInterceptor(TokenCheck(token))] if token else None,
         options=[
@@ -236,7 +238,12 @@ def build_server(
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot bind gRPC on {address}")
+    try:
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            certificate, key = tls
+            port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, certificate)]))
+    except RuntimeError as exc:  # grpc says only that it failed
+        raise OSError(f"cannot bind gRPC on {address}") from exc
     return server, port, health_servicer
