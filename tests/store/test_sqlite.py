@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +23,7 @@ from spearlet.store.sqlite import (
     FINISHED_KEPT_BYTES,
     FINISHED_KEPT_MAX_BYTES,
     STAGE_S,
+    WAL_LIMIT_BYTES,
     SqliteStore,
     _exec_row,
     _insert_op,
@@ -450,6 +452,22 @@ async def test_database_is_in_wal_mode(store: SqliteStore) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         conn.close()
+
+
+async def test_the_wal_is_emptied_when_the_writer_is_idle_and_cut_back_after_checkpoints(store: SqliteStore) -> None:
+    wal = store.path.with_name(store.path.name + "-wal")
+    limit = await store._run(lambda conn: conn.execute("PRAGMA journal_size_limit").fetchone()[0], atomic=True)
+    assert limit == WAL_LIMIT_BYTES
+    for _ in range(2):  # the second burst reuses the emptied file, and is emptied again
+        records = [make_record(output=os.urandom(48 << 10)) for _ in range(200)]  # ~10 MB in one commit
+        assert await asyncio.gather(*(store.create_execution(r) for r in records)) == [None] * 200
+        assert wal.stat().st_size > 2 * WAL_LIMIT_BYTES
+        for _ in range(60):  # the writer checkpoints after a second without work
+            if wal.stat().st_size == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert wal.stat().st_size == 0
+    assert await store._run(lambda conn: conn.execute("PRAGMA integrity_check").fetchone()[0]) == "ok"
 
 
 async def test_open_on_an_unusable_path_raises(tmp_path: Path) -> None:
