@@ -8,9 +8,11 @@ task does not starve another. The pending total is bounded: past it, submit refu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from spearlet.config import Settings
@@ -52,6 +54,7 @@ class Scheduler:
         self._queues: dict[str, deque[_Job]] = {}
         self._ring: deque[str] = deque()  # tasks with queued work, in service order
         self._pending: dict[str, _Job] = {}
+        self._admitting = 0  # accepts being stored, counted against max_pending
         self._running: dict[str, _Job] = {}
         self._running_per_task: dict[str, int] = {}
         self._durations: dict[tuple[str, str], deque[int]] = {}
@@ -93,9 +96,23 @@ class Scheduler:
     # Submitting and cancelling
 
     def ensure_room(self) -> None:
-        """Refuse new work once `max_pending` executions wait: backpressure, not unbounded memory."""
-        if len(self._pending) >= self.settings.max_pending:
-            raise ResourceExhausted(f"the node has {len(self._pending)} executions pending, its limit: try again later")
+        """Refuse new work once `max_pending` executions wait (or are being stored to wait):
+        backpressure, not unbounded memory."""
+        waiting = len(self._pending) + self._admitting
+        if waiting >= self.settings.max_pending:
+            raise ResourceExhausted(f"the node has {waiting} executions pending, its limit: try again later")
+
+    @contextlib.contextmanager
+    def admitting(self) -> Iterator[None]:
+        """A place among the pending while a new record is being stored, so that concurrent
+        accepts cannot all pass the room check before any of them is counted. The caller submits
+        in the same turn of the loop as it leaves (the place passes to the submitted job)."""
+        self.ensure_room()
+        self._admitting += 1
+        try:
+            yield
+        finally:
+            self._admitting -= 1
 
     def submit(self, record: ExecutionRecord, task: Task) -> None:
         """Queue an accepted execution (admission is `ensure_room`'s job, before it is stored)."""

@@ -4,6 +4,7 @@ caller can arrange: a caller that goes away at an exact moment."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from spearlet.config import Settings
+from spearlet.core.errors import ResourceExhausted
 from spearlet.core.invoker import InvocationType, InvokeRequest
 from spearlet.core.lifecycle import Event
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status
@@ -79,3 +81,21 @@ async def test_an_answer_from_the_result_cache_stored_after_its_caller_went_away
     assert len(hits) == 1  # callbacks and metrics hear of it, as of any answer from the cache
     record = await node.store.get_execution(hits[0])
     assert record is not None and record.metrics.get("cache_hit") == "true"
+
+
+async def test_concurrent_accepts_never_exceed_max_pending(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", grpc_port=0, http_port=0, max_pending=20, max_concurrency=1)
+    node = Node(settings)
+    await node.start()
+    try:
+        # One slot, taken by a long call: every accepted execution waits, counted as pending.
+        sleep = InvokeRequest(InvocationType.EXISTING_TASK, Mode.ASYNC, task_id="sleep", params={"seconds": 30})
+        many = [dataclasses.replace(sleep) for _ in range(200)]
+        outcomes = await asyncio.gather(*(node.invoker.invoke(r) for r in many), return_exceptions=True)
+        accepted = [o for o in outcomes if not isinstance(o, BaseException)]
+        refused = [o for o in outcomes if isinstance(o, ResourceExhausted)]
+        assert len(accepted) + len(refused) == 200
+        assert len(accepted) <= settings.max_pending + settings.max_concurrency
+        assert node.scheduler.pending_count <= settings.max_pending
+    finally:
+        await node.stop()

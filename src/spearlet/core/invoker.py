@@ -206,10 +206,11 @@ class Invoker:
     async def _store_new(self, record: ExecutionRecord, task: Task, durable: bool) -> ExecutionRecord | None:
         """Admit and store a new record; the existing one if its id or idempotency key is taken.
         `durable`: wait for the write (an async accept, or a client's own id that may exist)."""
-        self.scheduler.ensure_room()
         if durable or record.idempotency_key:
             # Durable before the answer, and the only way to learn that the id exists already.
-            return await self._create(record, task)
+            with self.scheduler.admitting():
+                return await self._create(record, task)
+        self.scheduler.ensure_room()
         # A fresh id that cannot exist yet: the record is written while the call runs; the final
         # write, which follows it, is awaited before the answer.
         self.store.queue_insert(record)
