@@ -28,7 +28,7 @@ from spearlet.artifacts import ArtifactFetcher
 from spearlet.callbacks import Callbacks
 from spearlet.cluster import Cluster
 from spearlet.config import Settings
-from spearlet.core.errors import StartError, StoreFault
+from spearlet.core.errors import StartError, StoreFault, StoreUnavailable
 from spearlet.core.invoker import Invoker
 from spearlet.core.lifecycle import Lifecycle
 from spearlet.core.models import ArtifactSpec
@@ -165,24 +165,10 @@ class Node:
             raise StartError(_cannot_listen("gRPC", s.host, s.grpc_port, "grpc-port", exc)) from None
         sock = _listen("HTTP", s.host, s.http_port, "http-port")
         self.http_port = sock.getsockname()[1]
-        await self._open_store()
-        mark = hashlib.sha256(str(s.data_dir.resolve()).encode()).hexdigest()[:16]
-        # Only ours to kill: the data-dir lock proves the run that left them is dead.
-        left = kill_leftovers(mark)  # before this run starts anything with the same mark
-        if left:
-            log.warning("killed %d processes left by a previous run of this node", left)
-        set_node_mark(mark)
-        if self.cluster is not None:
-            await self.cluster.claim_id()  # refused before this node has changed anything shared
-        await self._register_start_tasks()
-        await self.tasks.warm_all()
-        await self._expire()
-        if self.cluster is not None:
-            await self.cluster.start()  # lost work is reclaimed through the cluster's leases
-        else:
-            resubmitted, failed = await self.invoker.recover()
-            if resubmitted or failed:
-                log.warning("recovered unfinished executions: %d resubmitted, %d failed", resubmitted, failed)
+        try:
+            await self._prepare()
+        except StoreUnavailable as exc:  # a full disk, though, is served degraded
+            raise StartError(str(exc)) from None
         await self._grpc.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         app = create_app(self.api, self.metrics, token=token)
@@ -205,11 +191,26 @@ class Node:
             pid=os.getpid(), node_id=s.node_id, grpc=f"{s.host}:{self.grpc_port}", http=self.http_url
         )
 
-    async def _open_store(self) -> None:
-        try:
-            await self.store.open()
-        except StoreFault as exc:
-            raise StartError(str(exc)) from None
+    async def _prepare(self) -> None:
+        """Open the store and finish what a previous run of this node left."""
+        await self.store.open()
+        mark = hashlib.sha256(str(self.settings.data_dir.resolve()).encode()).hexdigest()[:16]
+        # Only ours to kill: the data-dir lock proves the run that left them is dead.
+        left = kill_leftovers(mark)  # before this run starts anything with the same mark
+        if left:
+            log.warning("killed %d processes left by a previous run of this node", left)
+        set_node_mark(mark)
+        if self.cluster is not None:
+            await self.cluster.claim_id()  # refused before this node has changed anything shared
+        await self._register_start_tasks()
+        await self.tasks.warm_all()
+        await self._expire()
+        if self.cluster is not None:
+            await self.cluster.start()  # lost work is reclaimed through the cluster's leases
+        else:
+            resubmitted, failed = await self.invoker.recover()
+            if resubmitted or failed:
+                log.warning("recovered unfinished executions: %d resubmitted, %d failed", resubmitted, failed)
 
     async def _expire(self) -> int:
         try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from spearlet.config import Settings
 from spearlet.core.background import Background
-from spearlet.core.errors import ResourceExhausted
+from spearlet.core.errors import ResourceExhausted, StoreFault
 from spearlet.core.lifecycle import Event, Lifecycle
 from spearlet.core.models import ExecutionRecord, Status, Task, now_ms
 from spearlet.core.values import classify_output
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 NOT_RETRYABLE = frozenset({"INVALID_INPUT", "SPAWN_FAILED", "ARTIFACT_UNAVAILABLE", "OUTPUT_TOO_LARGE"})
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 10.0
+HELD_RETRY_S = 0.5  # how often ends held for a store that took no writes are tried again
 
 
 def backoff_s(attempt: int) -> float:
@@ -55,6 +56,8 @@ class Scheduler:
         self._ring: deque[str] = deque()  # tasks with queued work, in service order
         self._pending: dict[str, _Job] = {}
         self._admitting = 0  # accepts being stored, counted against max_pending
+        self._held: dict[str, ExecutionRecord] = {}  # ended while the store took no writes
+        self._writing_held: asyncio.Task[None] | None = None
         self._running: dict[str, _Job] = {}
         self._running_per_task: dict[str, int] = {}
         self._durations: dict[tuple[str, str], deque[int]] = {}
@@ -150,6 +153,10 @@ class Scheduler:
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
         await self._background.wait()
+        if self._writing_held is not None:
+            self._writing_held.cancel()
+        if self._held:  # recovery (or a cluster's reclaiming) ends them after the next start
+            log.warning("%d ended executions were never written: the store did not take writes", len(self._held))
 
     # Internals
 
@@ -265,19 +272,49 @@ class Scheduler:
         record.metrics.update(outcome.metrics)
 
     async def settle(self, record: ExecutionRecord) -> bool:
-        """Store an ended record and announce it, unless another ending came first (then False)."""
-        if await self.store.transition(record):
+        """Store an ended record and announce it, unless another ending came first (then False).
+
+        A store that cannot take the write now (unreachable, its disk full) does not hold up the
+        announcement: the record is held here, answers status queries, and is written as soon as
+        the store takes writes again (unless another ending reached the store first)."""
+        try:
+            stored = await self.store.transition(record)
+        except StoreFault:
+            self._held[record.execution_id] = record
+            if self._writing_held is None or self._writing_held.done():
+                self._writing_held = asyncio.get_running_loop().create_task(self._write_held())
+            stored = True
+        if stored:
             self.lifecycle.publish(Event.FINISHED, record)
-            return True
-        return False
+        return stored
+
+    def held(self, execution_id: str) -> ExecutionRecord | None:
+        """The final record of an execution that ended while the store could not take it."""
+        return self._held.get(execution_id)
+
+    async def _write_held(self) -> None:
+        while self._held:
+            await asyncio.sleep(HELD_RETRY_S)
+            for execution_id, record in list(self._held.items()):
+                try:
+                    if not await self.store.transition(record):
+                        log.warning("execution %s ended otherwise while its end waited for the store", execution_id)
+                except StoreFault:
+                    break  # not yet: the next round tries again
+                except Exception:
+                    log.exception("the held end of execution %s could not be written", execution_id)
+                del self._held[execution_id]
 
     async def _finalize(self, record: ExecutionRecord) -> None:
-        if await self.settle(record):
-            return
-        # Someone else ended it first (a cancel racing completion): theirs is the final state.
-        stored = await self.store.get_execution(record.execution_id)
+        try:
+            if await self.settle(record):
+                return
+            # Someone else ended it first (a cancel racing completion): theirs is the final state.
+            stored = await self.store.get_execution(record.execution_id)
+        except Exception:
+            stored = None
+            log.exception("execution %s could not be stored as %s", record.execution_id, record.status.name)
         if stored is not None and stored.done:
             self.lifecycle.publish(Event.FINISHED, stored)
         else:
-            log.error("execution %s could not be stored as %s", record.execution_id, record.status.name)
             self.lifecycle.publish(Event.FINISHED, record)  # waiters still get their answer

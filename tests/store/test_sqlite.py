@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from spearlet.core.errors import StoreUnavailable
 from spearlet.core.ids import new_execution_id
 from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task, now_ms
 from spearlet.store.sqlite import (
@@ -473,7 +474,7 @@ async def test_the_wal_is_emptied_when_the_writer_is_idle_and_cut_back_after_che
 async def test_open_on_an_unusable_path_raises(tmp_path: Path) -> None:
     directory = tmp_path / "not-a-file"
     directory.mkdir()
-    with pytest.raises(RuntimeError, match="cannot open store"):
+    with pytest.raises(StoreUnavailable, match="cannot open the store"):
         await SqliteStore(directory).open()
 
 

@@ -8,6 +8,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+from spearlet.core.errors import StoreFault
 from spearlet.core.models import ExecutionRecord, Status, Task
 
 T = TypeVar("T")
@@ -79,7 +80,21 @@ class Stats:
 
 
 class Store(abc.ABC):
-    """Durable tasks and execution records. Every method is safe to call from the event loop."""
+    """Durable tasks and execution records. Every method is safe to call from the event loop.
+
+    A store that cannot take writes (unreachable, its disk full) raises a StoreFault subclass from
+    the operations that need it, and says so in `fault` until it takes writes again."""
+
+    @property
+    def fault(self) -> StoreFault | None:
+        """Why the store takes no writes now; None when it does."""
+        return None
+
+    def check_writable(self) -> None:
+        """Refuse new work at once while the store is known to be unable to store it."""
+        fault = self.fault
+        if fault is not None:
+            raise type(fault)(str(fault))
 
     @abc.abstractmethod
     async def open(self) -> None: ...
