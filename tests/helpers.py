@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -187,10 +189,52 @@ def environ_of(process: psutil.Process) -> dict[str, str]:
         return {}
 
 
-def serve_refused(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def serve_refused(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     """`spearlet serve` with `args` on free ports, expected to refuse to start: its exit and output."""
     cmd = [sys.executable, "-m", "spearlet", "serve", "--grpc-port", "0", "--http-port", "0", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, start_new_session=True)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, start_new_session=True, env={**os.environ, **(env or {})}
+    )
+
+
+class RedisServer:
+    """A redis-server of the test's own with an append-only file, which the test may kill and
+    start again on the same port with the same data."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (Debian package redis-server)")
+        self.binary = binary
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 @dataclass
