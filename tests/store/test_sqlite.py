@@ -471,6 +471,18 @@ async def test_the_wal_is_emptied_when_the_writer_is_idle_and_cut_back_after_che
     assert await store._run(lambda conn: conn.execute("PRAGMA integrity_check").fetchone()[0]) == "ok"
 
 
+async def test_the_wal_stays_bounded_under_writes_without_a_pause(store: SqliteStore) -> None:
+    wal = store.path.with_name(store.path.name + "-wal")
+    record_bytes = 256 << 10
+    peak = 0
+    for _ in range(80):  # 20 MB, one commit after another (each made inline by an idle writer)
+        assert await store.create_execution(make_record(output=os.urandom(record_bytes))) is None
+        peak = max(peak, wal.stat().st_size)
+    # The commit that passes the limit wakes the writer to checkpoint; a few more commits may land
+    # before it has the connection (inline ones, from an idle loop), each ~5% over its record's size.
+    assert peak <= WAL_LIMIT_BYTES + 4 * record_bytes
+
+
 async def test_open_on_an_unusable_path_raises(tmp_path: Path) -> None:
     directory = tmp_path / "not-a-file"
     directory.mkdir()

@@ -40,8 +40,9 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 STAGE_S = 0.02
-# The WAL is cut back to this after each checkpoint that empties it, and to nothing when the writer
-# has been idle for a second: without a bound it kept its largest size (52 MB in a 12-minute soak).
+# Under load the WAL is checkpointed once it passes this, and SQLite cuts the file back to it when
+# the WAL starts over; a second without queued work empties it. Without a bound it kept its largest
+# size (52 MB in a 12-minute soak).
 WAL_LIMIT_BYTES = 4 << 20
 # Free space that lets a store marked full try writes again.
 ROOM_BYTES = 1 << 20
@@ -267,6 +268,7 @@ class _DatabaseThread(threading.Thread):
     def __init__(self, path: Path) -> None:
         super().__init__(name="spearlet-sqlite", daemon=True)
         self._path = path
+        self._wal = path.with_name(path.name + "-wal")
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # whoever holds it uses the connection
         self._conn: sqlite3.Connection | None = None
@@ -307,9 +309,12 @@ class _DatabaseThread(threading.Thread):
                 before = conn.total_changes
                 ok, value = _run_atomic(conn, op) if atomic else _run_alone(conn, op)
                 [(ok, value)] = self._observe(conn, before, [(op, to)], [(ok, value)])
+                wrote = conn.total_changes != before
             finally:
                 self._lock.release()
             _settle([(to, ok, value)])
+            if wrote and _size(self._wal) > WAL_LIMIT_BYTES:
+                self.enqueue(_nothing)  # wakes the writer, which checkpoints after it
             return
         self._submitted += 1
         self._queue.put((op, to))
@@ -420,8 +425,7 @@ class _DatabaseThread(threading.Thread):
             self.full = None
 
     def _serve(self, conn: sqlite3.Connection) -> None:
-        commits = 0
-        wal = self._path.with_name(self._path.name + "-wal")
+        wal = self._wal
         while True:
             try:
                 first = self._queue.get(timeout=1.0)
@@ -432,7 +436,6 @@ class _DatabaseThread(threading.Thread):
                     with self._lock:
                         _checkpoint(conn, "TRUNCATE", quiet=self.full is not None)
                 self._check_room()
-                commits = 0
                 continue
             if first is None:
                 return
@@ -450,10 +453,6 @@ class _DatabaseThread(threading.Thread):
             with self._lock:
                 before = conn.total_changes
                 results = self._observe(conn, before, batch, _run_batch(conn, batch))
-                commits += 1
-                if commits >= 1000:
-                    _checkpoint(conn, quiet=self.full is not None)
-                    commits = 1
             self._finished += len(batch)
             # Only after the commit, so a caller told "stored" can rely on it; one wake-up of the
             # event loop for the whole batch.
@@ -462,6 +461,11 @@ class _DatabaseThread(threading.Thread):
                 settled[0][0].get_loop().call_soon_threadsafe(_settle, settled)
             if stop:
                 return
+            # Under load, by size, after the answers (inline commits that pass the limit wake us):
+            # the next commit then starts the WAL over, and SQLite cuts the file back to the limit.
+            if _size(wal) > WAL_LIMIT_BYTES:
+                with self._lock:
+                    _checkpoint(conn, quiet=self.full is not None)
 
 
 def _run_batch(conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, Any]]:
@@ -491,6 +495,10 @@ def _run_batch(conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, A
         log.error("a store batch of %d operations failed to commit: %s", len(batch), exc)
         results = [(False, exc)] * len(batch)
     return results
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    pass
 
 
 def _size(path: Path) -> int:
