@@ -3,18 +3,36 @@ cancel across nodes, and take over what a killed node held."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import signal
+import socket
+import subprocess
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from spearlet.api.grpc import spearlet_pb2 as pb
+from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 from tests.e2e.test_async import processes_running
-from tests.helpers import NodeProcess, environ_of, existing, flush_redis, params, script, start_node
+from tests.helpers import (
+    NodeProcess,
+    RedisServer,
+    environ_of,
+    existing,
+    flush_redis,
+    params,
+    script,
+    serve_refused,
+    start_node,
+)
 
 pytestmark = pytest.mark.timeout(120)
 LEASE_S = "1.5"
@@ -171,3 +189,103 @@ def test_a_killed_node_s_work_is_finished_by_the_others(
     ]
     again = wait_all_done(cluster[1], more)
     assert "n1" in {r.metrics["node"] for r in again.values()}
+
+
+def test_nodes_without_an_id_get_one_each_and_a_live_node_s_id_is_refused(tmp_path: Path, redis_url: str) -> None:
+    subprocess.run(["redis-cli", "-u", redis_url, "FLUSHALL"], check=True, capture_output=True)
+    env = {"SPEARLET_LEASE_S": LEASE_S, "SPEARLET_MAX_CONCURRENCY": str(SLOTS)}
+    nodes = [start_node(tmp_path / f"n{i}", "--store", redis_url, env=env) for i in range(3)]
+    try:
+        names = [re.search(r"spearlet node '([^']+)' serving", "\n".join(n.output)).group(1) for n in nodes]  # type: ignore[union-attr]
+        assert len(set(names)) == 3
+        stub = nodes[0].stub()
+        ids = [
+            stub.InvokeFunction(
+                existing("sleep", mode=pb.EXECUTION_MODE_ASYNC, parameters=params(seconds=0.3))
+            ).execution_id
+            for _ in range(3 * SLOTS)
+        ]
+        ran_on = {r.metrics["node"] for r in wait_all_done(nodes[1], ids).values()}
+        assert len(ran_on) >= 2 and ran_on <= set(names)
+
+        refused = serve_refused(
+            "--data-dir", str(tmp_path / "n3"), "--store", redis_url, "--node-id", names[0], env=env
+        )
+        assert refused.returncode == 1
+        assert refused.stderr.strip().splitlines() == [
+            f"cannot start the node: node id {names[0]!r} is held by a live node of the cluster "
+            f"(host {socket.gethostname()}, pid {nodes[0].proc.pid}, heartbeat within lease_s={LEASE_S}): "
+            "give this node another --node-id, or stop that one"
+        ]
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_a_redis_outage_refuses_new_work_and_every_execution_in_flight_then_ends(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    nodes = [start_member(tmp_path / f"n{i}", redis.url, f"n{i}") for i in range(2)]
+    try:
+        stub = nodes[0].stub()
+        with ThreadPoolExecutor(1) as pool:  # a sync call that ends while the store is away
+            sync_id = str(uuid.uuid4())
+            sync = pool.submit(
+                nodes[1].stub().InvokeFunction,
+                existing("sleep", parameters=params(seconds=2.5), context=pb.ExecutionContext(execution_id=sync_id)),
+                timeout=30,
+            )
+            deadline = time.monotonic() + 10
+            while not found(stub, sync_id):
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            ids = [
+                stub.InvokeFunction(
+                    existing("sleep", mode=pb.EXECUTION_MODE_ASYNC, parameters=params(seconds=1.0),
+                             context=pb.ExecutionContext(max_retries=i % 2))
+                ).execution_id
+                for i in range(3 * SLOTS)
+            ]  # fmt: skip
+            while sum(running_on(stub, ids).values()) < 2 * SLOTS - 1:  # every other slot taken, the rest queued
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+
+            redis.kill()
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.InvokeFunction(existing("hello", mode=pb.EXECUTION_MODE_ASYNC), timeout=10)
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert redis.url in refused.value.details() and "unreachable" in refused.value.details()
+            over_http = httpx.post(
+                f"{nodes[1].http_url}/api/v1/invoke", json={"invocation_type": 2, "task_id": "hello"}
+            )
+            assert over_http.status_code == 503 and over_http.json()["error"]["code"] == "UNAVAILABLE"
+            health = stub.GetHealth(pb.GetHealthRequest())
+            assert health.status == "unhealthy" and redis.url in health.message
+            answered = sync.result()  # its end could not be stored: answered all the same
+            assert answered.result.status == pb.EXECUTION_STATUS_COMPLETED
+        time.sleep(float(LEASE_S))  # away longer than a lease: every held entry looks abandoned
+
+        redis.start()
+        results = wait_all_done(nodes[1], [*ids, answered.execution_id], timeout=30)
+        assert {execution_id: r.status for execution_id, r in results.items()} == dict.fromkeys(
+            results, pb.EXECUTION_STATUS_COMPLETED
+        )  # the ends held while the store was away, written; nothing rerun or failed
+        assert stub.GetHealth(pb.GetHealthRequest()).status == "healthy"
+        after = stub.InvokeFunction(existing("hello", mode=pb.EXECUTION_MODE_ASYNC)).execution_id
+        assert wait_all_done(nodes[0], [after])[after].status == pb.EXECUTION_STATUS_COMPLETED
+    finally:
+        for node in nodes:
+            node.stop()
+        redis.kill()
+
+
+def found(stub: pb_grpc.FunctionServiceStub, execution_id: str) -> bool:
+    return stub.GetExecutionStatus(pb.GetExecutionStatusRequest(execution_id=execution_id)).found
+
+
+def running_on(stub: pb_grpc.FunctionServiceStub, ids: list[str]) -> Counter[str]:
+    """How many of `ids` run on each node now."""
+    statuses = [stub.GetExecutionStatus(pb.GetExecutionStatusRequest(execution_id=e)).result for e in ids]
+    return Counter(r.metrics["node"] for r in statuses if r.status == pb.EXECUTION_STATUS_RUNNING)

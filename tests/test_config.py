@@ -39,7 +39,7 @@ def test_defaults() -> None:
     assert settings.max_concurrency == 16
     assert settings.max_pending == 1000
     assert settings.default_timeout_ms == 300_000
-    assert settings.node_id  # the host name
+    assert settings.node_id == ""  # made once per data dir by the node (tests/test_identity.py)
 
 
 def test_the_store_lives_under_the_data_dir() -> None:
@@ -141,3 +141,16 @@ def test_invalid_environment_value_is_refused(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("SPEARLET_MAX_CONCURRENCY", "0")
     with pytest.raises(ValidationError, match="max_concurrency"):
         Settings.load()
+
+
+def test_a_token_without_tls_beyond_loopback_is_warned_about(tmp_path: Path) -> None:
+    exposed = Settings.load(host="0.0.0.0", token="t")
+    assert "without TLS" in exposed.exposure_warning() and "--tls-cert" in exposed.exposure_warning()
+    pem = tmp_path / "x.pem"
+    assert Settings.load(host="0.0.0.0", token="t", tls_cert=pem, tls_key=pem).exposure_warning() == ""
+    assert Settings.load(token="t").exposure_warning() == ""  # loopback
+
+
+def test_tls_needs_both_certificate_and_key(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="tls_cert and tls_key go together"):
+        Settings.load(tls_cert=tmp_path / "x.pem")

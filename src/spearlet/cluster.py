@@ -9,6 +9,10 @@ what a dead node held.
 - Sync and streaming calls run where they arrive; a node lists them under its heartbeat key, and
   the survivors end those of a node whose heartbeat stopped.
 - A cancel for work held elsewhere is published; the node that holds it stops it.
+- Redis may go away and come back. While it is away, new work is refused (UNAVAILABLE) and what ends
+  is held by the scheduler; its stream entries stay this node's, renewed and acknowledged once the
+  ends are written. After an outage no node reclaims anything for one lease: every live node first
+  renews what it holds, so only the work of nodes that really died is taken over.
 """
 
 from __future__ import annotations
@@ -17,12 +21,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
+import time
+from collections.abc import Coroutine
 from typing import Any
 
 from redis.exceptions import ResponseError
 
 from spearlet.config import Settings
 from spearlet.core.background import Background
+from spearlet.core.errors import StartError, StoreFault
 from spearlet.core.lifecycle import Event, Lifecycle
 from spearlet.core.models import ExecutionRecord, Mode, Status
 from spearlet.core.tasks import TaskRegistry
@@ -56,8 +65,13 @@ class Cluster:
         self.lifecycle = lifecycle
         self.lease_s = lease_s
         self._entries: dict[str, str] = {}  # execution id -> stream entry id, for work read here
+        # Entries of work that ended here but whose end the store has not taken yet (it held no
+        # writes, or the acknowledgement failed): still ours, renewed, acknowledged later.
+        self._settling: dict[str, str] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._background = Background()
+        # What a node refused this id is told about its holder.
+        self._beat_value = f"host {socket.gethostname()}, pid {os.getpid()}"
 
     @property
     def _heartbeat(self) -> str:
@@ -67,24 +81,50 @@ class Cluster:
     def _local(self) -> str:
         return f"{P}node-running:{self.node}"
 
+    async def claim_id(self) -> None:
+        """Take this node's id in the cluster (its heartbeat key), or StartError while a live node
+        holds it. A holder that does not renew within its lease (a run of this node that just
+        crashed) yields it: the key expires and is ours."""
+        wait = self.lease_s + 1.0
+        deadline = time.monotonic() + wait
+        last_ttl: int | None = None
+        while True:
+            with self.store.reaching():
+                if await self.redis.set(self._heartbeat, self._beat_value, nx=True, px=int(self.lease_s * 1000)):
+                    return
+                ttl = int(await self.redis.pttl(self._heartbeat))
+                holder = await self.redis.get(self._heartbeat) or "unknown"
+            renewed = last_ttl is not None and ttl > last_ttl
+            if renewed or ttl == -1 or time.monotonic() > deadline:
+                raise StartError(
+                    f"node id {self.node!r} is held by a live node of the cluster ({holder}, heartbeat within "
+                    f"lease_s={self.lease_s:g}): give this node another --node-id, or stop that one"
+                )
+            last_ttl = ttl
+            await asyncio.sleep(0.05)
+
     async def start(self) -> None:
-        with contextlib.suppress(ResponseError):  # BUSYGROUP: another node made it
-            await self.redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
-        # What a previous run of this node ran locally cannot be resumed: its callers are gone.
-        for raw in await self.redis.smembers(self._local):
-            await self._end(raw, "NODE_RESTARTED", "the node restarted while it ran")
-        await self.redis.delete(self._local)
-        await self.redis.sadd(NODES, self.node)
-        await self._beat()
+        with self.store.reaching():
+            await self._make_group()
+            # What a previous run of this node ran locally cannot be resumed: its callers are gone.
+            for raw in await self.redis.smembers(self._local):
+                await self._end(raw, "NODE_RESTARTED", "the node restarted while it ran")
+            await self.redis.delete(self._local)
+            await self._beat()
         self.lifecycle.subscribe(self.on_event)
         for loop in (self._consume, self._renew, self._reclaim, self._listen):
             self._loops.append(asyncio.get_running_loop().create_task(loop()))
+
+    async def _make_group(self) -> None:
+        with contextlib.suppress(ResponseError):  # BUSYGROUP: another node made it
+            await self.redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
 
     async def close(self) -> None:
         for loop in self._loops:
             loop.cancel()
         # Bounded: a node must stop even if Redis stopped answering.
-        await asyncio.wait(self._loops, timeout=2.0)
+        if self._loops:
+            await asyncio.wait(self._loops, timeout=2.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._background.wait(), 2.0)
 
@@ -92,44 +132,53 @@ class Cluster:
 
     async def enqueue(self, record: ExecutionRecord) -> None:
         """Hand an accepted async execution to the cluster (after its record is stored)."""
-        await self.redis.xadd(STREAM, {"id": record.execution_id})
+        with self.store.reaching():
+            await self.redis.xadd(STREAM, {"id": record.execution_id})
 
     def run_here(self, record: ExecutionRecord) -> None:
         """A sync or streaming call runs on the node it reached; note it under our heartbeat."""
-        self._background.spawn(self._note_here(record.execution_id))
+        self._background.spawn(self._quietly(self.redis.sadd(self._local, record.execution_id)))
 
     def on_event(self, event: Event, record: ExecutionRecord) -> None:
         if event is not Event.FINISHED:
             return
         entry = self._entries.pop(record.execution_id, None)
         if entry is not None:
-            self._background.spawn(self._ack(entry))
+            if self.scheduler.held(record.execution_id) is not None:
+                self._settling[record.execution_id] = entry  # acknowledged once its end is written
+            else:
+                self._background.spawn(self._ack(record.execution_id, entry))
         elif record.mode is not Mode.ASYNC:
-            self._background.spawn(self._forget_here(record.execution_id))
+            self._background.spawn(self._quietly(self.redis.srem(self._local, record.execution_id)))
 
-    async def _note_here(self, execution_id: str) -> None:
-        await self.redis.sadd(self._local, execution_id)
+    async def _quietly(self, call: Coroutine[Any, Any, Any]) -> None:
+        """A bookkeeping call that may fail while the store is away (reported by the store)."""
+        with contextlib.suppress(StoreFault), self.store.reaching():
+            await call
 
-    async def _forget_here(self, execution_id: str) -> None:
-        await self.redis.srem(self._local, execution_id)
-
-    async def _ack(self, entry: str) -> None:
-        await self.redis.xack(STREAM, GROUP, entry)
-        await self.redis.xdel(STREAM, entry)
+    async def _ack(self, execution_id: str, entry: str) -> None:
+        try:
+            with self.store.reaching():
+                await self.redis.xack(STREAM, GROUP, entry)
+                await self.redis.xdel(STREAM, entry)
+        except StoreFault:
+            self._settling[execution_id] = entry  # the renew loop tries again
+        else:
+            self._settling.pop(execution_id, None)
 
     async def _take(self, entry: str, execution_id: str, reclaimed: bool) -> None:
         record = await self.store.get_execution(execution_id)
         if record is None or record.done:
-            await self._ack(entry)
+            await self._ack(execution_id, entry)
             return
         task = await self.tasks.find(record.task_id)
         if task is None:
             await self._end(execution_id, "TASK_DELETED", "the task was deleted before it ran")
-            await self._ack(entry)
+            await self._ack(execution_id, entry)
             return
         if reclaimed and record.status is Status.RUNNING and record.attempts > record.max_retries:
             await self._end(execution_id, "NODE_LOST", f"the node running attempt {record.attempts} was lost")
-            await self._ack(entry)
+            await self._ack(execution_id, entry)
             return
         self._entries[execution_id] = entry
         self.scheduler.submit(record, task)
@@ -154,20 +203,29 @@ class Cluster:
             if await self.scheduler.settle(record):
                 return
         message = json.dumps({"id": execution_id, "force": force, "reason": reason})
-        await self.redis.publish(CANCELS, message)
+        with self.store.reaching():
+            await self.redis.publish(CANCELS, message)
 
     async def _listen(self) -> None:
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(CANCELS)
-        try:
-            async for message in pubsub.listen():
-                if message.get("type") != "message":
-                    continue
-                order: dict[str, Any] = json.loads(message["data"])
-                self.scheduler.request_stop(order["id"], bool(order.get("force")), str(order.get("reason", "")))
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pubsub.aclose(), 1.0)
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                with self.store.reaching():
+                    await pubsub.subscribe(CANCELS)
+                while True:
+                    with self.store.reaching():  # a timeout, not a block: the connection may die quietly
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        order: dict[str, Any] = json.loads(message["data"])
+                        self.scheduler.request_stop(order["id"], bool(order.get("force")), str(order.get("reason", "")))
+            except StoreFault:
+                await asyncio.sleep(0.5)  # subscribe again once the store is back
+            except Exception:
+                log.exception("listening for cancels failed")
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pubsub.aclose(), 1.0)
 
     # Loops
 
@@ -178,34 +236,54 @@ class Cluster:
                 await asyncio.sleep(0.02)
                 continue
             try:
-                batches = await self.redis.xreadgroup(GROUP, self.node, {STREAM: ">"}, count=room, block=500)
+                with self.store.reaching():
+                    batches = await self.redis.xreadgroup(GROUP, self.node, {STREAM: ">"}, count=room, block=500)
+                for _, entries in batches or []:
+                    for entry, fields in entries:
+                        await self._take(entry, fields["id"], reclaimed=False)
+            except StoreFault:
+                await asyncio.sleep(0.5)  # reported by the store; try again
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self._make_group()  # a Redis that came back empty
             except Exception:
                 log.exception("reading the dispatch stream failed")
                 await asyncio.sleep(0.5)
-                continue
-            for _, entries in batches or []:
-                for entry, fields in entries:
-                    await self._take(entry, fields["id"], reclaimed=False)
 
     async def _beat(self) -> None:
-        await self.redis.set(self._heartbeat, "1", px=int(self.lease_s * 1000))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._heartbeat, self._beat_value, px=int(self.lease_s * 1000))
+            pipe.sadd(NODES, self.node)  # again each time: a Redis that came back empty forgot it
+            await pipe.execute()
 
     async def _renew(self) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 3)
             try:
-                await self._beat()
-                entries = list(self._entries.values())
-                if entries:
-                    await self.redis.xclaim(STREAM, GROUP, self.node, 0, entries, justid=True)
+                with self.store.reaching():
+                    await self._beat()
+                    entries = [*self._entries.values(), *self._settling.values()]
+                    if entries:
+                        await self.redis.xclaim(STREAM, GROUP, self.node, 0, entries, justid=True)
+                for execution_id, entry in list(self._settling.items()):
+                    if self.scheduler.held(execution_id) is None:  # its end is written now
+                        await self._ack(execution_id, entry)
+            except StoreFault:
+                pass  # reported by the store
             except Exception:
                 log.exception("renewing the lease failed")
 
     async def _reclaim(self) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 2)
+            if self.store.fault is not None or time.monotonic() < self.store.back_at + self.lease_s:
+                continue  # away, or just back: every live node renews what it holds first
             try:
-                await self._reclaim_once()
+                with self.store.reaching():
+                    await self._reclaim_once()
+            except StoreFault:
+                pass
             except Exception:
                 log.exception("reclaiming lost work failed")
 
@@ -220,7 +298,7 @@ class Cluster:
                 if fields is None:
                     continue
                 execution_id = fields["id"]
-                if execution_id in self._entries:
+                if execution_id in self._entries or execution_id in self._settling:
                     continue
                 await self._take(entry, execution_id, reclaimed=True)
             if start == "0-0" or not entries:

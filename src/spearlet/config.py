@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,12 +20,16 @@ class Settings(BaseSettings):
     token_file: Path | None = None
     # Serve a non-loopback address without a token anyway.
     insecure: bool = False
+    # PEM certificate (chain) and private key: gRPC and the HTTP gateway then speak TLS only.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     grpc_port: int = Field(50052, ge=0, le=65535)
     http_port: int = Field(8081, ge=0, le=65535)
     data_dir: Path = Path(".spearlet")
     # Tasks registered at start; empty means the bundled examples, "none" means no tasks.
     tasks: str = ""
-    node_id: str = Field(default_factory=socket.gethostname)
+    # Empty: made once per data dir (the host name and a short random suffix) and kept in it.
+    node_id: str = ""
     # "sqlite" (embedded, the default), "memory" (not durable: tests and demos) or
     # "redis://HOST:PORT/DB" (cluster mode: nodes share work).
     store: str = "sqlite"
@@ -104,6 +107,12 @@ class Settings(BaseSettings):
         # Functions run in their own working directories: every path the node hands them is absolute.
         return value.expanduser().resolve()
 
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both (or neither)")
+        return self
+
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
         """Settings from `config_file` (TOML, top-level keys or a [spearlet] table), the environment
@@ -136,6 +145,21 @@ class Settings(BaseSettings):
             f"refusing to serve on {self.host!r} without a token: set --token or --token-file, "
             "or pass --insecure to serve an open node on the network"
         )
+
+    def exposure_warning(self) -> str:
+        """What to tell the operator of a node whose token would cross the network in clear."""
+        if is_loopback(self.host) or self.tls_cert is not None or not self.access_token():
+            return ""
+        return (
+            f"serving on {self.host} with a token but without TLS: the token crosses the network in clear; "
+            "set tls_cert and tls_key (--tls-cert, --tls-key)"
+        )
+
+    def tls_pair(self) -> tuple[bytes, bytes] | None:
+        """(certificate chain, private key) as PEM bytes, or None without TLS."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return self.tls_cert.read_bytes(), self.tls_key.read_bytes()
 
     @property
     def config_file(self) -> Path | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import gc
 import hashlib
 import logging
@@ -28,10 +29,13 @@ from spearlet.artifacts import ArtifactFetcher
 from spearlet.callbacks import Callbacks
 from spearlet.cluster import Cluster
 from spearlet.config import Settings
+from spearlet.core.errors import StartError, StoreFault, StoreUnavailable
 from spearlet.core.invoker import Invoker
 from spearlet.core.lifecycle import Lifecycle
 from spearlet.core.models import ArtifactSpec
 from spearlet.core.tasks import TaskRegistry
+from spearlet.data_dir import DataDirLock
+from spearlet.identity import NodeIdentity
 from spearlet.observability.metrics import Metrics
 from spearlet.runtimes.base import Runtime
 from spearlet.runtimes.bubblewrap import SandboxUnavailable, hidden_paths, start_sandbox
@@ -82,6 +86,17 @@ class _EmbeddedUvicorn(uvicorn.Server):
 
 class Node:
     def __init__(self, settings: Settings) -> None:
+        # First of all: a second node on this data dir must change nothing in it.
+        self.data_lock = DataDirLock.acquire(settings.data_dir)
+        try:
+            self._build(settings)
+        except BaseException:
+            self.data_lock.release()
+            raise
+
+    def _build(self, settings: Settings) -> None:
+        if not settings.node_id:
+            settings = settings.model_copy(update={"node_id": NodeIdentity(settings.data_dir).node_id})
         self.settings = settings
         self.store: Store
         if settings.store == "sqlite":
@@ -90,7 +105,6 @@ class Node:
             self.store = MemoryStore()
         else:
             self.store = RedisStore(settings.store, retention_ms=int(settings.retention_hours * 3_600_000))
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.user = resolve_user(settings.run_as)
         if settings.shared_dir is not None:
             settings.shared_dir.mkdir(parents=True, exist_ok=True)  # hidden from functions: it must exist
@@ -137,6 +151,7 @@ class Node:
         self.lifecycle.subscribe(self.metrics.on_event)
         self.lifecycle.subscribe(self.callbacks.on_event)
         self.invoker.checks.append(self.callbacks.check)
+        self.tasks.on_delete.extend([self.metrics.forget_task, self.scheduler.forget_task])
         self.grpc_port = 0
         self.http_port = 0
         self._grpc: grpc.aio.Server | None = None
@@ -144,39 +159,53 @@ class Node:
         self._http_task: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
 
+    @property
+    def http_url(self) -> str:
+        scheme = "https" if self.settings.tls_cert is not None else "http"
+        host = self.settings.host
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.http_port}"
+
     async def start(self) -> None:
+        """Bind both ports, open the store, finish what a previous run left, then serve. On an
+        error the caller must still `stop()` to release what was taken."""
         s = self.settings
         s.check_exposure()
+        if warning := s.exposure_warning():
+            log.warning(warning)
         token = s.access_token()
-        s.data_dir.mkdir(parents=True, exist_ok=True)
-        await self.store.open()
-        mark = hashlib.sha256(str(s.data_dir.resolve()).encode()).hexdigest()[:16]
-        left = kill_leftovers(mark)  # before this run starts anything with the same mark
-        if left:
-            log.warning("killed %d processes left by a previous run of this node", left)
-        set_node_mark(mark)
-        await self._register_start_tasks()
-        await self.tasks.warm_all()
-        await self.invoker.expire_records()
-        if self.cluster is not None:
-            await self.cluster.start()  # lost work is reclaimed through the cluster's leases
-        else:
-            resubmitted, failed = await self.invoker.recover()
-            if resubmitted or failed:
-                log.warning("recovered unfinished executions: %d resubmitted, %d failed", resubmitted, failed)
-        self._grpc, self.grpc_port, health_servicer = build_server(
-            self.api,
-            f"{s.host}:{s.grpc_port}",
-            observe=self.metrics.observe_grpc,
-            token=token,
-            min_ping_interval_ms=s.grpc_min_ping_interval_ms,
-        )
+        tls = s.tls_pair()
+        # Both ports first: one in use stops the start before anything runs or is recovered.
+        # grpc would only log why it cannot bind: a plain socket, bound the same way, says it.
+        if s.grpc_port:
+            _listen("gRPC", s.host, s.grpc_port, "grpc-port").close()
+        try:
+            self._grpc, self.grpc_port, health_servicer = build_server(
+                self.api,
+                f"{s.host}:{s.grpc_port}",
+                observe=self.metrics.observe_grpc,
+                token=token,
+                min_ping_interval_ms=s.grpc_min_ping_interval_ms,
+                tls=tls,
+            )
+        except OSError as exc:
+            raise StartError(_cannot_listen("gRPC", s.host, s.grpc_port, "grpc-port", exc)) from None
+        sock = _listen("HTTP", s.host, s.http_port, "http-port")
+        self.http_port = sock.getsockname()[1]
+        try:
+            await self._prepare()
+        except StoreUnavailable as exc:  # a full disk, though, is served degraded
+            raise StartError(str(exc)) from None
         await self._grpc.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        sock = socket.create_server((s.host, s.http_port), family=_family(s.host), reuse_port=False)
-        self.http_port = sock.getsockname()[1]
         app = create_app(self.api, self.metrics, token=token)
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            ssl_certfile=s.tls_cert,
+            ssl_keyfile=s.tls_key,
+        )
         self._http = _EmbeddedUvicorn(config)
         self._http_task = asyncio.get_running_loop().create_task(self._http.serve(sockets=[sock]))
         while not self._http.started:
@@ -184,17 +213,48 @@ class Node:
                 self._http_task.result()
             await asyncio.sleep(0.01)
         self._housekeeping = asyncio.get_running_loop().create_task(self._expire_periodically())
+        self.data_lock.announce(
+            pid=os.getpid(), node_id=s.node_id, grpc=f"{s.host}:{self.grpc_port}", http=self.http_url
+        )
+
+    async def _prepare(self) -> None:
+        """Open the store and finish what a previous run of this node left."""
+        await self.store.open()
+        mark = hashlib.sha256(str(self.settings.data_dir.resolve()).encode()).hexdigest()[:16]
+        # Only ours to kill: the data-dir lock proves the run that left them is dead.
+        left = kill_leftovers(mark)  # before this run starts anything with the same mark
+        if left:
+            log.warning("killed %d processes left by a previous run of this node", left)
+        set_node_mark(mark)
+        if self.cluster is not None:
+            await self.cluster.claim_id()  # refused before this node has changed anything shared
+        await self._register_start_tasks()
+        await self.tasks.warm_all()
+        await self._expire()
+        if self.cluster is not None:
+            await self.cluster.start()  # lost work is reclaimed through the cluster's leases
+        else:
+            resubmitted, failed = await self.invoker.recover()
+            if resubmitted or failed:
+                log.warning("recovered unfinished executions: %d resubmitted, %d failed", resubmitted, failed)
+
+    async def _expire(self) -> int:
+        try:
+            removed = await self.invoker.expire_records()
+        except StoreFault as exc:  # a full disk: expiring would free nothing until space returns
+            log.warning("retention not applied: %s", exc)
+            return 0
+        if removed:
+            log.info("retention: %d finished execution records expired", removed)
+        return removed
 
     async def _expire_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.settings.retention_interval_s)
             try:
-                removed = await self.invoker.expire_records()
+                await self._expire()
             except Exception:
                 log.exception("applying the retention failed")
-            else:
-                if removed:
-                    log.info("retention: %d finished execution records expired", removed)
 
     async def _register_start_tasks(self) -> None:
         choice = self.settings.tasks
@@ -202,24 +262,31 @@ class Node:
             return
         path = Path(choice) if choice else bundled_tasks_file()
         for name, description, spec in read_tasks_file(path):
-            await self.tasks.register(name, spec, description)
+            try:
+                await self.tasks.register(name, spec, description)
+            except StoreFault as exc:  # start degraded: the task stays as it was stored
+                log.warning("task %s not registered at start: %s", name, exc)
 
     async def stop(self) -> None:
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-        if self._grpc is not None:
-            await self._grpc.stop(grace=1.0)
-        if self._http is not None and self._http_task is not None:
-            self._http.should_exit = True
-            await self._http_task
-        if self.cluster is not None:
-            await self.cluster.close()
-        await self.invoker.close()
-        await self.scheduler.close()
-        await self.callbacks.close()
-        for runtime in self.runtimes.values():
-            await runtime.close()
-        await self.store.close()
+        """Stop serving and release everything, the data dir last; safe after a failed start."""
+        try:
+            if self._housekeeping is not None:
+                self._housekeeping.cancel()
+            if self._grpc is not None:
+                await self._grpc.stop(grace=1.0)
+            if self._http is not None and self._http_task is not None:
+                self._http.should_exit = True
+                await self._http_task
+            if self.cluster is not None:
+                await self.cluster.close()
+            await self.invoker.close()
+            await self.scheduler.close()
+            await self.callbacks.close()
+            for runtime in self.runtimes.values():
+                await runtime.close()
+            await self.store.close()
+        finally:
+            self.data_lock.release()
 
 
 def shared_dir(settings: Settings, user: FunctionUser | None) -> Path:
@@ -257,22 +324,26 @@ def _family(host: str) -> socket.AddressFamily:
 
 
 async def serve(settings: Settings, announce: Any = print) -> None:
-    """Run a node until SIGINT or SIGTERM, then shut down cleanly."""
+    """Run a node until SIGINT or SIGTERM, then shut down cleanly. StartError: it could not start
+    (and released what it had taken)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before anyone can learn that we listen
         loop.add_signal_handler(sig, stop.set)
     not_dumpable()
     node = Node(settings)
-    await node.start()
+    try:
+        await node.start()
+    except BaseException:
+        await node.stop()
+        raise
     # What the node built to serve (modules, app, servers) lives as long as it does: a full
     # collection that scanned it all would stall every call for tens of milliseconds.
     gc.collect()
     gc.freeze()
-    host = settings.host
-    announce(f"spearlet node {settings.node_id!r} serving")
-    announce(f"  gRPC  {host}:{node.grpc_port}")
-    announce(f"  HTTP  http://{host}:{node.http_port}")
+    announce(f"spearlet node {node.settings.node_id!r} serving")
+    announce(f"  gRPC  {settings.host}:{node.grpc_port}{'  (TLS)' if settings.tls_cert else ''}")
+    announce(f"  HTTP  {node.http_url}")
     announce(f"  data  {settings.data_dir.resolve()}")
     announce(f"  sandbox  {node.sandbox_mode}")
     try:
@@ -280,3 +351,19 @@ async def serve(settings: Settings, announce: Any = print) -> None:
     finally:
         announce("spearlet shutting down")
         await node.stop()
+
+
+def _listen(what: str, host: str, port: int, flag: str) -> socket.socket:
+    try:
+        return socket.create_server((host, port), family=_family(host), reuse_port=False)
+    except OSError as exc:
+        raise StartError(_cannot_listen(what, host, port, flag, exc)) from None
+
+
+def _cannot_listen(what: str, host: str, port: int, flag: str, error: OSError) -> str:
+    """Why `what` cannot listen on host:port, and which setting to change."""
+    setting = flag.replace("-", "_")
+    if error.errno == errno.EADDRINUSE:
+        return f"{what} port {port} on {host} is in use: choose another with --{flag} (setting {setting})"
+    reason = error.strerror or str(error)
+    return f"cannot listen for {what} on {host}:{port} ({reason}): change --host or --{flag} (setting {setting})"

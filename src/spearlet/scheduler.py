@@ -8,14 +8,16 @@ task does not starve another. The pending total is bounded: past it, submit refu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from spearlet.config import Settings
 from spearlet.core.background import Background
-from spearlet.core.errors import ResourceExhausted
+from spearlet.core.errors import ResourceExhausted, StoreFault
 from spearlet.core.lifecycle import Event, Lifecycle
 from spearlet.core.models import ExecutionRecord, Status, Task, now_ms
 from spearlet.core.values import classify_output
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 NOT_RETRYABLE = frozenset({"INVALID_INPUT", "SPAWN_FAILED", "ARTIFACT_UNAVAILABLE", "OUTPUT_TOO_LARGE"})
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 10.0
+HELD_RETRY_S = 0.5  # how often ends held for a store that took no writes are tried again
 
 
 def backoff_s(attempt: int) -> float:
@@ -52,6 +55,9 @@ class Scheduler:
         self._queues: dict[str, deque[_Job]] = {}
         self._ring: deque[str] = deque()  # tasks with queued work, in service order
         self._pending: dict[str, _Job] = {}
+        self._admitting = 0  # accepts being stored, counted against max_pending
+        self._held: dict[str, ExecutionRecord] = {}  # ended while the store took no writes
+        self._writing_held: asyncio.Task[None] | None = None
         self._running: dict[str, _Job] = {}
         self._running_per_task: dict[str, int] = {}
         self._durations: dict[tuple[str, str], deque[int]] = {}
@@ -85,12 +91,31 @@ class Scheduler:
         """(executions queued for this task, executions of it running now)."""
         return len(self._queues.get(task_id, ())), self._running_per_task.get(task_id, 0)
 
+    def forget_task(self, task_id: str) -> None:
+        """Drop what is kept about a deleted task (its queue and counts go once empty)."""
+        for key in [k for k in self._durations if k[0] == task_id]:
+            del self._durations[key]
+
     # Submitting and cancelling
 
     def ensure_room(self) -> None:
-        """Refuse new work once `max_pending` executions wait: backpressure, not unbounded memory."""
-        if len(self._pending) >= self.settings.max_pending:
-            raise ResourceExhausted(f"the node has {len(self._pending)} executions pending, its limit: try again later")
+        """Refuse new work once `max_pending` executions wait (or are being stored to wait):
+        backpressure, not unbounded memory."""
+        waiting = len(self._pending) + self._admitting
+        if waiting >= self.settings.max_pending:
+            raise ResourceExhausted(f"the node has {waiting} executions pending, its limit: try again later")
+
+    @contextlib.contextmanager
+    def admitting(self) -> Iterator[None]:
+        """A place among the pending while a new record is being stored, so that concurrent
+        accepts cannot all pass the room check before any of them is counted. The caller submits
+        in the same turn of the loop as it leaves (the place passes to the submitted job)."""
+        self.ensure_room()
+        self._admitting += 1
+        try:
+            yield
+        finally:
+            self._admitting -= 1
 
     def submit(self, record: ExecutionRecord, task: Task) -> None:
         """Queue an accepted execution (admission is `ensure_room`'s job, before it is stored)."""
@@ -128,6 +153,10 @@ class Scheduler:
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
         await self._background.wait()
+        if self._writing_held is not None:
+            self._writing_held.cancel()
+        if self._held:  # recovery (or a cluster's reclaiming) ends them after the next start
+            log.warning("%d ended executions were never written: the store did not take writes", len(self._held))
 
     # Internals
 
@@ -243,19 +272,49 @@ class Scheduler:
         record.metrics.update(outcome.metrics)
 
     async def settle(self, record: ExecutionRecord) -> bool:
-        """Store an ended record and announce it, unless another ending came first (then False)."""
-        if await self.store.transition(record):
+        """Store an ended record and announce it, unless another ending came first (then False).
+
+        A store that cannot take the write now (unreachable, its disk full) does not hold up the
+        announcement: the record is held here, answers status queries, and is written as soon as
+        the store takes writes again (unless another ending reached the store first)."""
+        try:
+            stored = await self.store.transition(record)
+        except StoreFault:
+            self._held[record.execution_id] = record
+            if self._writing_held is None or self._writing_held.done():
+                self._writing_held = asyncio.get_running_loop().create_task(self._write_held())
+            stored = True
+        if stored:
             self.lifecycle.publish(Event.FINISHED, record)
-            return True
-        return False
+        return stored
+
+    def held(self, execution_id: str) -> ExecutionRecord | None:
+        """The final record of an execution that ended while the store could not take it."""
+        return self._held.get(execution_id)
+
+    async def _write_held(self) -> None:
+        while self._held:
+            await asyncio.sleep(HELD_RETRY_S)
+            for execution_id, record in list(self._held.items()):
+                try:
+                    if not await self.store.transition(record):
+                        log.warning("execution %s ended otherwise while its end waited for the store", execution_id)
+                except StoreFault:
+                    break  # not yet: the next round tries again
+                except Exception:
+                    log.exception("the held end of execution %s could not be written", execution_id)
+                del self._held[execution_id]
 
     async def _finalize(self, record: ExecutionRecord) -> None:
-        if await self.settle(record):
-            return
-        # Someone else ended it first (a cancel racing completion): theirs is the final state.
-        stored = await self.store.get_execution(record.execution_id)
+        try:
+            if await self.settle(record):
+                return
+            # Someone else ended it first (a cancel racing completion): theirs is the final state.
+            stored = await self.store.get_execution(record.execution_id)
+        except Exception:
+            stored = None
+            log.exception("execution %s could not be stored as %s", record.execution_id, record.status.name)
         if stored is not None and stored.done:
             self.lifecycle.publish(Event.FINISHED, stored)
         else:
-            log.error("execution %s could not be stored as %s", record.execution_id, record.status.name)
             self.lifecycle.publish(Event.FINISHED, record)  # waiters still get their answer

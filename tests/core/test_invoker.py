@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from spearlet.config import Settings
 from spearlet.core import invoker as invoker_module
 from spearlet.core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from spearlet.core.ids import new_execution_id
@@ -609,3 +610,21 @@ async def test_work_stored_after_its_caller_went_away_runs_at_once_in_a_node(nod
     )
     await leave_while_writing(node.invoker.invoke(req))
     assert (await final(node.store, node.lifecycle, execution_id)).status is Status.COMPLETED
+
+
+async def test_concurrent_accepts_never_exceed_max_pending(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", grpc_port=0, http_port=0, max_pending=20, max_concurrency=1)
+    node = Node(settings)
+    await node.start()
+    try:
+        # One slot, taken by a long call: every accepted execution waits, counted as pending.
+        sleep = InvokeRequest(InvocationType.EXISTING_TASK, Mode.ASYNC, task_id="sleep", params={"seconds": 30})
+        many = [dataclasses.replace(sleep) for _ in range(200)]
+        outcomes = await asyncio.gather(*(node.invoker.invoke(r) for r in many), return_exceptions=True)
+        accepted = [o for o in outcomes if not isinstance(o, BaseException)]
+        refused = [o for o in outcomes if isinstance(o, ResourceExhausted)]
+        assert len(accepted) + len(refused) == 200
+        assert len(accepted) <= settings.max_pending + settings.max_concurrency
+        assert node.scheduler.pending_count <= settings.max_pending
+    finally:
+        await node.stop()

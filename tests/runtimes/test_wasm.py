@@ -33,6 +33,17 @@ MODULES = {
         (func (export "_start") (loop $more
           (if (i32.eq (memory.grow (i32.const 1)) (i32.const -1)) (then unreachable))
           (br $more))))""",
+    # Grows 100 pages (6.25 MiB) at a time, as an allocator asks for a large block; a refused grow
+    # ends in `unreachable` (how Rust and C programs abort on an allocation failure).
+    "grow_big": """(module (memory (export "memory") 1)
+        (func (export "_start") (loop $more
+          (if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable))
+          (br $more))))""",
+    # A refused grow handled by the program itself: it exits with code 12 (ENOMEM).
+    "grow_handled": f"""(module {EXIT} (memory (export "memory") 1)
+        (func (export "_start") (loop $more
+          (if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then (call $exit (i32.const 12))))
+          (br $more))))""",
     # Writes 64 KiB to stdout forever.
     "flood": f"""(module {WASI} (memory (export "memory") 2)
         (func (export "_start") (i32.store (i32.const 0) (i32.const 1024)) (i32.store (i32.const 4) (i32.const 65536))
@@ -160,6 +171,22 @@ async def test_memory_cap_gives_out_of_memory(runtime: WasmRuntime, tmp_path: Pa
     outcome = await runtime.invoke(task, invocation(), StopRequest())
     assert outcome.status is Status.FAILED and outcome.error_code == "OUT_OF_MEMORY"
     assert 15 << 20 <= outcome.memory_used_bytes <= 16 << 20
+
+
+async def test_a_trap_after_a_refused_large_grow_is_out_of_memory_with_the_trap_in_the_message(
+    runtime: WasmRuntime, tmp_path: Path
+) -> None:
+    task = make_task(tmp_path, "grow_big", MODULES["grow_big"], memory_limit_mb="16")
+    outcome = await runtime.invoke(task, invocation(), StopRequest())
+    assert outcome.status is Status.FAILED and outcome.error_code == "OUT_OF_MEMORY", outcome.error_message
+    assert "16 MiB" in outcome.error_message and "unreachable" in outcome.error_message
+    assert outcome.memory_used_bytes == 201 * 65536  # far from the cap: the refused grow is what tells
+    # Without a refusal, a trap is a trap; a refusal the program handles is its own exit.
+    trap = await runtime.invoke(make_task(tmp_path, "trap", MODULES["trap"]), invocation(), StopRequest())
+    assert trap.error_code == "TRAP"
+    handled = make_task(tmp_path, "grow_handled", MODULES["grow_handled"], memory_limit_mb="16")
+    exited = await runtime.invoke(handled, invocation(), StopRequest())
+    assert exited.error_code == "NONZERO_EXIT" and "code 12" in exited.error_message
 
 
 async def test_output_beyond_the_cap_fails_and_the_runtime_stays_healthy(runtime: WasmRuntime, tmp_path: Path) -> None:

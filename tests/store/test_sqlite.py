@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from spearlet.core.errors import StoreUnavailable
 from spearlet.core.ids import new_execution_id
 from spearlet.core.models import ExecutionRecord, Mode, Status, now_ms
 from spearlet.store.sqlite import (
@@ -21,6 +23,7 @@ from spearlet.store.sqlite import (
     FINISHED_KEPT_BYTES,
     FINISHED_KEPT_MAX_BYTES,
     STAGE_S,
+    WAL_LIMIT_BYTES,
     SqliteStore,
     _exec_row,
     _insert_op,
@@ -86,10 +89,38 @@ async def test_database_is_in_wal_mode(store: SqliteStore) -> None:
         conn.close()
 
 
+async def test_the_wal_is_emptied_when_the_writer_is_idle_and_cut_back_after_checkpoints(store: SqliteStore) -> None:
+    wal = store.path.with_name(store.path.name + "-wal")
+    limit = await store._run(lambda conn: conn.execute("PRAGMA journal_size_limit").fetchone()[0], atomic=True)
+    assert limit == WAL_LIMIT_BYTES
+    for _ in range(2):  # the second burst reuses the emptied file, and is emptied again
+        records = [make_record(output=os.urandom(48 << 10)) for _ in range(200)]  # ~10 MB in one commit
+        assert await asyncio.gather(*(store.create_execution(r) for r in records)) == [None] * 200
+        assert wal.stat().st_size > 2 * WAL_LIMIT_BYTES
+        for _ in range(60):  # the writer checkpoints after a second without work
+            if wal.stat().st_size == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert wal.stat().st_size == 0
+    assert await store._run(lambda conn: conn.execute("PRAGMA integrity_check").fetchone()[0]) == "ok"
+
+
+async def test_the_wal_stays_bounded_under_writes_without_a_pause(store: SqliteStore) -> None:
+    wal = store.path.with_name(store.path.name + "-wal")
+    record_bytes = 256 << 10
+    peak = 0
+    for _ in range(80):  # 20 MB, one commit after another (each made inline by an idle writer)
+        assert await store.create_execution(make_record(output=os.urandom(record_bytes))) is None
+        peak = max(peak, wal.stat().st_size)
+    # The commit that passes the limit wakes the writer to checkpoint; a few more commits may land
+    # before it has the connection (inline ones, from an idle loop), each ~5% over its record's size.
+    assert peak <= WAL_LIMIT_BYTES + 4 * record_bytes
+
+
 async def test_open_on_an_unusable_path_raises(tmp_path: Path) -> None:
     directory = tmp_path / "not-a-file"
     directory.mkdir()
-    with pytest.raises(RuntimeError, match="cannot open store"):
+    with pytest.raises(StoreUnavailable, match="cannot open the store"):
         await SqliteStore(directory).open()
 
 

@@ -30,3 +30,22 @@ class FailedPrecondition(SpearletError):
 
 class ResourceExhausted(SpearletError):
     code = "RESOURCE_EXHAUSTED"
+
+
+class StoreFault(SpearletError):
+    """The store cannot take writes now (unreachable, or its disk is full). The node keeps serving
+    what it can, refuses new work at once, and recovers by itself when the store does."""
+
+
+class StoreUnavailable(StoreFault):
+    """The store cannot be reached; clients (and SPEAR's SMS) may retry elsewhere."""
+
+    code = "UNAVAILABLE"
+
+
+class StoreFull(StoreFault, ResourceExhausted):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class StartError(Exception):
+    """The node cannot start, for a reason the operator can fix: one line saying what and how."""

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from spearlet.config import Settings
 from spearlet.core.background import Background
-from spearlet.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from spearlet.core.errors import FailedPrecondition, InvalidArgument, NotFound, StoreFault, StoreUnavailable
 from spearlet.core.ids import check_client_execution_id, new_execution_id
 from spearlet.core.lifecycle import Event, Lifecycle, Update
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Task, now_ms
@@ -143,7 +143,13 @@ class Invoker:
             if self.dispatch is not None:  # a cluster: whichever node has room runs it
                 self.lifecycle.publish(Event.ACCEPTED, record)
                 # Stored already: a caller that leaves now must not leave it off the stream.
-                await pending_write(self.dispatch.enqueue(record))
+                try:
+                    await pending_write(self.dispatch.enqueue(record))
+                except StoreFault:
+                    # Stored but never queued, and the caller told it failed: it must not wait for ever.
+                    record.end(Status.FAILED, "STORE_UNAVAILABLE", "the store became unreachable before it was queued")
+                    self._background.spawn(self.scheduler.settle(record))
+                    raise
             else:
                 self._start(record, task)
             return InvokeResult(record, self.status_endpoint(record.execution_id), estimate, "accepted")
@@ -208,10 +214,12 @@ class Invoker:
     async def _store_new(self, record: ExecutionRecord, task: Task, durable: bool) -> ExecutionRecord | None:
         """Admit and store a new record; the existing one if its id or idempotency key is taken.
         `durable`: wait for the write (an async accept, or a client's own id that may exist)."""
-        self.scheduler.ensure_room()
+        self.store.check_writable()
         if durable or record.idempotency_key:
             # Durable before the answer, and the only way to learn that the id exists already.
-            return await self._create(record, task)
+            with self.scheduler.admitting():
+                return await self._create(record, task)
+        self.scheduler.ensure_room()
         # A fresh id that cannot exist yet: the record is written while the call runs; the final
         # write, which follows it, is awaited before the answer.
         self.store.queue_insert(record)
@@ -383,7 +391,8 @@ class Invoker:
     async def get(self, execution_id: str) -> ExecutionRecord | None:
         if not execution_id:
             raise InvalidArgument("execution_id is required")
-        return await self.store.get_execution(execution_id)
+        held = self.scheduler.held(execution_id)  # ended while the store took no writes
+        return held if held is not None else await self.store.get_execution(execution_id)
 
     async def cancel(self, execution_id: str, reason: str = "", force: bool = False) -> CancelResult:
         record = await self.get(execution_id)
@@ -438,8 +447,14 @@ class Invoker:
             raise FailedPrecondition(
                 f"task {task_id!r} has {len(active)} active executions: cancel them or delete with force"
             )
+        ends = {record.execution_id: self.lifecycle.waiter(record.execution_id) for record in active}
         for record in active:
             self.scheduler.request_stop(record.execution_id, True, "task deleted")
+        if ends:
+            # Their ends first, so that what is kept per task (metrics, history) goes with it.
+            await asyncio.wait(ends.values(), timeout=5.0)
+            for execution_id, end in ends.items():
+                self.lifecycle.drop_waiter(execution_id, end)
         deleted, cleaned = await self.tasks.delete(task_id, cleanup_executions)
         if not deleted:
             raise NotFound(f"task {task_id!r} not found")
@@ -452,20 +467,21 @@ class Invoker:
 
     async def health(self) -> Health:
         pending = self.scheduler.pending_count
+        fault = self.store.fault
+        try:
+            tasks, executions = await self.store.count_tasks(), await self.store.count_executions()
+        except StoreFault as exc:
+            fault, tasks, executions = exc, 0, 0
         status, message = "healthy", "serving"
-        if pending >= self.settings.max_pending:
+        if isinstance(fault, StoreUnavailable):
+            status, message = "unhealthy", str(fault)
+        elif fault is not None:  # a full disk: stored work is still answered
+            status, message = "degraded", str(fault)
+        elif pending >= self.settings.max_pending:
             status, message = "unhealthy", f"pending queue full ({pending})"
         elif pending >= 0.8 * self.settings.max_pending:
             status, message = "degraded", f"pending queue {pending} of {self.settings.max_pending}"
-        return Health(
-            status,
-            message,
-            self.uptime_seconds(),
-            await self.store.count_tasks(),
-            self.scheduler.running_count,
-            pending,
-            await self.store.count_executions(),
-        )
+        return Health(status, message, self.uptime_seconds(), tasks, self.scheduler.running_count, pending, executions)
 
     async def stats(self, time_range_hours: int) -> Stats:
         if time_range_hours < 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 from spearlet.artifacts import ArtifactFetcher
 from spearlet.core.errors import InvalidArgument, NotFound
@@ -43,6 +44,8 @@ class TaskRegistry:
         self._use_cache = cache
         # Where this node keeps each task's artifact, when another node registered it.
         self._local_paths: dict[tuple[str, str], str] = {}
+        # Told the id of each task deleted here, to drop what they keep per task (metrics, history).
+        self.on_delete: list[Callable[[str], None]] = []
 
     def runtime_name(self, artifact_type: str) -> str:
         name = ALIASES.get(artifact_type.lower(), artifact_type.lower())
@@ -123,7 +126,11 @@ class TaskRegistry:
         self._cache.pop(task_id, None)
         if task is not None:
             await self.runtimes[task.artifact_type].forget(task_id)
-        return await self.store.delete_task(task_id, cleanup_executions)
+        deleted, cleaned = await self.store.delete_task(task_id, cleanup_executions)
+        if deleted:
+            for forget in self.on_delete:
+                forget(task_id)
+        return deleted, cleaned
 
     async def warm_all(self) -> None:
         """At node start: let each runtime get its stored tasks ready (e.g. pre-warmed instances)."""

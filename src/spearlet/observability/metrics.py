@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -77,6 +77,19 @@ class Metrics:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
+
+    def forget_task(self, task_id: str) -> None:
+        """Drop a deleted task's series (a few dozen lines each) and their cached children."""
+        per_task = {
+            id(self.duration): self.duration,
+            id(self.finished): self.finished,
+            id(self.queue_wait): self.queue_wait,
+        }
+        for key in [k for k in self._children if k[0] in per_task and k[1] == task_id]:
+            metric = per_task[cast(int, key[0])]
+            labels = cast(tuple[str, ...], key[1:])
+            metric.remove(*labels)
+            del self._children[key]
 
     def completion_rate(self, window_s: float = 60.0) -> float:
         """Executions completed per second over the last minute."""

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spearlet.core.errors import InvalidArgument
+from spearlet.core.errors import InvalidArgument, StartError
 from spearlet.core.models import Task
 from spearlet.runtimes.base import Limits
 from spearlet.runtimes.sandbox import SYSTEM_PATH, FunctionUser, limited_argv
@@ -42,7 +42,7 @@ NETWORKS = ("host", "none")
 PROBE_TIMEOUT_S = 10.0
 
 
-class SandboxUnavailable(Exception):
+class SandboxUnavailable(StartError):
     """`sandbox = "required"` and bubblewrap cannot run here."""
 
 

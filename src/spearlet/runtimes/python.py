@@ -272,7 +272,8 @@ class PythonRuntime(Runtime):
         copy = self.shared_dir / "runtime" / WORKER.name
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.parent.chmod(0o755)
-        shutil.copyfile(WORKER, copy)
+        if not copy.is_file() or copy.read_bytes() != WORKER.read_bytes():  # a full disk has room for none
+            shutil.copyfile(WORKER, copy)
         copy.chmod(0o644)
         return interpreter, str(copy), []
 

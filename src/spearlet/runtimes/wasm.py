@@ -33,10 +33,10 @@ from spearlet.core.models import Status, Task
 from spearlet.core.values import stdin_payload
 from spearlet.runtimes.base import Invocation, LineSplitter, Outcome, Runtime, StopRequest
 from spearlet.runtimes.process import log_tail, task_environment
+from spearlet.runtimes.wasm_memory import MemoryBudget, allocate_memories_here, instantiating
 
 TICK_S = 0.01
 DEFAULT_ENTRY = "__spear_default_entry__"
-WASM_PAGE = 65536
 DEFAULT_MEMORY_MB = 256
 
 _DeadlineCallback = ctypes.CFUNCTYPE(
@@ -57,7 +57,7 @@ class _Call:
 
     deadline: float  # time.monotonic(); 0 means none
     output_cap: int
-    memory_cap: int
+    memory: MemoryBudget
     stop_reason: str = ""  # "cancelled", "timeout", "output"
     stdout: bytearray = field(default_factory=bytearray)
     stderr: bytearray = field(default_factory=bytearray)
@@ -85,6 +85,7 @@ class WasmRuntime(Runtime):
         self.settings = settings
         config = wasmtime.Config()
         config.epoch_interruption = True
+        allocate_memories_here(config)
         self.engine = wasmtime.Engine(config)
         self.cache_dir = settings.data_dir / "wasm-cache"
         self._modules: dict[str, wasmtime.Module] = {}
@@ -165,7 +166,7 @@ class WasmRuntime(Runtime):
         call = _Call(
             deadline=time.monotonic() + timeout_s if timeout_s else 0.0,
             output_cap=limits.output_bytes,
-            memory_cap=task.int_setting("memory_limit_mb", DEFAULT_MEMORY_MB) << 20,
+            memory=MemoryBudget(task.int_setting("memory_limit_mb", DEFAULT_MEMORY_MB) << 20),
             log_cap=limits.log_bytes,
         )
         if invocation.on_output is not None:
@@ -227,13 +228,16 @@ def _run_module(
         wasi.stdout_custom = call.write_stdout
         wasi.stderr_custom = call.write_stderr
         store.set_wasi(wasi)
-        store.set_limits(memory_size=call.memory_cap)
         callback = _DeadlineCallback(_deadline_check(call))
         ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), callback, None, _NO_FINALIZER)
         store.set_epoch_deadline(1)
         linker = wasmtime.Linker(engine)
         linker.define_wasi()
-        outcome = _execute(store, linker, module, entry, call)
+        instantiating(call.memory)  # its memories are allocated within the call's budget
+        try:
+            outcome = _execute(store, linker, module, entry, call)
+        finally:
+            instantiating(None)
     finally:
         os.close(stdin_fd)
         store.close()  # a store with custom stdout holds references until closed
@@ -294,7 +298,7 @@ def _execute(
             )
     except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
         lines = str(exc).strip().splitlines()
-        outcome = _stopped(call) if call.stop_reason else _trapped(call, lines[-1] if lines else "trap", store, exports)
+        outcome = _stopped(call) if call.stop_reason else _trapped(call, lines[-1].strip() if lines else "trap")
     if outcome is None and call.stop_reason == "output":
         outcome = _stopped(call)
     if outcome is None:
@@ -311,12 +315,14 @@ def _linear_memory(store: wasmtime.Store, exports: InstanceExports) -> int:
     return sum(m.data_len(store) for m in exports.values() if isinstance(m, wasmtime.Memory))
 
 
-def _trapped(call: _Call, cause: str, store: wasmtime.Store, exports: InstanceExports) -> Outcome:
-    # A grow refused at the cap makes the guest fail its own way (often `unreachable`): a memory at
-    # the cap is how we know.
-    if _linear_memory(store, exports) + WASM_PAGE > call.memory_cap:
+def _trapped(call: _Call, cause: str) -> Outcome:
+    # A refused grow makes the guest fail its own way (a Rust or C program aborts: `unreachable`).
+    if call.memory.refused:
+        limit = f"{call.memory.cap / (1 << 20):g} MiB"
         return Outcome(
-            Status.FAILED, error_code="OUT_OF_MEMORY", error_message=f"the module ran out of memory: {cause}"
+            Status.FAILED,
+            error_code="OUT_OF_MEMORY",
+            error_message=f"the module trapped after its memory limit ({limit}) refused a memory.grow: {cause}",
         )
     return Outcome(Status.FAILED, error_code="TRAP", error_message=f"the module trapped: {cause}")
 

@@ -8,6 +8,7 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+from spearlet.core.errors import StoreFault
 from spearlet.core.models import ExecutionRecord, Status, Task
 
 T = TypeVar("T")
@@ -95,7 +96,7 @@ def stats_of(records: Iterable[ExecutionRecord]) -> Stats:
 
 
 class Store(abc.ABC):
-    """Tasks and execution records. Every method is safe to call from the event loop.
+    """Durable tasks and execution records. Every method is safe to call from the event loop.
 
     Records are values: a store keeps no reference to a record it is handed, and hands out none of
     its own. A write stores the record as it is when the write is done (`queue_transition`: when
@@ -108,7 +109,21 @@ class Store(abc.ABC):
     `queue_insert`: a store may keep that record (and what `queue_transition` hands it for the same
     id) for a moment and store it as it is then, readers seeing it unended until its final
     `transition`. tests/store/test_contract.py holds every store to this interface.
+
+    A store that cannot take writes (unreachable, its disk full) raises a StoreFault subclass from
+    the operations that need it, and says so in `fault` until it takes writes again.
     """
+
+    @property
+    def fault(self) -> StoreFault | None:
+        """Why the store takes no writes now; None when it does."""
+        return None
+
+    def check_writable(self) -> None:
+        """Refuse new work at once while the store is known to be unable to store it."""
+        fault = self.fault
+        if fault is not None:
+            raise type(fault)(str(fault))
 
     @abc.abstractmethod
     async def open(self) -> None: ...

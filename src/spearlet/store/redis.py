@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
+import functools
 import json
-from typing import Any
+import logging
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from spearlet.core.errors import StoreUnavailable
 from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task
 from spearlet.core.values import dump_params, load_params
 from spearlet.store.base import (
@@ -30,6 +41,11 @@ from spearlet.store.base import (
 )
 
 P = "spearlet:"
+P_ = ParamSpec("P_")
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S = 2.0
+CALL_TIMEOUT_S = 5.0  # above the cluster's 0.5 s blocking stream reads
 TASKS = P + "tasks"
 EXECS = P + "execs"
 BY_TIME = P + "execs-by-time"
@@ -95,6 +111,15 @@ return 1
 )
 
 
+def _without_password(url: str) -> str:
+    """The URL to name in messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc}"))
+
+
 def _exec_key(execution_id: str) -> str:
     return f"{P}exec:{execution_id}"
 
@@ -116,20 +141,71 @@ def record_from_json(text: str) -> ExecutionRecord:
     return ExecutionRecord(**body)
 
 
+def _reaches(method: Callable[P_, Coroutine[Any, Any, T]]) -> Callable[P_, Coroutine[Any, Any, T]]:
+    """`method` inside `RedisStore.reaching` (its first argument is the store)."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P_.args, **kwargs: P_.kwargs) -> T:
+        store = args[0]
+        assert isinstance(store, RedisStore)
+        with store.reaching():
+            return await method(*args, **kwargs)
+
+    return wrapper
+
+
 class RedisStore(Store):
     def __init__(self, url: str, retention_ms: int = 24 * 3_600_000) -> None:
         self.url = url
+        self.where = _without_password(url)
         self.retention_ms = retention_ms
         # Replies as str; typed Any, as redis-py types each reply as the union of every shape. A
         # blocking pool: past its connections an operation waits for one instead of failing.
-        pool = aioredis.BlockingConnectionPool.from_url(url, decode_responses=True, max_connections=MAX_CONNECTIONS)
+        # Bounded: a call must never hang on a store that went away (redis-py would retry ten
+        # times, backing off up to a second each); two quick retries cover a connection that a
+        # restarted Redis closed.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            decode_responses=True,
+            max_connections=MAX_CONNECTIONS,
+            timeout=CALL_TIMEOUT_S,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=CALL_TIMEOUT_S,
+            retry=Retry(ExponentialWithJitterBackoff(cap=0.1, base=0.01), 2),
+        )
         self.redis: Any = aioredis.Redis.from_pool(pool)
         self._create = self.redis.register_script(_CREATE)
         self._transition = self.redis.register_script(_TRANSITION)
         # Queued writes run one after another, and every other operation waits for them, so that
         # a read after a queued write sees it (Redis orders per connection, a pool does not).
         self._chain: asyncio.Task[Any] | None = None
+        self._fault: StoreUnavailable | None = None
+        # time.monotonic() when the store was last reached again after an outage (the cluster
+        # waits a lease after it before taking over anyone's work).
+        self.back_at = 0.0
 
+    @property
+    def fault(self) -> StoreUnavailable | None:
+        return self._fault
+
+    @contextlib.contextmanager
+    def reaching(self) -> Iterator[None]:
+        """Redis calls inside: a lost connection becomes StoreUnavailable naming the store, and is
+        remembered (health, new work refused at once) until a call gets through again."""
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            fault = StoreUnavailable(f"the store {self.where} is unreachable ({exc}): try again later or elsewhere")
+            if self._fault is None:
+                log.error("%s", fault)
+            self._fault = fault
+            raise fault from None
+        if self._fault is not None:
+            log.warning("the store %s is reachable again", self.where)
+            self._fault = None
+            self.back_at = time.monotonic()
+
+    @_reaches
     async def open(self) -> None:
         await self.redis.ping()
 
@@ -147,12 +223,19 @@ class RedisStore(Store):
         async def run() -> None:
             if previous is not None:
                 await asyncio.gather(previous, return_exceptions=True)
-            await write()
+            try:
+                with self.reaching():
+                    await write()
+            except StoreUnavailable:
+                pass  # reported once, as the store went away; the final write is awaited and held
+            except Exception as exc:  # nobody waits for this write: say what went wrong here
+                log.error("a queued store write failed: %s", exc)
 
         self._chain = asyncio.get_running_loop().create_task(run())
 
     # Tasks
 
+    @_reaches
     async def put_task(self, task: Task) -> None:
         await self._drain()
         old = await self.redis.hget(TASKS, task.task_id)
@@ -160,10 +243,12 @@ class RedisStore(Store):
             task.created_at = json.loads(old)["created_at"]
         await self.redis.hset(TASKS, task.task_id, json.dumps(dataclasses.asdict(task)))
 
+    @_reaches
     async def get_task(self, task_id: str) -> Task | None:
         raw = await self.redis.hget(TASKS, task_id)
         return Task(**json.loads(raw)) if raw is not None else None
 
+    @_reaches
     async def list_tasks(self, prefix: str, limit: int, start_after: str) -> TaskPage:
         keys = sorted(k for k in await self.redis.hkeys(TASKS))
         chosen = [k for k in keys if k.startswith(prefix) and k > start_after]
@@ -172,6 +257,7 @@ class RedisStore(Store):
         has_more = len(chosen) > limit
         return TaskPage(tasks, has_more, page[-1] if has_more else "")
 
+    @_reaches
     async def delete_task(self, task_id: str, cleanup_executions: bool) -> tuple[bool, int]:
         await self._drain()
         deleted = bool(await self.redis.hdel(TASKS, task_id))
@@ -184,6 +270,7 @@ class RedisStore(Store):
                     cleaned += 1
         return deleted, cleaned
 
+    @_reaches
     async def task_summaries(self, task_ids: list[str]) -> dict[str, TaskSummary]:
         out = {}
         for task_id in task_ids:
@@ -193,6 +280,7 @@ class RedisStore(Store):
             out[task_id] = TaskSummary(await self.redis.zcard(index), Status(int(status)) if status else Status.UNKNOWN)
         return out
 
+    @_reaches
     async def count_tasks(self) -> int:
         return int(await self.redis.hlen(TASKS))
 
@@ -201,6 +289,7 @@ class RedisStore(Store):
     def create_execution(self, record: ExecutionRecord) -> PendingWrite[ExecutionRecord | None]:
         return pending_write(self._create_execution(record))
 
+    @_reaches
     async def _create_execution(self, record: ExecutionRecord) -> ExecutionRecord | None:
         await self._drain()
         return await self._insert(record)
@@ -233,6 +322,7 @@ class RedisStore(Store):
         )  # fmt: skip
         return bool(changed)
 
+    @_reaches
     async def transition(self, record: ExecutionRecord) -> bool:
         await self._drain()
         return await self._apply(record, record_json(record))
@@ -246,6 +336,7 @@ class RedisStore(Store):
 
         self._enqueue(write)
 
+    @_reaches
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         await self._drain()
         raw = await self.redis.hget(_exec_key(execution_id), "j")
@@ -260,6 +351,7 @@ class RedisStore(Store):
             raws = await pipe.execute()
         return [record_from_json(raw) if raw is not None else None for raw in raws]
 
+    @_reaches
     async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
         await self._drain()
         index = f"{P}task-execs:{task_id}" if task_id else EXECS
@@ -285,6 +377,7 @@ class RedisStore(Store):
         has_more = len(found) > limit
         return ExecutionPage(records, has_more, records[-1].execution_id if has_more else "")
 
+    @_reaches
     async def unfinished(self) -> list[ExecutionRecord]:
         await self._drain()
         ids = list(await self.redis.smembers(UNFINISHED))
@@ -296,6 +389,7 @@ class RedisStore(Store):
         stored = sorted((int(seq), record_from_json(text)) for text, seq in rows if text is not None)
         return [record for _, record in stored if not record.done]
 
+    @_reaches
     async def cached_result(self, cache_key: str, since_ms: int) -> ExecutionRecord | None:
         await self._drain()
         ids = await self.redis.zrevrangebyscore(f"{P}cache:{cache_key}", "+inf", since_ms, start=0, num=1)
@@ -304,6 +398,7 @@ class RedisStore(Store):
         record = await self.get_execution(ids[0])
         return record if record is not None and record.status is Status.COMPLETED else None
 
+    @_reaches
     async def expire(self, before_ms: int, keep: int) -> int:
         # Redis expires terminal records after the retention by itself; this applies a cutoff of
         # the caller's and the count, and drops the ids of records Redis expired from the indexes.
@@ -338,6 +433,7 @@ class RedisStore(Store):
         if record is not None:
             await self.redis.zrem(f"{P}task-execs:{record.task_id}", execution_id)
 
+    @_reaches
     async def stats(self, since_ms: int) -> Stats:
         await self._drain()
         ids = [raw for raw in await self.redis.zrangebyscore(BY_TIME, since_ms, "+inf")]

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from spearlet.core.errors import StoreFull, StoreUnavailable
 from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task
 from spearlet.core.values import dump_params, load_params
 from spearlet.store.base import ExecutionPage, PendingWrite, Stats, Store, TaskPage, TaskSummary
@@ -39,6 +40,13 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 STAGE_S = 0.02
+# Under load the WAL is checkpointed once it passes this, and SQLite cuts the file back to it when
+# the WAL starts over; a second without queued work empties it. Without a bound it kept its largest
+# size (52 MB in a 12-minute soak).
+WAL_LIMIT_BYTES = 4 << 20
+# Free space that lets a store marked full try writes again.
+ROOM_BYTES = 1 << 20
+BUSY_TIMEOUT_MS = 5000  # sqlite3.connect's default timeout, restored after an idle checkpoint
 FINISHED_KEPT = 1024
 FINISHED_KEPT_BYTES = 4 << 20  # stored size (parameters, metadata, output, logs) of all kept records
 FINISHED_KEPT_MAX_BYTES = 64 << 10  # a larger record is read from the file each time
@@ -260,6 +268,7 @@ class _DatabaseThread(threading.Thread):
     def __init__(self, path: Path) -> None:
         super().__init__(name="spearlet-sqlite", daemon=True)
         self._path = path
+        self._wal = path.with_name(path.name + "-wal")
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # whoever holds it uses the connection
         self._conn: sqlite3.Connection | None = None
@@ -268,6 +277,13 @@ class _DatabaseThread(threading.Thread):
         self._finished = 0
         self.ready = threading.Event()
         self.startup_error: BaseException | None = None
+        # Set while the disk holding the store is full (a write failed for it, and no write has
+        # succeeded since); read by the loop to refuse new work at once.
+        self.full: StoreFull | None = None
+        # Opened on a full disk, where the shared-memory index could not be made: the connection
+        # then keeps it in its own memory, and nobody else may open the file (the node holds its
+        # data dir alone anyway).
+        self.exclusive = False
 
     def submit(
         self, op: Callable[[sqlite3.Connection], T], inline: bool = True, atomic: bool = False
@@ -290,10 +306,15 @@ class _DatabaseThread(threading.Thread):
         idle = self._submitted == self._finished and conn is not None
         if inline and idle and conn is not None and self._lock.acquire(blocking=False):
             try:
-                ok, value = _run_atomic(conn, op) if atomic else _run_alone(conn, op, to)
+                before = conn.total_changes
+                ok, value = _run_atomic(conn, op) if atomic else _run_alone(conn, op)
+                [(ok, value)] = self._observe(conn, before, [(op, to)], [(ok, value)])
+                wrote = conn.total_changes != before
             finally:
                 self._lock.release()
             _settle([(to, ok, value)])
+            if wrote and _size(self._wal) > WAL_LIMIT_BYTES:
+                self.enqueue(_nothing)  # wakes the writer, which checkpoints after it
             return
         self._submitted += 1
         self._queue.put((op, to))
@@ -322,15 +343,16 @@ class _DatabaseThread(threading.Thread):
             # Only the node reads its records (SQLite gives the -wal and -shm files the same mode).
             os.close(os.open(self._path, os.O_CREAT | os.O_RDWR, 0o600))
             os.chmod(self._path, 0o600)
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            # Checkpoints (which fsync) are this thread's job when idle, never a caller's commit's.
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-            _migrate(conn)
-            conn.executescript(_SCHEMA)
+            try:
+                conn = self._connect(exclusive=False)
+            except sqlite3.OperationalError as exc:
+                if not _disk_full(exc):
+                    raise
+                # Start degraded: records are read (and status queries answered) until space returns.
+                conn = self._connect(exclusive=True)
+                self.exclusive = True
+                self.full = self._full_disk(exc)
+                log.error("%s", self.full)
         except BaseException as exc:  # reported to open(), which raises it in the loop
             self.startup_error = exc
             self.ready.set()
@@ -344,15 +366,76 @@ class _DatabaseThread(threading.Thread):
                 self._conn = None
                 conn.close()
 
+    def _connect(self, exclusive: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            if exclusive:
+                conn.execute("PRAGMA locking_mode=EXCLUSIVE")  # before WAL: no -shm file needed
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            # Checkpoints (which fsync) are this thread's job when idle, never a caller's commit's.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            _migrate(conn)
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _full_disk(self, exc: BaseException) -> StoreFull:
+        return StoreFull(
+            f"the disk holding the store {self._path} is full ({exc}): new work is refused until space is "
+            "freed; stored executions are still answered"
+        )
+
+    def _observe(
+        self, conn: sqlite3.Connection, changes_before: int, ops: list[_Op], results: list[tuple[bool, Any]]
+    ) -> list[tuple[bool, Any]]:
+        """What a unit of work tells about the disk: a failure for want of space marks the store
+        full (and becomes StoreFull); a committed change unmarks it. Logs queued writes that fail
+        (nobody else hears of them), a full disk once."""
+        out: list[tuple[bool, Any]] = []
+        for (_, future), (ok, value) in zip(ops, results, strict=True):
+            if not ok and _disk_full(value):
+                if self.full is None:
+                    log.error("%s", self._full_disk(value))
+                self.full = value = self._full_disk(value)
+            elif not ok and future is None:
+                log.error("a queued store write failed: %s", value)
+            out.append((ok, value))
+        if self.full is not None and conn.total_changes > changes_before and any(ok for ok, _ in out):
+            log.warning("the store takes writes again: %s has room", self._path)
+            self.full = None
+        return out
+
+    def _check_room(self) -> None:
+        """While marked full, and idle: free space on the disk lets writes be tried again (the next
+        one that fails marks it full again)."""
+        if self.full is None:
+            return
+        try:
+            disk = os.statvfs(self._path.parent)
+        except OSError:
+            return
+        if disk.f_bavail * disk.f_frsize >= ROOM_BYTES:
+            log.warning("%s has room again: new work is accepted", self._path.parent)
+            self.full = None
+
     def _serve(self, conn: sqlite3.Connection) -> None:
-        commits = 0
+        wal = self._wal
         while True:
             try:
-                first = self._queue.get(timeout=1.0 if commits else None)
+                first = self._queue.get(timeout=1.0)
             except queue.Empty:
-                with self._lock:
-                    _checkpoint(conn)
-                commits = 0
+                # A second without queued work (writes made inline by idle callers count too: they
+                # leave frames behind): empty the WAL.
+                if _size(wal):
+                    with self._lock:
+                        _checkpoint(conn, "TRUNCATE", quiet=self.full is not None)
+                self._check_room()
                 continue
             if first is None:
                 return
@@ -368,11 +451,8 @@ class _DatabaseThread(threading.Thread):
                     break
                 batch.append(item)
             with self._lock:
-                results = _run_batch(conn, batch)
-                commits += 1
-                if commits >= 1000:
-                    _checkpoint(conn)
-                    commits = 1
+                before = conn.total_changes
+                results = self._observe(conn, before, batch, _run_batch(conn, batch))
             self._finished += len(batch)
             # Only after the commit, so a caller told "stored" can rely on it; one wake-up of the
             # event loop for the whole batch.
@@ -381,27 +461,30 @@ class _DatabaseThread(threading.Thread):
                 settled[0][0].get_loop().call_soon_threadsafe(_settle, settled)
             if stop:
                 return
+            # Under load, by size, after the answers (inline commits that pass the limit wake us):
+            # the next commit then starts the WAL over, and SQLite cuts the file back to the limit.
+            if _size(wal) > WAL_LIMIT_BYTES:
+                with self._lock:
+                    _checkpoint(conn, quiet=self.full is not None)
 
 
 def _run_batch(conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, Any]]:
     """Run operations in one transaction, each in a savepoint so one failure does not undo the
     others; (ok, result or exception) for each."""
     if len(batch) == 1:  # alone in its transaction: no savepoint needed to undo it alone
-        return [_run_alone(conn, *batch[0])]
+        return [_run_alone(conn, batch[0][0])]
     results: list[tuple[bool, Any]] = []
     try:
         conn.execute("BEGIN IMMEDIATE")
     except Exception as exc:  # the file locked by another process past the busy timeout, I/O
         log.error("a store batch of %d operations could not begin: %s", len(batch), exc)
         return [(False, exc)] * len(batch)
-    for op, future in batch:
+    for op, _ in batch:
         conn.execute("SAVEPOINT op")
         try:
             results.append((True, op(conn)))
         except Exception as exc:
             conn.execute("ROLLBACK TO op")
-            if future is None:
-                log.error("a queued store write failed: %s", exc)
             results.append((False, exc))
         conn.execute("RELEASE op")
     try:
@@ -414,11 +497,37 @@ def _run_batch(conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, A
     return results
 
 
-def _checkpoint(conn: sqlite3.Connection) -> None:
+def _nothing(conn: sqlite3.Connection) -> None:
+    pass
+
+
+def _size(path: Path) -> int:
     try:
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _disk_full(exc: object) -> bool:
+    """SQLite's ways of saying that the disk is full (the shared-memory index that cannot grow is one)."""
+    return isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorname in ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE")
+
+
+def _checkpoint(conn: sqlite3.Connection, mode: str = "PASSIVE", quiet: bool = False) -> None:
+    """PASSIVE under load; TRUNCATE when idle, which empties the file unless a reader (a stats
+    query beside the writer) still needs it: then it does what it can at once, without waiting."""
+    try:
+        if mode == "PASSIVE":
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            return
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            conn.execute(f"PRAGMA wal_checkpoint({mode})")
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     except Exception as exc:  # a later one will do; the writer must go on
-        log.error("a WAL checkpoint failed: %s", exc)
+        if not quiet:  # on a full disk it fails every time, and the disk is reported already
+            log.error("a WAL checkpoint failed: %s", exc)
 
 
 def _run_atomic(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any]:
@@ -428,7 +537,7 @@ def _run_atomic(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any
         return False, exc
 
 
-def _run_alone(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any], future: object) -> tuple[bool, Any]:
+def _run_alone(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any]:
     try:
         conn.execute("BEGIN IMMEDIATE")
         value = op(conn)
@@ -436,8 +545,6 @@ def _run_alone(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any]
     except Exception as exc:
         if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
             conn.execute("ROLLBACK")
-        if future is None:
-            log.error("a queued store write failed: %s", exc)
         return False, exc
     return True, value
 
@@ -468,7 +575,7 @@ class SqliteStore(Store):
         self._db.start()
         await asyncio.get_running_loop().run_in_executor(None, self._db.ready.wait)
         if self._db.startup_error is not None:
-            raise RuntimeError(f"cannot open store {self.path}: {self._db.startup_error}")
+            raise StoreUnavailable(f"cannot open the store {self.path}: {self._db.startup_error}")
 
     async def close(self) -> None:
         if self._db is None:
@@ -483,6 +590,10 @@ class SqliteStore(Store):
         await asyncio.get_running_loop().run_in_executor(None, self._db.join)
         self._db.fail_leftovers()
         self._db = None
+
+    @property
+    def fault(self) -> StoreFull | None:
+        return None if self._db is None else self._db.full
 
     def _run(
         self, op: Callable[[sqlite3.Connection], T], inline: bool = True, atomic: bool = False
@@ -678,7 +789,17 @@ class SqliteStore(Store):
         row = (*_progress_row(record), record.execution_id, *allowed)  # now: the record may change
 
         def op(conn: sqlite3.Connection) -> bool:
-            return bool(allowed) and conn.execute(sql, row).rowcount > 0
+            if not allowed:
+                return False
+            if conn.execute(sql, row).rowcount > 0:
+                return True
+            # A final write for a record that is not there: its first write was lost (a full disk
+            # refused the staged insert of a sync call). Written whole now; a final record no
+            # longer changes, so reading it on this thread is safe.
+            if record.done and conn.execute(_EXISTS, (record.execution_id,)).fetchone() is None:
+                conn.execute(_INSERT, _exec_row(record))
+                return True
+            return False
 
         return op
 
@@ -815,6 +936,8 @@ class SqliteStore(Store):
         before is committed: a long read (stats scan every record: about 0.1 s for 100k) then holds
         neither the event loop nor the writer. WAL lets it read beside the writer."""
         await self._run(lambda conn: None, inline=False)
+        if self._db is not None and self._db.exclusive:  # nobody else may open the file
+            return await self._run(op, atomic=True)
 
         def read() -> T:
             with contextlib.closing(sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
@@ -873,3 +996,4 @@ _SELECT_UNFINISHED = (
     f"AND {_NOT_COMPLETED} ORDER BY seq"
 )
 _INSERT = f"INSERT INTO executions ({_EXEC_COLUMNS}) VALUES ({_marks(26)})"
+_EXISTS = "SELECT 1 FROM executions WHERE execution_id = ?"

@@ -33,6 +33,7 @@ _CODES = {
     "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
     "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
     "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
 }
 R = TypeVar("R")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
@@ -214,8 +215,10 @@ def build_server(
     token: str = "",
     max_message_bytes: int = 8 << 20,
     min_ping_interval_ms: int = 1000,
+    tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A grpc.aio server with every service added, bound to `address`; returns it and its port."""
+    """A grpc.aio server with every service added, bound to `address` (TLS only, with `tls`: the
+    PEM certificate chain and private key); returns it and its port. OSError if it cannot bind."""
     server = grpc.aio.server(
         interceptors=[GrpcTokenInterceptor(TokenCheck(token))] if token else None,
         options=[
@@ -241,7 +244,12 @@ def build_server(
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot bind gRPC on {address}")
+    try:
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            certificate, key = tls
+            port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, certificate)]))
+    except RuntimeError as exc:  # grpc says only that it failed
+        raise OSError(f"cannot bind gRPC on {address}") from exc
     return server, port, health_servicer

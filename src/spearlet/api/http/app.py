@@ -46,6 +46,7 @@ HTTP_STATUS = {
     "FAILED_PRECONDITION": 409,
     "PAYLOAD_TOO_LARGE": 413,
     "RESOURCE_EXHAUSTED": 429,
+    "UNAVAILABLE": 503,
 }
 _STREAM = "text/event-stream"
 # Swagger UI's files (swagger-ui-dist, Apache-2.0: LICENSE and NOTICE beside them).
