@@ -68,8 +68,10 @@ class Settings(BaseSettings):
     require_checksum: bool = False
     max_parameters: int = Field(256, ge=1)
 
-    # Where completion callbacks may go: host names, IP addresses or CIDR networks ("*" for anywhere).
+    # Where completion callbacks may go: host names, IP addresses or CIDR networks ("*" for anywhere),
+    # and how long one delivery attempt may take in all.
     callback_allow: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1", "localhost"])
+    callback_timeout_s: float = Field(10.0, gt=0)
 
     # Terminal execution records are kept this long, and at most this many.
     retention_hours: float = Field(24.0, gt=0)

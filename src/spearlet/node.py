@@ -111,7 +111,7 @@ class Node:
         python = self.runtimes["python"]
         assert isinstance(python, PythonRuntime)
         self.metrics = Metrics(self.scheduler, {"python": python.pool})
-        self.callbacks = Callbacks(settings.callback_allow)
+        self.callbacks = Callbacks(settings.callback_allow, settings.callback_timeout_s)
         self.lifecycle.subscribe(self.metrics.on_event)
         self.lifecycle.subscribe(self.callbacks.on_event)
         self.invoker.checks.append(self.callbacks.check)
