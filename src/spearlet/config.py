@@ -62,11 +62,24 @@ class Settings(BaseSettings):
     shared_dir: Path | None = None
 
     # Artifacts: allowed URL schemes ("file" covers plain paths), local directories (empty: any),
-    # and whether every artifact must name its sha256 checksum.
+    # hosts downloads may reach (names, addresses, CIDR networks; "*": any), and whether every
+    # artifact must name its sha256 checksum; how large one may be and how long reading it may take.
     artifact_schemes: list[str] = Field(default_factory=lambda: ["file", "http", "https"])
     artifact_dirs: list[Path] = Field(default_factory=list)
+    artifact_hosts: list[str] = Field(default_factory=lambda: ["*"])
     require_checksum: bool = False
+    artifact_limit_mb: int = Field(256, ge=1)
+    artifact_timeout_s: float = Field(60.0, gt=0)
+    # Cluster mode: the largest artifact read from a node's disk that is shared through Redis
+    # (larger ones must come from an http(s) location, which every node fetches itself).
+    artifact_blob_limit_mb: int = Field(64, ge=1)
+    # WASM modules compile one at a time, each within this memory and time.
+    wasm_compile_memory_mb: int = Field(1024, ge=64)
+    wasm_compile_timeout_s: float = Field(60.0, gt=0)
+
     max_parameters: int = Field(256, ge=1)
+    # Bytes of keys and values a task's metadata may hold.
+    max_metadata_bytes: int = Field(64 << 10, ge=0)
 
     # Where completion callbacks may go: host names, IP addresses or CIDR networks ("*" for anywhere),
     # and how long one delivery attempt may take in all.

@@ -23,6 +23,9 @@ from spearlet.api.grpc.server import build_server
 from spearlet.api.http.app import create_app
 from spearlet.api.service import FunctionApi
 from spearlet.artifacts import ArtifactFetcher
+from spearlet.artifacts.blobs import RedisBlobs
+from spearlet.artifacts.cache import ArtifactCache, Permissions
+from spearlet.artifacts.local import Reader
 from spearlet.callbacks import Callbacks
 from spearlet.cluster import Cluster
 from spearlet.config import Settings
@@ -30,6 +33,7 @@ from spearlet.core.invoker import Invoker
 from spearlet.core.lifecycle import Lifecycle
 from spearlet.core.models import ArtifactSpec
 from spearlet.core.tasks import TaskRegistry
+from spearlet.net import HostRules
 from spearlet.observability.metrics import Metrics
 from spearlet.runtimes.base import Runtime
 from spearlet.runtimes.process import ProcessRuntime
@@ -93,14 +97,30 @@ class Node:
             "wasm": WasmRuntime(settings),
         }
         self.lifecycle = Lifecycle()
+        self.blobs = (
+            RedisBlobs(settings.store, settings.artifact_blob_limit_mb << 20)
+            if isinstance(self.store, RedisStore)
+            else None
+        )
         fetcher = ArtifactFetcher(
-            self.shared_dir / "artifacts",
+            artifact_cache(self.shared_dir / "artifacts", self.user),
+            max_bytes=settings.artifact_limit_mb << 20,
+            timeout_s=settings.artifact_timeout_s,
             schemes=settings.artifact_schemes,
             local_dirs=settings.artifact_dirs,
             require_checksum=settings.require_checksum,
+            hosts=HostRules(settings.artifact_hosts),
+            reader=Reader(self.user.name, self.user.uid, self.user.gid) if self.user is not None else None,
+            blobs=self.blobs,
         )
         # In a cluster another node may replace a task: read tasks from the store every time.
-        self.tasks = TaskRegistry(self.store, fetcher, self.runtimes, cache=isinstance(self.store, SqliteStore))
+        self.tasks = TaskRegistry(
+            self.store,
+            fetcher,
+            self.runtimes,
+            cache=isinstance(self.store, SqliteStore),
+            max_metadata_bytes=settings.max_metadata_bytes,
+        )
         self.scheduler = Scheduler(settings, self.store, self.runtimes, self.lifecycle)
         self.invoker = Invoker(settings, self.store, self.tasks, self.scheduler, self.lifecycle)
         self.cluster: Cluster | None = None
@@ -169,6 +189,10 @@ class Node:
             else:
                 if removed:
                     log.info("retention: %d finished execution records expired", removed)
+            try:
+                await self.tasks.collect()  # artifacts of tasks another node of a cluster deleted
+            except Exception:
+                log.exception("removing unused artifacts failed")
 
     async def _register_start_tasks(self) -> None:
         choice = self.settings.tasks
@@ -176,7 +200,7 @@ class Node:
             return
         path = Path(choice) if choice else bundled_tasks_file()
         for name, description, spec in read_tasks_file(path):
-            await self.tasks.register(name, spec, description)
+            await self.tasks.register(name, spec, description, for_caller=False)
 
     async def stop(self) -> None:
         if self._housekeeping is not None:
@@ -191,8 +215,11 @@ class Node:
         await self.invoker.close()
         await self.scheduler.close()
         await self.callbacks.close()
+        await self.tasks.close()
         for runtime in self.runtimes.values():
             await runtime.close()
+        if self.blobs is not None:
+            await self.blobs.close()
         await self.store.close()
 
 
@@ -216,6 +243,15 @@ def shared_dir(settings: Settings, user: FunctionUser | None) -> Path:
     for directory in (chosen, chosen.parent):
         directory.chmod(0o755)
     return chosen
+
+
+def artifact_cache(root: Path, user: FunctionUser | None) -> ArtifactCache:
+    """The artifact cache, closed to other users; opened to 0711 when functions run as another
+    user, who must reach their artifact by its path (a sandbox that binds the one artifact a call
+    needs into the function's view would not need it)."""
+    return ArtifactCache(
+        root, open_to_functions=user is not None, permissions=Permissions(user.gid if user is not None else None)
+    )
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from spearlet.api.grpc import spearlet_pb2 as pb
-from tests.helpers import NodeProcess, existing, params, script, unpack, value
+from tests.helpers import NodeProcess, existing, open_path, params, script, unpack, value
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -248,6 +248,7 @@ def test_a_number_that_is_not_json_deep_in_a_parameter_names_the_parameter(node:
 
 
 def test_bad_artifacts_are_refused_clearly(node: NodeProcess, tmp_path: Path) -> None:
+    open_path(tmp_path)
     not_exec = tmp_path / "plain.sh"
     not_exec.write_text("#!/bin/sh\n")
     cases = [
