@@ -77,9 +77,18 @@ class Settings(BaseSettings):
     wasm_compile_memory_mb: int = Field(1024, ge=64)
     wasm_compile_timeout_s: float = Field(60.0, gt=0)
 
+    # What one call may carry: parameters (how many, bytes in all), invocation_metadata and
+    # context.environment (bytes of keys and values; task metadata too).
     max_parameters: int = Field(256, ge=1)
-    # Bytes of keys and values a task's metadata may hold.
+    max_parameters_bytes: int = Field(4 << 20, ge=1)
     max_metadata_bytes: int = Field(64 << 10, ge=0)
+    max_environment_bytes: int = Field(64 << 10, ge=0)
+    # A listing page holds at most this many bytes of records (and at most `limit` of them).
+    max_page_bytes: int = Field(1 << 20, ge=1024)
+    # Streams and watches open at once, gRPC and HTTP together; beyond it RESOURCE_EXHAUSTED (429).
+    max_streams: int = Field(1000, ge=1)
+    # Function names per task with their own label in the metrics (others share "_other").
+    metrics_max_functions: int = Field(20, ge=0)
 
     # Where completion callbacks may go: host names, IP addresses or CIDR networks ("*" for anywhere),
     # and how long one delivery attempt may take in all.

@@ -130,7 +130,7 @@ class Node:
         self.api = FunctionApi(self.invoker)
         python = self.runtimes["python"]
         assert isinstance(python, PythonRuntime)
-        self.metrics = Metrics(self.scheduler, {"python": python.pool})
+        self.metrics = Metrics(self.scheduler, {"python": python.pool}, settings.metrics_max_functions)
         self.callbacks = Callbacks(settings.callback_allow, settings.callback_timeout_s)
         self.lifecycle.subscribe(self.metrics.on_event)
         self.lifecycle.subscribe(self.callbacks.on_event)
