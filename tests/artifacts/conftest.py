@@ -28,6 +28,14 @@ class FileServer:
         return self.url(name)
 
 
+def source(tmp_path: Path, content: bytes) -> Path:
+    """`content` as `src/tool.sh` under `tmp_path`: a local artifact to fetch."""
+    path = tmp_path / "src" / "tool.sh"
+    path.parent.mkdir()
+    path.write_bytes(content)
+    return path
+
+
 def serve(root: Path, host: str = "127.0.0.1", redirects: dict[str, str] | None = None) -> tuple[FileServer, Any]:
     """A server of `root` on `host`; `redirects` maps paths to the Location a 302 answers them with.
     Returns it and its (running) httpd, to shut down."""

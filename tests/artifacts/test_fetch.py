@@ -11,7 +11,7 @@ import pytest
 from spearlet.artifacts.cache import ArtifactCache
 from spearlet.artifacts.fetch import ArtifactFetcher, parse_checksum
 from spearlet.core.errors import InvalidArgument
-from tests.artifacts.conftest import FileServer
+from tests.artifacts.conftest import FileServer, source
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,10 +32,7 @@ def fetcher(cache_dir: Path) -> ArtifactFetcher:
 
 @pytest.fixture
 def artifact(tmp_path: Path) -> Path:
-    path = tmp_path / "src" / "tool.sh"
-    path.parent.mkdir()
-    path.write_bytes(CONTENT)
-    return path
+    return source(tmp_path, CONTENT)
 
 
 def cache_entries(cache_dir: Path) -> list[str]:

@@ -21,6 +21,7 @@ from spearlet.artifacts.cache import ArtifactCache
 from spearlet.artifacts.fetch import ArtifactFetcher
 from spearlet.artifacts.local import Reader
 from spearlet.core.errors import InvalidArgument
+from tests.artifacts.conftest import source
 from tests.helpers import open_path
 
 pytestmark = pytest.mark.timeout(120)
@@ -81,12 +82,15 @@ def swapping(tmp_path: Path) -> Iterator[Callable[[Path, str, Path], None]]:
         process.wait()
 
 
+@pytest.fixture
+def tool(tmp_path: Path) -> Path:
+    return source(tmp_path, GOOD)
+
+
 async def test_a_file_swapped_while_it_is_read_is_never_cached_under_the_good_digest(
-    tmp_path: Path, swapping: Callable[[Path, str, Path], None]
+    tmp_path: Path, tool: Path, swapping: Callable[[Path, str, Path], None]
 ) -> None:
-    path = tmp_path / "src" / "tool.sh"
-    path.parent.mkdir()
-    path.write_bytes(GOOD)
+    path = tool
     (tmp_path / "evil.sh").write_bytes(EVIL)
     swapping(path, "code", tmp_path / "evil.sh")
     local = fetcher(tmp_path)
@@ -103,11 +107,9 @@ async def test_a_file_swapped_while_it_is_read_is_never_cached_under_the_good_di
 
 
 async def test_a_fifo_swapped_in_never_blocks_a_fetch(
-    tmp_path: Path, swapping: Callable[[Path, str, Path], None]
+    tmp_path: Path, tool: Path, swapping: Callable[[Path, str, Path], None]
 ) -> None:
-    path = tmp_path / "src" / "tool.sh"
-    path.parent.mkdir()
-    path.write_bytes(GOOD)
+    path = tool
     swapping(path, "fifo", tmp_path / "unused")
     local = fetcher(tmp_path)
     try:

@@ -117,7 +117,7 @@ class TaskRegistry:
             self._background.spawn(self.collect())
             raise
         except Exception:
-            await self.collect()  # what the refused registration put in the cache goes
+            await self._collect_quietly()  # what the refused registration put in the cache goes
             raise
         self._cache[task.task_id] = task
         if old is not None and old.digest != task.digest:
@@ -160,6 +160,13 @@ class TaskRegistry:
             self._collecting = None
             if self._collect_wanted and not self._in_flight:
                 self._background.spawn(self.collect())
+
+    async def _collect_quietly(self) -> None:
+        """collect(), whose own failure must not hide the refusal it follows."""
+        try:
+            await self.collect()
+        except Exception:
+            log.exception("removing the artifacts of a refused registration failed")
 
     async def _all_tasks(self) -> AsyncIterator[Task]:
         start_after = ""
