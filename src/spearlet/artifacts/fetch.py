@@ -113,8 +113,7 @@ class ArtifactFetcher:
             path = Path.cwd() / path.expanduser()
         except RuntimeError as exc:  # `~someone` who does not exist
             raise InvalidArgument(f"artifact location {location[:200]!r}: {exc}") from exc
-        reader = self.reader if for_caller else None
-        return await asyncio.to_thread(self._local, path, location, expected, reader)
+        return await asyncio.to_thread(self._local, path, location, expected, for_caller)
 
     def _budget(self, local: bool, location: str) -> Budget:
         if local and self.blobs is not None and self.blobs.max_bytes < self.max_bytes:
@@ -127,9 +126,9 @@ class ArtifactFetcher:
             limit, message = self.max_bytes, f"artifact {location[:200]!r} is larger than {self.max_bytes} bytes"
         return Budget(limit, self.timeout_s, message)
 
-    def _local(self, path: Path, location: str, expected: str, reader: Reader | None) -> Artifact:
+    def _local(self, path: Path, location: str, expected: str, for_caller: bool) -> Artifact:
         budget = self._budget(True, location)
-        opened = open_local(path, location, reader, self.local_dirs)
+        opened = open_local(path, location, self.reader, for_caller, self.local_dirs)
         try:
             name = check_name(opened.path.name, location)
             with self.cache.staging() as staging:
@@ -139,7 +138,7 @@ class ArtifactFetcher:
                         raise InvalidArgument(
                             f"artifact location {location[:200]!r} is a directory: a checksum needs a file"
                         )
-                    actual = copy_tree(opened, built, budget, reader, self.cache.seal, location[:200])
+                    actual = copy_tree(opened, built, budget, self.reader, for_caller, self.cache.seal, location[:200])
                 else:
                     actual = copy_file(opened, built, budget)
                     _verify(expected, actual, location)

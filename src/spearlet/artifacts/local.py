@@ -53,6 +53,11 @@ class Reader:
             return info.st_mode >> 3 & 7
         return info.st_mode & 7
 
+    def can_read(self, info: os.stat_result) -> bool:
+        """Read a file, or list and enter a directory."""
+        bits = self.bits(info)
+        return bool(bits & R) and bool(bits & X or not stat.S_ISDIR(info.st_mode))
+
 
 class Budget:
     """Bytes and time one artifact may take to read."""
@@ -89,7 +94,7 @@ class Opened:
         return stat.S_ISDIR(self.info.st_mode)
 
 
-def open_local(path: Path, location: str, reader: Reader | None, allowed: Sequence[Path] = ()) -> Opened:
+def open_local(path: Path, location: str, reader: Reader | None, enforce: bool, allowed: Sequence[Path] = ()) -> Opened:
     """Open the artifact at absolute `path`, walking it as described above. The caller closes `fd`."""
     shown = location[:200]
     unreadable = InvalidArgument(
@@ -103,7 +108,7 @@ def open_local(path: Path, location: str, reader: Reader | None, allowed: Sequen
     try:
         while True:
             current = stack[-1]
-            if reader is not None and not reader.bits(os.fstat(current)) & X:
+            if enforce and reader is not None and not reader.bits(os.fstat(current)) & X:
                 raise unreadable
             if not parts:
                 raise InvalidArgument(f"artifact location {shown!r} is not a file or a directory")
@@ -145,11 +150,11 @@ def open_local(path: Path, location: str, reader: Reader | None, allowed: Sequen
                     f"artifact location {shown!r} is outside the directories this node serves artifacts from"
                 )
             opened = open_entry(name, current, info, shown)
-            bits = reader.bits(opened.info) if reader is not None else 7
-            if reader is not None and not (bits & R and (bits & X or not opened.is_dir)):
+            if enforce and reader is not None and not reader.can_read(opened.info):
                 os.close(opened.fd)
                 raise unreadable
-            opened.path, opened.function_bits = final, bits
+            opened.path = final
+            opened.function_bits = reader.bits(opened.info) if reader is not None else 7
             return opened
     except OSError as exc:  # a component that went away or changed kind while we walked
         raise InvalidArgument(f"artifact location {shown!r} cannot be read: {exc.strerror}") from None
@@ -210,6 +215,7 @@ def copy_tree(
     target: Path,
     budget: Budget,
     reader: Reader | None,
+    enforce: bool,
     seal: Callable[[Path, int, int], None],
     shown: str,
 ) -> str:
@@ -242,7 +248,7 @@ def copy_tree(
             opened_child = open_entry(child.name, fd, info, f"{shown}/{rel}")
             try:
                 bits = reader.bits(opened_child.info) if reader is not None else 7
-                if reader is not None and not (bits & R and (bits & X or not opened_child.is_dir)):
+                if enforce and reader is not None and not reader.can_read(opened_child.info):
                     raise InvalidArgument(
                         f"artifact directory {shown!r}: {rel} cannot be read by the function user {reader.name!r}"
                     )
