@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spearlet.artifacts.cache import ArtifactCache
+from spearlet.artifacts.cache import ArtifactCache, Permissions
 from spearlet.artifacts.fetch import ArtifactFetcher
 from tests.artifacts.conftest import FileServer
 
@@ -70,3 +70,19 @@ async def test_collect_keeps_what_is_named_and_removes_the_rest(tmp_path: Path, 
     gone = (await fetcher.fetch(server.publish("b.sh", EVIL))).path
     assert cache.collect([kept]) == 1
     assert kept.read_bytes() == CONTENT and not gone.exists() and not gone.parent.exists()
+
+
+@pytest.mark.parametrize(
+    ("source", "function_bits", "copy"),
+    [
+        (0o755, 0o5, 0o555),  # anyone could run it: so can the function user's group
+        (0o644, 0o4, 0o444),
+        (0o600, 0o6, 0o440),  # the function user owned it: its group may read the copy, no one else
+        (0o750, 0o5, 0o550),  # the function user's group could run it
+        (0o700, 0o0, 0o500),  # the function user could not: neither can it read the copy
+    ],
+)
+def test_a_copy_grants_the_function_user_what_its_source_did_and_others_no_more(
+    source: int, function_bits: int, copy: int
+) -> None:
+    assert Permissions(gid=65534).mode(source, function_bits) == copy

@@ -41,10 +41,11 @@ class Permissions:
         """The copy's mode: read (and execute, where the source had it) for the node, `function_bits`
         (rwx of the class the function user falls in on the source) for the group, and the
         source's own bits for others; never write."""
-        owner = 0o400 | (0o100 if source_mode & 0o111 else 0)
+        runnable = bool(source_mode & 0o111)
+        owner = 0o500 if runnable else 0o400
         if self.gid is None:
             return source_mode & 0o555 | owner
-        return owner | (function_bits & 0o5) << 3 | source_mode & 0o005
+        return owner | (function_bits & (0o5 if runnable else 0o4)) << 3 | source_mode & 0o005
 
 
 def check_name(name: str, location: str) -> str:
