@@ -122,6 +122,7 @@ class Node:
             max_metadata_bytes=settings.max_metadata_bytes,
         )
         self.scheduler = Scheduler(settings, self.store, self.runtimes, self.lifecycle)
+        self.tasks.in_use = self.scheduler.tasks_in_use
         self.invoker = Invoker(settings, self.store, self.tasks, self.scheduler, self.lifecycle)
         self.cluster: Cluster | None = None
         if isinstance(self.store, RedisStore):

@@ -4,6 +4,7 @@ in their terms (no paths of the node, no tracebacks, no quotes of fetched conten
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -56,6 +57,26 @@ async def refused(node: Node, name: str, kind: str, location: str) -> str:
     with pytest.raises(InvalidArgument) as caught:
         await node.tasks.register(name, ArtifactSpec(kind, location))
     return str(caught.value)
+
+
+async def test_work_queued_or_running_keeps_the_artifact_it_was_accepted_with(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = open_path(tmp_path / "code")
+    monkeypatch.setattr("spearlet.core.tasks.UNUSED_GRACE_S", 0.0)
+    await node.tasks.register(
+        "v", ArtifactSpec("process", str(script(code / "v1.sh", "#!/bin/sh\nsleep 1; echo v1\n")))
+    )
+    running = await node.invoker.invoke(InvokeRequest(InvocationType.EXISTING_TASK, Mode.ASYNC, task_id="v"))
+    await node.tasks.register("v", ArtifactSpec("process", str(script(code / "v2.sh", "#!/bin/sh\necho v2\n"))))
+    assert len(cached(node)) == 2  # v1's copy stays while its call runs
+    record = await node.store.get_execution(running.record.execution_id)
+    while record is not None and not record.done:
+        await asyncio.sleep(0.05)
+        record = await node.store.get_execution(running.record.execution_id)
+    assert record is not None and record.output == b"v1\n"
+    await node.tasks.collect()
+    assert [p.name for p in cached(node)] == ["v2.sh"]
 
 
 async def test_a_refused_registration_leaves_nothing_in_the_cache(node: Node, tmp_path: Path, web: FileServer) -> None:
@@ -112,7 +133,9 @@ def wat(n: int) -> str:
     return f'(module (func (export "_start")) (func (export "n") (result i32) (i32.const {n})))'
 
 
-async def test_deleting_or_replacing_a_task_frees_what_only_it_used(node: Node, tmp_path: Path) -> None:
+async def test_deleting_or_replacing_a_task_frees_what_only_it_used(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     code = open_path(tmp_path / "code")
     wasm = node.runtimes["wasm"]
     assert isinstance(wasm, WasmRuntime)
@@ -126,6 +149,9 @@ async def test_deleting_or_replacing_a_task_frees_what_only_it_used(node: Node, 
     assert list(wasm._modules) == [digest]  # `shared` still uses it
     assert len(cached(node)) == 2
     await node.tasks.register("shared", ArtifactSpec("wasm", str(code / "m1.wat")))  # replaced by other code
+    assert len(wasm._modules) == 2 and len(cached(node)) == 4  # calls that found the old one may still start
+    monkeypatch.setattr("spearlet.core.tasks.UNUSED_GRACE_S", 0.0)  # ... for a while
+    await node.tasks.collect()
     assert list(wasm._modules) == [hashlib.sha256(wat(1).encode()).hexdigest()]
     assert len(cached(node)) == 2
     await node.tasks.delete("shared", cleanup_executions=False)

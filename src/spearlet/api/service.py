@@ -98,8 +98,9 @@ class FunctionApi:
 
     def _fit(self, items: Iterable[M]) -> tuple[list[M], bool]:
         """The leading `items` that fit in `max_page_bytes` (at least one), built only as far as
-        needed, and whether any was left out: a page of large records would take seconds to build
-        and send, and pass a client's message limit."""
+        needed, and whether any was left out: a page of large tasks would take seconds to build and
+        send, and pass a client's message limit. (Execution pages end in the store, which reads
+        records one at a time.)"""
         budget = self.invoker.settings.max_page_bytes
         kept: list[M] = []
         for item in items:
@@ -142,11 +143,10 @@ class FunctionApi:
         page = await self.invoker.list_executions(
             request.task_id, convert.status_from(request.status_filter), request.limit, request.start_after
         )
-        infos, cut = self._fit(convert.execution_info(r) for r in page.executions)
-        if cut:
-            return pb.ListExecutionsResponse(executions=infos, has_more=True, next_start_after=infos[-1].execution_id)
         return pb.ListExecutionsResponse(
-            executions=infos, has_more=page.has_more, next_start_after=page.next_start_after
+            executions=[convert.execution_info(r) for r in page.executions],
+            has_more=page.has_more,
+            next_start_after=page.next_start_after,
         )
 
     async def health(self, request: pb.GetHealthRequest) -> pb.GetHealthResponse:

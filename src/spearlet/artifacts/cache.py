@@ -120,6 +120,15 @@ class ArtifactCache:
             os.chown(path, -1, self.permissions.gid, follow_symlinks=False)
         path.chmod(self.permissions.mode(source_mode, function_bits))
 
+    def entries(self) -> list[Path]:
+        """Every entry, `root/<digest>/<name>`."""
+        return [
+            entry
+            for digest_dir in self.root.iterdir()
+            if not digest_dir.name.startswith(STAGING_PREFIX) and digest_dir.is_dir() and not digest_dir.is_symlink()
+            for entry in digest_dir.iterdir()
+        ]
+
     def collect(self, keep: Iterable[Path]) -> int:
         """Remove every entry not in `keep`; returns how many went."""
         kept = {str(p) for p in keep}

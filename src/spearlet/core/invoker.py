@@ -434,7 +434,9 @@ class Invoker:
         return CancelResult(False, f"execution finished first: {status.name}", status)
 
     async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
-        return await self.store.list_executions(task_id, status, page_limit(limit), start_after)
+        """A page of records, ending at `limit` of them or `max_page_bytes` of what they store."""
+        max_bytes = self.settings.max_page_bytes
+        return await self.store.list_executions(task_id, status, page_limit(limit), start_after, max_bytes=max_bytes)
 
     async def delete_task(self, task_id: str, force: bool, cleanup_executions: bool) -> tuple[bool, int, str]:
         active = [

@@ -1,9 +1,11 @@
 """Task registration: validate, fetch and verify the artifact, check the runtime can run it, store.
 
-The registry also owns the artifact cache's life: an artifact no stored task uses (a refused
-registration's, a deleted or replaced task's) is removed, with the compiled forms the runtimes keep
-of it. A collection runs when no registration or fetch is in flight (they would hold entries not yet
-stored), or right after the last one.
+The registry also owns the artifact cache's life: an artifact that neither a stored task nor work
+queued or running uses is removed, with the compiled forms the runtimes keep of it: at once when
+its registration was refused or its task deleted, else (a replaced task's, another cluster node's
+deleted task's) once it has been unused for UNUSED_GRACE_S, since a call that found its task a
+moment before may still be on its way to start it. A collection runs when no registration or fetch
+is in flight (they hold entries not yet stored), or right after the last one.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 from spearlet.artifacts import ArtifactFetcher
@@ -32,6 +35,7 @@ INT_SETTINGS = frozenset(
     }
 )  # fmt: skip
 MAX_PAGE = 1000
+UNUSED_GRACE_S = 60.0
 log = logging.getLogger(__name__)
 
 
@@ -61,9 +65,13 @@ class TaskRegistry:
         # This node's verified copy of each (digest, name), once checked: a cluster reads tasks
         # from the store at every call.
         self._local_paths: dict[tuple[str, str], str] = {}
+        # The tasks of work queued or running (the scheduler's): theirs stay while they run.
+        self.in_use: Callable[[], Iterable[Task]] = tuple
         self._in_flight = 0
         self._collecting: asyncio.Event | None = None
         self._collect_wanted = False
+        self._remove_now: set[Path] = set()
+        self._unused_since: dict[Path, float] = {}
         self._background = Background()
 
     def runtime_name(self, artifact_type: str) -> str:
@@ -86,6 +94,7 @@ class TaskRegistry:
                         raise ValueError
                 except ValueError:
                     raise InvalidArgument(f"metadata {key!r} must be a non-negative integer, got {value!r}") from None
+        artifact = None
         try:
             async with self._fetching():
                 artifact = await self.fetcher.fetch(spec.location, spec.checksum, for_caller)
@@ -114,10 +123,12 @@ class TaskRegistry:
                     await self.fetcher.unshare(artifact.digest, name)
                     raise
         except asyncio.CancelledError:
-            self._background.spawn(self.collect())
+            if artifact is not None:
+                self._background.spawn(self.collect(now=[artifact.path]))
             raise
         except Exception:
-            await self._collect_quietly()  # what the refused registration put in the cache goes
+            if artifact is not None:  # what the refused registration put in the cache goes
+                await self._collect_quietly(now=[artifact.path])
             raise
         self._cache[task.task_id] = task
         if old is not None and old.digest != task.digest:
@@ -138,20 +149,34 @@ class TaskRegistry:
             if not self._in_flight and self._collect_wanted:
                 self._background.spawn(self.collect())
 
-    async def collect(self) -> int:
-        """Remove the cached artifacts, and the runtimes' compiled forms of them, that no stored
-        task uses; returns how many entries went. With fetches in flight, it runs after them."""
+    async def collect(self, now: Iterable[Path] = ()) -> int:
+        """Remove the cached artifacts, and the runtimes' compiled forms of them, that nothing uses
+        (`now`: at once, else after UNUSED_GRACE_S unused); returns how many entries went. With
+        fetches in flight, it runs after them."""
+        self._remove_now.update(now)
         if self._in_flight or self._collecting is not None:
             self._collect_wanted = True
             return 0
         self._collect_wanted = False
         self._collecting = asyncio.Event()
         try:
-            tasks = [task async for task in self._all_tasks()]
-            keep = {self.fetcher.cache.entry(t.digest, Path(t.local_path).name) for t in tasks if t.digest}
-            removed = await asyncio.to_thread(self.fetcher.cache.collect, keep)
+            cache = self.fetcher.cache
+            users = [task async for task in self._all_tasks()] + list(self.in_use())
+            used = {cache.entry(t.digest, Path(t.local_path).name) for t in users if t.digest}
+            clock = time.monotonic()
+            keep = set()
+            for entry in await asyncio.to_thread(cache.entries):
+                if entry in used:
+                    keep.add(entry)
+                elif entry not in self._remove_now:
+                    since = self._unused_since.setdefault(entry, clock)
+                    if clock - since < UNUSED_GRACE_S:
+                        keep.add(entry)
+            self._remove_now.clear()
+            self._unused_since = {e: t for e, t in self._unused_since.items() if e in keep and e not in used}
+            removed = await asyncio.to_thread(cache.collect, keep)
             self._local_paths.clear()
-            digests = {t.digest for t in tasks}
+            digests = {entry.parent.name for entry in keep}
             for runtime in self.runtimes.values():
                 await runtime.keep_only(digests)
             return removed
@@ -161,10 +186,10 @@ class TaskRegistry:
             if self._collect_wanted and not self._in_flight:
                 self._background.spawn(self.collect())
 
-    async def _collect_quietly(self) -> None:
+    async def _collect_quietly(self, now: Iterable[Path]) -> None:
         """collect(), whose own failure must not hide the refusal it follows."""
         try:
-            await self.collect()
+            await self.collect(now)
         except Exception:
             log.exception("removing the artifacts of a refused registration failed")
 
@@ -218,7 +243,7 @@ class TaskRegistry:
         deleted, cleaned = await self.store.delete_task(task_id, cleanup_executions)
         if task is not None and deleted:
             await self.fetcher.unshare(task.digest, task_id)
-            await self.collect()
+            await self.collect(now=[self.fetcher.cache.entry(task.digest, Path(task.local_path).name)])
         return deleted, cleaned
 
     async def close(self) -> None:
