@@ -10,6 +10,7 @@ import pytest
 from spearlet.core.ids import new_execution_id
 from spearlet.core.models import ExecutionRecord, Mode, OutputKind, Status, Task, now_ms
 from spearlet.store.redis import RedisStore
+from tests.store.pages import pages_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -114,3 +115,12 @@ async def test_tasks_and_the_result_cache(store: RedisStore) -> None:
     assert hit is not None and hit.execution_id == cached.execution_id
     assert await store.cached_result("k1", now_ms() + 10_000) is None
     assert await store.delete_task("t1", cleanup_executions=False) == (True, 0)
+
+
+async def test_a_page_ends_after_the_record_that_brings_its_stored_size_past_max_bytes(store: RedisStore) -> None:
+    records = [make_record(params={"blob": "x" * 10_000}) for _ in range(7)]
+    for record in records:
+        assert await store.create_execution(record) is None
+    seen = await pages_of(store, max_bytes=25_000)
+    newest_first = [r.execution_id for r in reversed(records)]
+    assert [len(p) for p in seen] == [3, 3, 1] and [i for p in seen for i in p] == newest_first

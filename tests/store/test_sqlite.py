@@ -26,6 +26,7 @@ from spearlet.store.sqlite import (
     _exec_row,
     _insert_op,
 )
+from tests.store.pages import pages_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -911,3 +912,9 @@ async def test_a_record_first_read_by_several_at_once_is_counted_once(store: Sql
     assert len(store._finished) == 1
     size = store._finished[record.execution_id][1]
     assert store._finished_bytes == size and 1000 < size < 2000
+
+
+async def test_a_page_ends_after_the_record_that_brings_its_stored_size_past_max_bytes(store: SqliteStore) -> None:
+    ids = [(await add(store, params={"blob": "x" * 10_000})).execution_id for _ in range(7)]
+    seen = await pages_of(store, max_bytes=25_000)
+    assert [len(p) for p in seen] == [3, 3, 1] and [i for p in seen for i in p] == ids[::-1]
