@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from spearlet.artifacts import ArtifactFetcher
+from spearlet.artifacts.cache import ArtifactCache
 from spearlet.config import Settings
 from spearlet.core.invoker import InvocationType, Invoker, InvokeRequest
 from spearlet.core.lifecycle import Lifecycle
@@ -181,7 +182,7 @@ async def engine(directory: Path, **settings: Any) -> AsyncIterator[Engine]:
     await store.open()
     runtime = FakeRuntime()
     lifecycle = Lifecycle()
-    fetcher = ArtifactFetcher(directory / "artifacts")
+    fetcher = ArtifactFetcher(ArtifactCache(directory / "artifacts"))
     tasks = TaskRegistry(store, fetcher, {"fake": runtime})
     scheduler = Scheduler(config, store, {"fake": runtime}, lifecycle)
     invoker = Invoker(config, store, tasks, scheduler, lifecycle)

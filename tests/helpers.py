@@ -32,7 +32,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "spearlet" / "exampl
 
 
 def script(path: Path, body: str) -> Path:
-    """An executable script at `path`."""
+    """An executable script at `path`, which the function user can reach (a root node reads a
+    caller's artifact only if its functions could)."""
+    open_path(path.parent)
     path.write_text(body)
     path.chmod(0o755)
     return path
@@ -68,7 +70,9 @@ def unpack(packed: any_pb2.Any) -> Any:
 def register(
     target: str, name: str, location: Path, artifact_type: str = "process", **metadata: str
 ) -> pb.RegisterTaskResponse:
-    """Register (or replace) a task through the TaskService extension."""
+    """Register (or replace) a task through the TaskService extension (its artifact made reachable
+    by the function user, as `script` does)."""
+    open_path(location.parent)
     tasks = pb_grpc.TaskServiceStub(grpc.insecure_channel(target))
     spec = pb.ArtifactSpec(artifact_type=artifact_type, location=str(location), metadata=metadata)
     response: pb.RegisterTaskResponse = tasks.RegisterTask(

@@ -7,7 +7,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -21,6 +20,7 @@ import pytest
 
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
+from tests.artifacts.conftest import serve
 from tests.e2e.test_async import processes_running
 from tests.helpers import (
     NodeProcess,
@@ -29,9 +29,11 @@ from tests.helpers import (
     existing,
     flush_redis,
     params,
+    register,
     script,
     serve_refused,
     start_node,
+    unpack,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -41,9 +43,11 @@ LEASE_S = "1.5"
 SLOTS = 4  # calls at once per node: small, so that filling the cluster is cheap
 
 
-def start_member(data_dir: Path, redis_url: str, name: str) -> NodeProcess:
-    env = {"SPEARLET_LEASE_S": LEASE_S, "SPEARLET_MAX_CONCURRENCY": str(SLOTS)}
-    return start_node(data_dir, "--store", redis_url, "--node-id", name, env=env)
+def start_member(
+    data_dir: Path, redis_url: str, name: str, *extra: str, env: dict[str, str] | None = None
+) -> NodeProcess:
+    env = {"SPEARLET_LEASE_S": LEASE_S, "SPEARLET_MAX_CONCURRENCY": str(SLOTS), **(env or {})}
+    return start_node(data_dir, "--store", redis_url, "--node-id", name, *extra, env=env)
 
 
 @pytest.fixture
@@ -192,7 +196,7 @@ def test_a_killed_node_s_work_is_finished_by_the_others(
 
 
 def test_nodes_without_an_id_get_one_each_and_a_live_node_s_id_is_refused(tmp_path: Path, redis_url: str) -> None:
-    subprocess.run(["redis-cli", "-u", redis_url, "FLUSHALL"], check=True, capture_output=True)
+    flush_redis(redis_url)
     env = {"SPEARLET_LEASE_S": LEASE_S, "SPEARLET_MAX_CONCURRENCY": str(SLOTS)}
     nodes = [start_node(tmp_path / f"n{i}", "--store", redis_url, env=env) for i in range(3)]
     try:
@@ -289,3 +293,77 @@ def running_on(stub: pb_grpc.FunctionServiceStub, ids: list[str]) -> Counter[str
     """How many of `ids` run on each node now."""
     statuses = [stub.GetExecutionStatus(pb.GetExecutionStatusRequest(execution_id=e)).result for e in ids]
     return Counter(r.metrics["node"] for r in statuses if r.status == pb.EXECUTION_STATUS_RUNNING)
+
+
+WAT = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1) (data (i32.const 64) "\\"from B\\"")
+  (func (export "_start") (i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 8))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"""
+
+
+def test_a_task_registered_from_one_node_s_disk_runs_on_another_after_that_node_is_gone(
+    tmp_path: Path, redis_url: str
+) -> None:
+    flush_redis(redis_url)
+    source = tmp_path / "a-src"
+    script(source / "shout.sh", "#!/bin/sh\ntr a-z A-Z\n")
+    package = source / "greeter"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from greeter.words import word\n\ndef handler(name):\n    return word(name)\n"
+    )
+    (package / "words.py").write_text("def word(name):\n    return f'hi {name}'\n")
+    (source / "b.wat").write_text(WAT)
+    web_root = tmp_path / "www"
+    script(web_root / "served.sh", "#!/bin/sh\necho served\n")
+    web, httpd = serve(web_root)
+    a = start_member(tmp_path / "a", redis_url, "a", "--tasks", "none")
+    try:
+        for name, kind, location in [
+            ("shout", "process", source / "shout.sh"),
+            ("greeter", "python", package),
+            ("b", "wasm", source / "b.wat"),
+        ]:
+            register(a.grpc_target, name, location, kind)
+        spec = pb.ArtifactSpec(artifact_type="process", location=web.url("served.sh"))
+        tasks = pb_grpc.TaskServiceStub(grpc.insecure_channel(a.grpc_target))
+        tasks.RegisterTask(pb.RegisterTaskRequest(task_name="served", artifact_spec=spec))
+    finally:
+        assert a.stop() == 0
+    shutil.rmtree(source)
+    shutil.rmtree(tmp_path / "a")  # nothing of A is left on this machine
+    b = start_member(tmp_path / "b", redis_url, "b", "--tasks", "none")
+    try:
+        stub = b.stub()
+        answers = {
+            "shout": stub.InvokeFunction(existing("shout", parameters=params(w="x"))),
+            "greeter": stub.InvokeFunction(existing("greeter", parameters=params(name="Bo"))),
+            "b": stub.InvokeFunction(existing("b")),
+            "served": stub.InvokeFunction(existing("served")),
+        }
+        for name, answer in answers.items():
+            assert answer.success, (name, answer.result.error_message, "\n".join(b.output))
+        assert [unpack(a.result.result) for a in answers.values()] == [{"W": "X"}, "hi Bo", "from B", "served\n"]
+        assert web.requests == ["/served.sh", "/served.sh"]  # an http(s) artifact: each node fetches its own
+    finally:
+        assert b.stop() == 0
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_local_artifact_over_the_cluster_s_blob_limit_is_refused_pointing_to_http(
+    tmp_path: Path, redis_url: str
+) -> None:
+    big = script(tmp_path / "src" / "big.sh", "#!/bin/sh\n" + "#" * (2 << 20))
+    node = start_member(
+        tmp_path / "n", redis_url, "big", "--tasks", "none", env={"SPEARLET_ARTIFACT_BLOB_LIMIT_MB": "1"}
+    )
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            register(node.grpc_target, "big", big)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "artifact_blob_limit_mb" in (refused.value.details() or "")
+        assert "http(s) location" in (refused.value.details() or "")
+    finally:
+        assert node.stop() == 0

@@ -1,18 +1,18 @@
 """Completion callbacks: one POST of the final record to `invocation_metadata.callback_url`.
 
-Destinations must match the node's allow-list (`callback_allow`: host names, IP addresses or CIDR
-networks; loopback by default), checked when the execution is accepted, so a bad URL is the
-caller's INVALID_ARGUMENT rather than a silent failure later. Delivery is retried with backoff.
+The URL is parsed the way it will be sent, and its host checked against the node's allow-list
+(`callback_allow`: host names, IP addresses or CIDR networks; loopback by default), when the
+execution is accepted, so a bad URL is the caller's INVALID_ARGUMENT rather than a silent failure
+later; the record keeps the URL in the form that is sent. Delivery is retried with backoff; each
+attempt is bounded in time as a whole (`callback_timeout_s`), and the receiver's answer is not
+read beyond its status line and headers, whatever it sends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import socket
-from urllib.parse import urlparse
 
 import httpx
 
@@ -21,6 +21,7 @@ from spearlet.core.background import Background
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.lifecycle import Event
 from spearlet.core.models import ExecutionRecord
+from spearlet.net import HostRules, parse_http_url
 
 log = logging.getLogger(__name__)
 
@@ -31,42 +32,23 @@ FIRST_DELAY_S = 0.5
 
 class Callbacks:
     def __init__(self, allow: list[str], timeout_s: float = 10.0) -> None:
-        self.allow = allow
+        self.hosts = HostRules(allow)
         self.timeout_s = timeout_s
         self._background = Background()
         self._client: httpx.AsyncClient | None = None
 
     def check(self, record: ExecutionRecord) -> None:
-        """Admission check: refuse a callback URL that is malformed or not allowed."""
+        """Admission check: refuse a callback URL that cannot be sent or is not allowed; keep the
+        one that will be sent."""
         url = record.metadata.get(CALLBACK_KEY)
         if not url:
             return
-        parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise InvalidArgument(f"callback_url {url[:200]!r} must be an http:// or https:// URL with a host")
-        if not self._allowed(parsed.hostname):
+        parsed = parse_http_url(url, CALLBACK_KEY)
+        if not self.hosts.allows(parsed.host):
             raise InvalidArgument(
-                f"callback_url host {parsed.hostname!r} is not in the node's callback_allow list {self.allow}"
+                f"callback_url host {parsed.host!r} is not in the node's callback_allow list ({self.hosts})"
             )
-
-    def _allowed(self, host: str) -> bool:
-        addresses = {host}
-        with contextlib.suppress(OSError):
-            addresses |= {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
-        for rule in self.allow:
-            if rule == "*" or rule == host:
-                return True
-            try:
-                network = ipaddress.ip_network(rule, strict=False)
-            except ValueError:
-                continue
-            for address in addresses:
-                try:
-                    if ipaddress.ip_address(address.split("%")[0]) in network:
-                        return True
-                except ValueError:
-                    continue
-        return False
+        record.metadata[CALLBACK_KEY] = str(parsed)
 
     def on_event(self, event: Event, record: ExecutionRecord) -> None:
         if event is Event.FINISHED and record.metadata.get(CALLBACK_KEY):
@@ -79,19 +61,29 @@ class Callbacks:
         delay = FIRST_DELAY_S
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                response = await self._client.post(
-                    url, json=body, headers={"X-Spearlet-Execution": record.execution_id}
-                )
-                if response.status_code < 300:
+                async with asyncio.timeout(self.timeout_s):
+                    status = await self._post(url, body, record.execution_id)
+                if status < 300:
                     return
-                problem = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
+                problem = f"HTTP {status}"
+            except TimeoutError:
+                problem = f"no answer within {self.timeout_s:g} s"
+            except Exception as exc:  # whatever the URL or the receiver does, the next attempt comes
                 problem = str(exc) or type(exc).__name__
             log.warning("callback %d/%d for %s to %s failed: %s", attempt, ATTEMPTS, record.execution_id, url, problem)
             if attempt < ATTEMPTS:
                 await asyncio.sleep(delay)
                 delay *= 2
         log.error("callback for %s to %s given up after %d attempts", record.execution_id, url, ATTEMPTS)
+
+    async def _post(self, url: str, body: object, execution_id: str) -> int:
+        """POST and return the status; the response body is never read (the connection is closed
+        instead of drained)."""
+        assert self._client is not None
+        request = self._client.build_request("POST", url, json=body, headers={"X-Spearlet-Execution": execution_id})
+        response = await self._client.send(request, stream=True)
+        await response.aclose()
+        return response.status_code
 
     async def close(self, grace_s: float = 2.0) -> None:
         """Let deliveries in flight finish for a moment; callbacks are best effort at shutdown."""

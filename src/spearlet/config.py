@@ -77,14 +77,38 @@ class Settings(BaseSettings):
     network: Literal["host", "none"] = "host"
 
     # Artifacts: allowed URL schemes ("file" covers plain paths), local directories (empty: any),
-    # and whether every artifact must name its sha256 checksum.
+    # hosts downloads may reach (names, addresses, CIDR networks; "*": any), and whether every
+    # artifact must name its sha256 checksum; how large one may be and how long reading it may take.
     artifact_schemes: list[str] = Field(default_factory=lambda: ["file", "http", "https"])
     artifact_dirs: list[Path] = Field(default_factory=list)
+    artifact_hosts: list[str] = Field(default_factory=lambda: ["*"])
     require_checksum: bool = False
-    max_parameters: int = Field(256, ge=1)
+    artifact_limit_mb: int = Field(256, ge=1)
+    artifact_timeout_s: float = Field(60.0, gt=0)
+    # Cluster mode: the largest artifact read from a node's disk that is shared through Redis
+    # (larger ones must come from an http(s) location, which every node fetches itself).
+    artifact_blob_limit_mb: int = Field(64, ge=1)
+    # WASM modules compile one at a time, each within this memory and time.
+    wasm_compile_memory_mb: int = Field(1024, ge=64)
+    wasm_compile_timeout_s: float = Field(60.0, gt=0)
 
-    # Where completion callbacks may go: host names, IP addresses or CIDR networks ("*" for anywhere).
+    # What one call may carry: parameters (how many, bytes in all), invocation_metadata and
+    # context.environment (bytes of keys and values; task metadata too).
+    max_parameters: int = Field(256, ge=1)
+    max_parameters_bytes: int = Field(4 << 20, ge=1)
+    max_metadata_bytes: int = Field(64 << 10, ge=0)
+    max_environment_bytes: int = Field(64 << 10, ge=0)
+    # A listing page holds at most this many bytes of records (and at most `limit` of them).
+    max_page_bytes: int = Field(1 << 20, ge=1024)
+    # Streams and watches open at once, gRPC and HTTP together; beyond it RESOURCE_EXHAUSTED (429).
+    max_streams: int = Field(1000, ge=1)
+    # Function names per task with their own label in the metrics (others share "_other").
+    metrics_max_functions: int = Field(20, ge=0)
+
+    # Where completion callbacks may go: host names, IP addresses or CIDR networks ("*" for anywhere),
+    # and how long one delivery attempt may take in all.
     callback_allow: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1", "localhost"])
+    callback_timeout_s: float = Field(10.0, gt=0)
 
     # Terminal execution records are kept this long, and at most this many.
     retention_hours: float = Field(24.0, gt=0)

@@ -26,6 +26,9 @@ from spearlet.api.grpc.server import build_server
 from spearlet.api.http.app import create_app
 from spearlet.api.service import FunctionApi
 from spearlet.artifacts import ArtifactFetcher
+from spearlet.artifacts.blobs import RedisBlobs
+from spearlet.artifacts.cache import ArtifactCache, Permissions
+from spearlet.artifacts.local import Reader
 from spearlet.callbacks import Callbacks
 from spearlet.cluster import Cluster
 from spearlet.config import Settings
@@ -36,6 +39,7 @@ from spearlet.core.models import ArtifactSpec
 from spearlet.core.tasks import TaskRegistry
 from spearlet.data_dir import DataDirLock
 from spearlet.identity import NodeIdentity
+from spearlet.net import HostRules
 from spearlet.observability.metrics import Metrics
 from spearlet.runtimes.base import Runtime
 from spearlet.runtimes.bubblewrap import SandboxUnavailable, hidden_paths, start_sandbox
@@ -124,20 +128,32 @@ class Node:
             "wasm": WasmRuntime(settings),
         }
         self.lifecycle = Lifecycle()
-        if self.sandbox is None and self.user is not None:
-            # Without the sandbox to bind them in, the function user must pass through the artifact
-            # cache to the files it runs (not list it).
-            (self.shared_dir / "artifacts").mkdir(parents=True, exist_ok=True)
-            (self.shared_dir / "artifacts").chmod(0o711)
+        self.blobs = (
+            RedisBlobs(settings.store, settings.artifact_blob_limit_mb << 20)
+            if isinstance(self.store, RedisStore)
+            else None
+        )
         fetcher = ArtifactFetcher(
-            self.shared_dir / "artifacts",
+            artifact_cache(self.shared_dir / "artifacts", self.user, sandboxed=self.sandbox is not None),
+            max_bytes=settings.artifact_limit_mb << 20,
+            timeout_s=settings.artifact_timeout_s,
             schemes=settings.artifact_schemes,
             local_dirs=settings.artifact_dirs,
             require_checksum=settings.require_checksum,
+            hosts=HostRules(settings.artifact_hosts),
+            reader=Reader(self.user.name, self.user.uid, self.user.gid) if self.user is not None else None,
+            blobs=self.blobs,
         )
         # In a cluster another node may replace a task: read tasks from the store every time.
-        self.tasks = TaskRegistry(self.store, fetcher, self.runtimes, cache=not isinstance(self.store, RedisStore))
+        self.tasks = TaskRegistry(
+            self.store,
+            fetcher,
+            self.runtimes,
+            cache=not isinstance(self.store, RedisStore),
+            max_metadata_bytes=settings.max_metadata_bytes,
+        )
         self.scheduler = Scheduler(settings, self.store, self.runtimes, self.lifecycle)
+        self.tasks.in_use = self.scheduler.tasks_in_use
         self.invoker = Invoker(settings, self.store, self.tasks, self.scheduler, self.lifecycle)
         self.cluster: Cluster | None = None
         if isinstance(self.store, RedisStore):
@@ -146,8 +162,8 @@ class Node:
         self.api = FunctionApi(self.invoker, {"sandbox": self.sandbox_mode})
         python = self.runtimes["python"]
         assert isinstance(python, PythonRuntime)
-        self.metrics = Metrics(self.scheduler, {"python": python.pool})
-        self.callbacks = Callbacks(settings.callback_allow)
+        self.metrics = Metrics(self.scheduler, {"python": python.pool}, settings.metrics_max_functions)
+        self.callbacks = Callbacks(settings.callback_allow, settings.callback_timeout_s)
         self.lifecycle.subscribe(self.metrics.on_event)
         self.lifecycle.subscribe(self.callbacks.on_event)
         self.invoker.checks.append(self.callbacks.check)
@@ -255,6 +271,10 @@ class Node:
                 await self._expire()
             except Exception:
                 log.exception("applying the retention failed")
+            try:
+                await self.tasks.collect()  # artifacts of tasks another node of a cluster deleted
+            except Exception:
+                log.exception("removing unused artifacts failed")
 
     async def _register_start_tasks(self) -> None:
         choice = self.settings.tasks
@@ -263,7 +283,7 @@ class Node:
         path = Path(choice) if choice else bundled_tasks_file()
         for name, description, spec in read_tasks_file(path):
             try:
-                await self.tasks.register(name, spec, description)
+                await self.tasks.register(name, spec, description, for_caller=False)
             except StoreFault as exc:  # start degraded: the task stays as it was stored
                 log.warning("task %s not registered at start: %s", name, exc)
 
@@ -282,8 +302,11 @@ class Node:
             await self.invoker.close()
             await self.scheduler.close()
             await self.callbacks.close()
+            await self.tasks.close()
             for runtime in self.runtimes.values():
                 await runtime.close()
+            if self.blobs is not None:
+                await self.blobs.close()
             await self.store.close()
         finally:
             self.data_lock.release()
@@ -317,6 +340,17 @@ def not_dumpable() -> None:
     pr_set_dumpable = 4
     if ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
         log.warning("could not make the node non-dumpable: %s", os.strerror(ctypes.get_errno()))
+
+
+def artifact_cache(root: Path, user: FunctionUser | None, sandboxed: bool) -> ArtifactCache:
+    """The artifact cache, closed to other users. Its entries' group is the function user's, who
+    reads them where bwrap binds them in; without the sandbox, the root is opened to 0711 so that
+    the function user reaches its artifact by its path (not listable)."""
+    return ArtifactCache(
+        root,
+        open_to_functions=user is not None and not sandboxed,
+        permissions=Permissions(user.gid if user is not None else None),
+    )
 
 
 def _family(host: str) -> socket.AddressFamily:

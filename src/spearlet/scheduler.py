@@ -87,6 +87,10 @@ class Scheduler:
         history = self._durations.get((task_id, function_name))
         return sum(history) / len(history) if history else None
 
+    def tasks_in_use(self) -> list[Task]:
+        """The tasks (as their work was accepted) of every execution queued or running here."""
+        return [job.task for job in (*self._pending.values(), *self._running.values())]
+
     def queued_ahead(self, task_id: str) -> tuple[int, int]:
         """(executions queued for this task, executions of it running now)."""
         return len(self._queues.get(task_id, ())), self._running_per_task.get(task_id, 0)

@@ -4,74 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import socket
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from spearlet.artifacts.cache import ArtifactCache
 from spearlet.artifacts.fetch import ArtifactFetcher, parse_checksum
 from spearlet.core.errors import InvalidArgument
+from tests.artifacts.conftest import FileServer, source
 
 pytestmark = pytest.mark.timeout(60)
 
 CONTENT = b"#!/bin/sh\necho hello\n"
 DIGEST = hashlib.sha256(CONTENT).hexdigest()
-RUNNABLE = f"{DIGEST}-755"  # the cache keys a copy by content and mode
 OTHER_DIGEST = hashlib.sha256(b"something else").hexdigest()
-
-
-@dataclass
-class FileServer:
-    """A real HTTP server on 127.0.0.1 serving `root`; `requests` lists every GET path it received."""
-
-    base_url: str
-    root: Path
-    requests: list[str] = field(default_factory=list)
-
-    def url(self, name: str) -> str:
-        return f"{self.base_url}/{name}"
-
-    def publish(self, name: str, content: bytes) -> str:
-        (self.root / name).write_bytes(content)
-        return self.url(name)
-
-
-@pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServer]:
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    root = tmp_path / "www"
-    root.mkdir()
-    requests: list[str] = []
-
-    class Handler(SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def do_GET(self) -> None:
-            requests.append(self.path)
-            super().do_GET()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    class Server(ThreadingHTTPServer):
-        def handle_error(self, request: Any, client_address: Any) -> None:
-            pass  # a client that stops reading (the size limit) breaks the pipe: expected
-
-    httpd = Server(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield FileServer(f"http://127.0.0.1:{httpd.server_address[1]}", root, requests)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(10)
 
 
 @pytest.fixture
@@ -81,15 +27,12 @@ def cache_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def fetcher(cache_dir: Path) -> ArtifactFetcher:
-    return ArtifactFetcher(cache_dir)
+    return ArtifactFetcher(ArtifactCache(cache_dir))
 
 
 @pytest.fixture
 def artifact(tmp_path: Path) -> Path:
-    path = tmp_path / "src" / "tool.sh"
-    path.parent.mkdir()
-    path.write_bytes(CONTENT)
-    return path
+    return source(tmp_path, CONTENT)
 
 
 def cache_entries(cache_dir: Path) -> list[str]:
@@ -102,27 +45,14 @@ def cache_entries(cache_dir: Path) -> list[str]:
 async def test_a_local_file_is_staged_by_digest_keeping_its_name_and_mode(
     fetcher: ArtifactFetcher, artifact: Path, cache_dir: Path
 ) -> None:
-    artifact.chmod(0o700)
+    artifact.chmod(0o750)
     got = await fetcher.fetch(str(artifact))
-    assert got.path == cache_dir / RUNNABLE / "tool.sh"
+    assert got.path == cache_dir / DIGEST / "tool.sh"
     assert got.digest == DIGEST and got.path.read_bytes() == CONTENT
-    assert got.path.stat().st_mode & 0o777 == 0o755  # runnable by the unprivileged function user
-    assert cache_entries(cache_dir) == [RUNNABLE]
+    assert got.path.stat().st_mode & 0o777 == 0o550  # never more than the source, never writable
+    assert cache_entries(cache_dir) == [DIGEST]
     artifact.write_bytes(b"changed later")  # what runs is what was verified
     assert got.path.read_bytes() == CONTENT
-
-
-async def test_a_file_made_executable_after_a_first_fetch_gets_an_executable_copy(
-    fetcher: ArtifactFetcher, artifact: Path, cache_dir: Path
-) -> None:
-    artifact.chmod(0o644)
-    first = await fetcher.fetch(str(artifact))
-    assert first.path.stat().st_mode & 0o777 == 0o644
-    artifact.chmod(0o755)  # the user's fix after "not executable (chmod +x it)"
-    second = await fetcher.fetch(str(artifact))
-    assert second.digest == first.digest and second.path.stat().st_mode & 0o777 == 0o755
-    assert first.path.stat().st_mode & 0o777 == 0o644  # a copy in use by another task is left as it was
-    assert cache_entries(cache_dir) == [f"{DIGEST}-644", RUNNABLE]
 
 
 async def test_file_url_is_used_in_place_with_percent_decoding(fetcher: ArtifactFetcher, tmp_path: Path) -> None:
@@ -219,10 +149,10 @@ async def test_unsupported_scheme_is_refused(fetcher: ArtifactFetcher, location:
 
 
 async def test_only_the_configured_schemes_are_allowed(tmp_path: Path) -> None:
-    local_only = ArtifactFetcher(tmp_path / "cache", schemes=["file"])
+    local_only = ArtifactFetcher(ArtifactCache(tmp_path / "cache"), schemes=["file"])
     with pytest.raises(InvalidArgument, match="scheme 'https' is not allowed"):
         await local_only.fetch("https://example.com/tool.sh")
-    no_local = ArtifactFetcher(tmp_path / "cache", schemes=["https"])
+    no_local = ArtifactFetcher(ArtifactCache(tmp_path / "cache"), schemes=["https"])
     (tmp_path / "x.sh").write_text("#!/bin/sh\n")
     with pytest.raises(InvalidArgument, match="scheme 'file' is not allowed"):
         await no_local.fetch(str(tmp_path / "x.sh"))
@@ -235,7 +165,7 @@ async def test_local_artifacts_must_lie_in_the_allowed_directories(tmp_path: Pat
     outside = tmp_path / "secret.sh"
     outside.write_text("#!/bin/sh\n")
     (allowed / "link.sh").symlink_to(outside)
-    fetcher = ArtifactFetcher(tmp_path / "cache", local_dirs=[allowed])
+    fetcher = ArtifactFetcher(ArtifactCache(tmp_path / "cache"), local_dirs=[allowed])
     assert (await fetcher.fetch(str(allowed / "ok.sh"))).path.name == "ok.sh"
     for sneaky in (str(allowed / ".." / "secret.sh"), str(allowed / "link.sh"), f"file://{outside}", "/etc/passwd"):
         with pytest.raises(InvalidArgument, match="outside the directories"):
@@ -245,7 +175,7 @@ async def test_local_artifacts_must_lie_in_the_allowed_directories(tmp_path: Pat
 async def test_a_required_checksum_must_be_given(tmp_path: Path) -> None:
     path = tmp_path / "t.sh"
     path.write_text("#!/bin/sh\n")
-    fetcher = ArtifactFetcher(tmp_path / "cache", require_checksum=True)
+    fetcher = ArtifactFetcher(ArtifactCache(tmp_path / "cache"), require_checksum=True)
     with pytest.raises(InvalidArgument, match=r"requires artifact_spec\.checksum"):
         await fetcher.fetch(str(path))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -290,11 +220,11 @@ async def test_download_lands_in_cache_named_by_digest_and_executable(
 ) -> None:
     url = server.publish("tool.sh", CONTENT)
     got = await fetcher.fetch(url, f"sha256:{DIGEST}")
-    assert got.path == cache_dir / RUNNABLE / "tool.sh"
+    assert got.path == cache_dir / DIGEST / "tool.sh"
     assert got.digest == DIGEST
     assert got.path.read_bytes() == CONTENT
-    assert got.path.stat().st_mode & 0o777 == 0o755
-    assert cache_entries(cache_dir) == [RUNNABLE]
+    assert got.path.stat().st_mode & 0o777 == 0o555  # runnable, never writable
+    assert cache_entries(cache_dir) == [DIGEST]
     assert server.requests == ["/tool.sh"]
 
 
@@ -302,9 +232,9 @@ async def test_download_without_checksum_is_cached_by_its_digest(
     fetcher: ArtifactFetcher, server: FileServer, cache_dir: Path
 ) -> None:
     got = await fetcher.fetch(server.publish("tool.sh", CONTENT))
-    assert got.path == cache_dir / RUNNABLE / "tool.sh"
+    assert got.path == cache_dir / DIGEST / "tool.sh"
     assert got.digest == DIGEST
-    assert cache_entries(cache_dir) == [RUNNABLE]
+    assert cache_entries(cache_dir) == [DIGEST]
 
 
 async def test_second_fetch_with_checksum_reuses_the_cache_without_a_request(
@@ -342,7 +272,7 @@ async def test_http_404_is_refused_with_the_status(
 async def test_download_larger_than_max_bytes_is_refused_and_leaves_no_temp_file(
     server: FileServer, cache_dir: Path
 ) -> None:
-    fetcher = ArtifactFetcher(cache_dir, max_bytes=1000)
+    fetcher = ArtifactFetcher(ArtifactCache(cache_dir), max_bytes=1000)
     url = server.publish("big.bin", b"x" * 300_000)
     with pytest.raises(InvalidArgument, match="larger than 1000 bytes"):
         await fetcher.fetch(url)
@@ -351,7 +281,7 @@ async def test_download_larger_than_max_bytes_is_refused_and_leaves_no_temp_file
 
 async def test_download_of_exactly_max_bytes_is_accepted(server: FileServer, cache_dir: Path) -> None:
     content = b"y" * 1000
-    fetcher = ArtifactFetcher(cache_dir, max_bytes=1000)
+    fetcher = ArtifactFetcher(ArtifactCache(cache_dir), max_bytes=1000)
     got = await fetcher.fetch(server.publish("edge.bin", content))
     assert got.path.read_bytes() == content
 
@@ -376,7 +306,7 @@ async def test_a_local_file_over_the_size_limit_is_refused(tmp_path: Path) -> No
     big = tmp_path / "big.bin"
     big.write_bytes(b"x" * 2048)
     with pytest.raises(InvalidArgument, match="larger than 1024 bytes"):
-        await ArtifactFetcher(tmp_path / "cache", max_bytes=1024).fetch(str(big))
+        await ArtifactFetcher(ArtifactCache(tmp_path / "cache"), max_bytes=1024).fetch(str(big))
 
 
 @pytest.mark.parametrize("location", ["~no-such-user-here/tool.sh", "~no-such-user-here"])

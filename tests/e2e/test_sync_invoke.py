@@ -12,7 +12,7 @@ from google.protobuf import struct_pb2
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 from spearlet.config import Settings
-from tests.helpers import NodeProcess, existing, params, register, script, unpack, value
+from tests.helpers import NodeProcess, existing, open_path, params, register, script, unpack, value
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -286,6 +286,7 @@ def test_a_number_that_is_not_json_deep_in_a_parameter_names_the_parameter(node:
 
 
 def test_bad_artifacts_are_refused_clearly(node: NodeProcess, tmp_path: Path) -> None:
+    open_path(tmp_path)
     not_exec = tmp_path / "plain.sh"
     not_exec.write_text("#!/bin/sh\n")
     cases = [

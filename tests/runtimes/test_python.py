@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import struct
 import time
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -14,7 +16,10 @@ import psutil
 import pytest
 
 from spearlet.api.grpc import spearlet_pb2 as pb
-from spearlet.runtimes.python import WorkerGone, _Frames
+from spearlet.config import Settings
+from spearlet.core.models import Status, Task
+from spearlet.runtimes.base import Invocation, Limits, StopRequest
+from spearlet.runtimes.python import PythonRuntime, WorkerGone, _Frames
 from tests.e2e.test_async import wait_done
 from tests.helpers import NodeProcess, existing, params, unpack
 from tests.helpers import register as register_task
@@ -310,3 +315,29 @@ def test_worker_sees_no_node_environment(node: NodeProcess, fns: str) -> None:
     os.environ["SPEARLET_SECRET_FOR_TEST"] = "x"  # not inherited: the node was started before, but check anyway
     assert unpack(call(node, fns, "env", name="SPEARLET_LOG_LEVEL").result.result) is None
     assert unpack(call(node, fns, "env", name="PATH").result.result) == "/usr/local/bin:/usr/bin:/bin"
+
+
+async def test_a_call_that_prints_without_end_costs_the_node_only_its_log_tail(tmp_path: Path) -> None:
+    """30 MB of log lines during one call: the node keeps the last `log_limit_bytes` as they come,
+    not all of it until the call ends."""
+    code = tmp_path / "noisy.py"
+    code.write_text("def handler():\n    for i in range(60):\n        print('x' * 500_000)\n    print('last')\n")
+    settings = Settings(data_dir=tmp_path / "data", run_as="none")
+    runtime = PythonRuntime(settings)
+    digest = hashlib.sha256(code.read_bytes()).hexdigest()
+    task = Task("noisy", "noisy", "python", str(code), local_path=str(code), digest=digest)
+    limits = Limits.for_task(settings, task, timeout_ms=60_000)
+    try:
+        await runtime.prepare(task)
+        tracemalloc.start()
+        try:
+            outcome = await runtime.invoke(task, Invocation("e1", "", {}, {}, limits), StopRequest())
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    finally:
+        await runtime.close()
+    assert outcome.status is Status.COMPLETED, outcome.error_message
+    assert outcome.logs.endswith("last") and len(outcome.logs) <= settings.log_limit_bytes
+    assert int(outcome.metrics["log_truncated_bytes"]) > 29_000_000
+    assert peak < 10_000_000, f"the node held {peak / 1e6:.0f} MB for a call's log"

@@ -218,3 +218,27 @@ async def test_compiled_modules_are_cached_on_disk_and_reused_after_a_restart(tm
 async def test_an_invalid_module_is_refused_at_registration(runtime: WasmRuntime, tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="not a valid module"):
         await runtime.prepare(make_task(tmp_path, "bad", '(module (func (export "_start") (i32.add)))'))
+
+
+def sized_module(functions: int) -> str:
+    """A valid module of `functions` functions, about 2.7 KB of WAT each: compiling it takes memory
+    and time in proportion."""
+    body = " ".join(f"(local.set 0 (i32.add (local.get 0) (i32.const {j})))" for j in range(50))
+    funcs = "\n".join(f"(func $f{i} (result i32) (local i32) {body} (local.get 0))" for i in range(functions))
+    return f'(module {funcs} (memory (export "memory") 1) (func (export "_start")))'
+
+
+async def test_a_module_that_needs_more_memory_to_compile_than_allowed_is_refused(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", wasm_compile_memory_mb=64)
+    runtime = WasmRuntime(settings)
+    try:
+        with pytest.raises(InvalidArgument, match=r"needs more than 64 MB to compile \(wasm_compile_memory_mb\)"):
+            await runtime.prepare(make_task(tmp_path, "big", sized_module(1500)))  # 4 MB of WAT
+        assert runtime._modules == {} and not list((settings.data_dir / "wasm-cache").glob("*"))
+        # A module over the in-process size compiles in a child within the limit, and runs.
+        medium = make_task(tmp_path, "medium", sized_module(40))
+        assert Path(medium.local_path).stat().st_size > 64 << 10
+        await runtime.prepare(medium)
+        assert (await runtime.invoke(medium, invocation(), StopRequest())).status is Status.COMPLETED
+    finally:
+        await runtime.close()

@@ -23,6 +23,7 @@ from spearlet.store.memory import MemoryStore
 from spearlet.store.redis import RedisStore
 from spearlet.store.sqlite import SqliteStore
 from tests.store.factories import REAL_STATUSES, add, all_executions, make_record, make_task
+from tests.store.pages import pages_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -461,6 +462,12 @@ async def test_list_executions_pages_with_start_after(store: Store) -> None:
         start_after = page.next_start_after
     assert seen == newest_first
     assert pages == 3
+
+
+async def test_a_page_ends_after_the_record_that_brings_its_stored_size_past_max_bytes(store: Store) -> None:
+    ids = [(await add(store, params={"blob": "x" * 10_000})).execution_id for _ in range(7)]
+    seen = await pages_of(store, max_bytes=25_000)
+    assert [len(p) for p in seen] == [3, 3, 1] and [i for p in seen for i in p] == ids[::-1]
 
 
 async def test_unfinished_returns_pending_and_running_in_the_order_they_were_stored(store: Store) -> None:

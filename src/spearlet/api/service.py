@@ -8,16 +8,20 @@ SpearletError subclasses; each transport maps them to its own codes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable, Iterator
+from typing import TypeVar
 
 import psutil
+from google.protobuf.message import Message
 
 from spearlet.api.grpc import convert
 from spearlet.api.grpc import spearlet_pb2 as pb
-from spearlet.core.errors import AlreadyExists, InvalidArgument
+from spearlet.core.errors import AlreadyExists, InvalidArgument, ResourceExhausted
 from spearlet.core.invoker import Invoker
 from spearlet.core.lifecycle import Event, Update
 from spearlet.core.models import Status
+
+M = TypeVar("M", bound=Message)
 
 
 class FunctionApi:
@@ -25,6 +29,21 @@ class FunctionApi:
         self.invoker = invoker
         # What the node says of itself in health details beside its figures (its sandbox, say).
         self.node_info = node_info or {}
+        self.open_streams = 0
+
+    @contextlib.contextmanager
+    def _stream_slot(self) -> Iterator[None]:
+        """One of `max_streams` (StreamFunction, WatchExecution and their SSE forms together), held
+        until the stream ends or its client leaves: an open stream holds a descriptor, a queue and
+        a store poll, and thousands of them starve everything else."""
+        limit = self.invoker.settings.max_streams
+        if self.open_streams >= limit:
+            raise ResourceExhausted(f"{limit} streams and watches are open on this node (max_streams): retry later")
+        self.open_streams += 1
+        try:
+            yield
+        finally:
+            self.open_streams -= 1
 
     async def invoke(self, request: pb.InvokeFunctionRequest) -> pb.InvokeFunctionResponse:
         outcome = await self.invoker.invoke(convert.invoke_request_from(request))
@@ -44,13 +63,15 @@ class FunctionApi:
     async def stream(self, request: pb.InvokeFunctionRequest) -> AsyncGenerator[pb.StreamExecutionResult, None]:
         """StreamFunction: the acceptance, each chunk as produced, then the final result. Leaving
         the iteration early (a client that disconnects) cancels the execution."""
-        updates = self.invoker.stream(convert.invoke_request_from(request, mode=pb.EXECUTION_MODE_STREAM))
-        async for message in _stream_messages(updates):
-            yield message
+        with self._stream_slot():
+            updates = self.invoker.stream(convert.invoke_request_from(request, mode=pb.EXECUTION_MODE_STREAM))
+            async for message in _stream_messages(updates):
+                yield message
 
     async def watch(self, request: pb.WatchExecutionRequest) -> AsyncGenerator[pb.StreamExecutionResult, None]:
-        async for message in _stream_messages(self.invoker.watch(request.execution_id)):
-            yield message
+        with self._stream_slot():
+            async for message in _stream_messages(self.invoker.watch(request.execution_id)):
+                yield message
 
     async def status(self, request: pb.GetExecutionStatusRequest) -> pb.GetExecutionStatusResponse:
         record = await self.invoker.get(request.execution_id)
@@ -72,11 +93,24 @@ class FunctionApi:
     async def list_tasks(self, request: pb.ListTasksRequest) -> pb.ListTasksResponse:
         page = await self.invoker.tasks.list(request.prefix, request.limit, request.start_after)
         summaries = await self.invoker.store.task_summaries([t.task_id for t in page.tasks])
-        return pb.ListTasksResponse(
-            tasks=[convert.task_info(t, summaries.get(t.task_id)) for t in page.tasks],
-            has_more=page.has_more,
-            next_start_after=page.next_start_after,
-        )
+        infos, cut = self._fit(convert.task_info(t, summaries.get(t.task_id)) for t in page.tasks)
+        if cut:
+            return pb.ListTasksResponse(tasks=infos, has_more=True, next_start_after=infos[-1].task_id)
+        return pb.ListTasksResponse(tasks=infos, has_more=page.has_more, next_start_after=page.next_start_after)
+
+    def _fit(self, items: Iterable[M]) -> tuple[list[M], bool]:
+        """The leading `items` that fit in `max_page_bytes` (at least one), built only as far as
+        needed, and whether any was left out: a page of large tasks would take seconds to build and
+        send, and pass a client's message limit. (Execution pages end in the store, which reads
+        records one at a time.)"""
+        budget = self.invoker.settings.max_page_bytes
+        kept: list[M] = []
+        for item in items:
+            budget -= item.ByteSize()
+            if budget < 0 and kept:
+                return kept, True
+            kept.append(item)
+        return kept, False
 
     async def get_task(self, request: pb.GetTaskRequest) -> pb.GetTaskResponse:
         task = await self.invoker.tasks.find(request.task_id) if request.task_id else None

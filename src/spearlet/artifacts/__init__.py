@@ -1,4 +1,5 @@
-"""Fetching artifacts by path or URL, verifying checksums, caching downloads by digest."""
+"""Fetching artifacts by path or URL, verifying checksums, caching them by digest, sharing them
+across a cluster."""
 
 from spearlet.artifacts.fetch import Artifact, ArtifactFetcher
 

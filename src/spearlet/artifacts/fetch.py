@@ -1,19 +1,19 @@
-"""Turn an artifact `location` into a verified file (or package directory) in the node's store.
+"""Turn an artifact `location` into a verified entry of the node's cache, within a policy.
 
-A local path, `file://` URL or `http(s)://` URL is verified and copied to
-`cache_dir/<digest>-<mode>/<name>`, so the code that runs is the code that was verified, whatever
-later happens to the original. A later registration of the same content and mode (or a download
-naming the same checksum) reuses the copy; a file made executable since gets an executable one.
+A local path or `file://` URL is read through descriptors (artifacts.local), an `http(s)://` URL
+downloaded from an allowed host (artifacts.download); either way the bytes are hashed as they are
+written to a staging directory, checked against the checksum when one is given, sealed, and renamed
+into the cache under their digest (artifacts.cache), so the code that runs is the code that was
+verified, whatever later happens to the original. In a cluster, a locally sourced artifact is also
+put in Redis by its digest (artifacts.blobs), and a node that lacks a task's artifact fetches its
+own copy from there, or from the task's URL, checked against the digest the task was registered with.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +21,22 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 
-from spearlet.core.errors import InvalidArgument
+from spearlet.artifacts.blobs import RedisBlobs, unpack
+from spearlet.artifacts.cache import ArtifactCache, check_name
+from spearlet.artifacts.download import download
+from spearlet.artifacts.local import Budget, Reader, copy_file, copy_tree, open_local
+from spearlet.core.errors import FailedPrecondition, InvalidArgument, SpearletError
+from spearlet.core.models import Task
+from spearlet.net import HostRules, is_remote, parse_http_url
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
-_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
 class Artifact:
-    path: Path
-    digest: str  # sha256, hex
+    path: Path  # the cache entry
+    digest: str  # sha256, hex (of the file, or of a directory's listing)
+    local: bool = False  # read from this node's disk (in a cluster, shared through Redis)
 
 
 def parse_checksum(checksum: str) -> str:
@@ -43,40 +49,44 @@ def parse_checksum(checksum: str) -> str:
     return digest.lower()
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verify(expected: str, actual: str, location: str) -> None:
     if expected and expected != actual:
-        raise InvalidArgument(f"checksum mismatch for {location!r}: expected sha256:{expected}, got sha256:{actual}")
+        raise InvalidArgument(
+            f"checksum mismatch for {location[:200]!r}: expected sha256:{expected}, got sha256:{actual}"
+        )
 
 
 class ArtifactFetcher:
     """Fetches within a policy: the URL schemes allowed ("file" covers plain paths), the local
-    directories allowed (none listed: any), and whether a checksum is required."""
+    directories allowed (none listed: any), the hosts downloads may reach, whether a checksum is
+    required, and whose access a caller's local artifact must have (`reader`)."""
 
     def __init__(
         self,
-        cache_dir: Path,
+        cache: ArtifactCache,
         max_bytes: int = 256 << 20,
-        download_timeout_s: float = 60.0,
+        timeout_s: float = 60.0,
         schemes: Sequence[str] = ("file", "http", "https"),
         local_dirs: Sequence[Path] = (),
         require_checksum: bool = False,
+        hosts: HostRules | None = None,
+        reader: Reader | None = None,
+        blobs: RedisBlobs | None = None,
     ) -> None:
-        self.cache_dir = cache_dir
+        self.cache = cache
         self.max_bytes = max_bytes
-        self.download_timeout_s = download_timeout_s
+        self.timeout_s = timeout_s
         self.schemes = tuple(schemes)
         self.local_dirs = tuple(d.resolve() for d in local_dirs)
         self.require_checksum = require_checksum
+        self.hosts = hosts or HostRules(["*"])
+        self.reader = reader
+        self.blobs = blobs
 
-    async def fetch(self, location: str, checksum: str = "") -> Artifact:
+    async def fetch(self, location: str, checksum: str = "", for_caller: bool = True) -> Artifact:
+        """The verified cache entry of `location`. `for_caller`: on behalf of an API caller, whose
+        local artifacts the function user must be able to read (tasks files of the node's own
+        configuration are the operator's)."""
         expected = parse_checksum(checksum)
         if not location:
             raise InvalidArgument("artifact_spec.location is required")
@@ -92,121 +102,103 @@ class ArtifactFetcher:
                 f"(allowed: {', '.join(self.schemes)})"
             )
         if scheme in ("http", "https"):
-            return await self._download(location, expected)
+            web = tuple(s for s in self.schemes if s in ("http", "https"))
+            return await self._download(parse_http_url(location, "artifact location", web), expected)
         if scheme != "file":
             raise InvalidArgument(f"artifact location {location[:200]!r}: unsupported scheme {scheme!r}")
+        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+            raise InvalidArgument(f"artifact location {location[:200]!r}: a file:// URL names no other host")
         path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(location)
         try:
-            path = path.expanduser()
+            path = Path.cwd() / path.expanduser()
         except RuntimeError as exc:  # `~someone` who does not exist
             raise InvalidArgument(f"artifact location {location[:200]!r}: {exc}") from exc
-        return await asyncio.to_thread(self._local, path, expected, location)
+        return await asyncio.to_thread(self._local, path, location, expected, for_caller)
 
-    def _local(self, path: Path, expected: str, location: str) -> Artifact:
-        try:
-            path = path.resolve()  # symlinks and `..` resolved before the directory check
-        except (OSError, RuntimeError) as exc:  # a symlink loop, say
-            raise InvalidArgument(f"artifact location {location!r} cannot be resolved: {exc}") from exc
-        if self.local_dirs and not any(path.is_relative_to(d) for d in self.local_dirs):
-            raise InvalidArgument(
-                f"artifact location {location!r} is outside the directories this node serves artifacts from"
+    def _budget(self, local: bool, location: str) -> Budget:
+        if local and self.blobs is not None and self.blobs.max_bytes < self.max_bytes:
+            limit = self.blobs.max_bytes
+            message = (
+                f"artifact {location[:200]!r} is larger than {limit} bytes, the most a cluster shares through "
+                "its store (artifact_blob_limit_mb): serve it from an http(s) location instead"
             )
-        if not path.exists():
-            raise InvalidArgument(f"artifact location {location!r} does not exist")
-        if path.is_dir():
-            if expected:
-                raise InvalidArgument(f"artifact location {location!r} is a directory: a checksum needs a file")
-            return self._stage_tree(path, location)
-        if not path.is_file():
-            raise InvalidArgument(f"artifact location {location!r} is not a regular file or a directory")
-        if path.stat().st_size > self.max_bytes:
-            raise InvalidArgument(f"artifact {location!r} is larger than {self.max_bytes} bytes")
-        actual = _sha256_file(path)
-        _verify(expected, actual, location)
-        return Artifact(self._stage_file(path, actual, path.name, os.access(path, os.X_OK)), actual)
+        else:
+            limit, message = self.max_bytes, f"artifact {location[:200]!r} is larger than {self.max_bytes} bytes"
+        return Budget(limit, self.timeout_s, message)
 
-    def _file_copy(self, digest: str, name: str, executable: bool) -> tuple[Path, int]:
-        """Where the copy of a file lives, and its mode. The mode is part of the key: a file that was
-        registered before its `chmod +x` gets an executable copy of its own when registered again
-        (and a copy in use is never changed under a task)."""
-        mode = 0o755 if executable else 0o644
-        return self.cache_dir / f"{digest}-{mode:o}" / name, mode
-
-    def _stage_file(self, source: Path, digest: str, name: str, executable: bool) -> Path:
-        """Copy a verified file into the cache: what runs is what was verified, and it is readable by
-        the unprivileged function user wherever the original lived."""
-        target, mode = self._file_copy(digest, name, executable)
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._open_up(target.parent)
-            tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
-            shutil.copyfile(source, tmp)
-            tmp.chmod(mode)
-            tmp.replace(target)
-        return target
-
-    def _stage_tree(self, source: Path, location: str) -> Artifact:
-        """A package directory, copied by content digest; links and special files are refused so
-        that nothing outside it is copied in."""
-        files: list[tuple[Path, str]] = []
-        total = 0
-        for item in sorted(source.rglob("*")):
-            relative = item.relative_to(source)
-            if "__pycache__" in relative.parts:
-                continue
-            if item.is_symlink() or not (item.is_file() or item.is_dir()):
-                raise InvalidArgument(f"artifact directory {location!r} holds a link or special file: {relative}")
-            if item.is_file():
-                total += item.stat().st_size
-                if total > self.max_bytes:
-                    raise InvalidArgument(f"artifact directory {location!r} is larger than {self.max_bytes} bytes")
-                files.append((relative, _sha256_file(item)))
-        digest = hashlib.sha256("\n".join(f"{r}\0{d}" for r, d in files).encode()).hexdigest()
-        target = self.cache_dir / digest / source.name
-        if not target.is_dir():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._open_up(target.parent)
-            tmp = target.with_name(f".{source.name}.{os.getpid()}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("__pycache__"))
-            for item in [tmp, *tmp.rglob("*")]:
-                item.chmod(0o755 if item.is_dir() else 0o644)
-            tmp.replace(target)
-        return Artifact(target, digest)
-
-    def _open_up(self, directory: Path) -> None:
-        for d in (self.cache_dir, directory):
-            d.chmod(0o755)
-
-    async def _download(self, url: str, expected: str) -> Artifact:
-        name = Path(unquote(urlparse(url).path)).name or "artifact"
-        if expected:
-            cached, _ = self._file_copy(expected, name, executable=True)
-            if cached.is_file():
-                return Artifact(cached, expected)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self.cache_dir, prefix=".download-")
-        tmp = Path(tmp_name)
-        digest = hashlib.sha256()
-        size = 0
+    def _local(self, path: Path, location: str, expected: str, for_caller: bool) -> Artifact:
+        budget = self._budget(True, location)
+        opened = open_local(path, location, self.reader, for_caller, self.local_dirs)
         try:
-            with os.fdopen(fd, "wb") as out:
-                async with (
-                    httpx.AsyncClient(timeout=self.download_timeout_s, follow_redirects=True) as client,
-                    client.stream("GET", url) as response,
-                ):
-                    if response.status_code != 200:
-                        raise InvalidArgument(f"downloading {url!r} failed: HTTP {response.status_code}")
-                    async for chunk in response.aiter_bytes(_CHUNK):
-                        size += len(chunk)
-                        if size > self.max_bytes:
-                            raise InvalidArgument(f"artifact {url!r} is larger than {self.max_bytes} bytes")
-                        digest.update(chunk)
-                        out.write(chunk)
-            actual = digest.hexdigest()
-            _verify(expected, actual, url)
-            return Artifact(self._stage_file(tmp, actual, name, executable=True), actual)
-        except httpx.HTTPError as exc:
-            raise InvalidArgument(f"downloading {url!r} failed: {exc}") from exc
+            name = check_name(opened.path.name, location)
+            with self.cache.staging() as staging:
+                built = staging / name
+                if opened.is_dir:
+                    if expected:
+                        raise InvalidArgument(
+                            f"artifact location {location[:200]!r} is a directory: a checksum needs a file"
+                        )
+                    actual = copy_tree(opened, built, budget, self.reader, for_caller, self.cache.seal, location[:200])
+                else:
+                    actual = copy_file(opened, built, budget)
+                    _verify(expected, actual, location)
+                    self.cache.seal(built, opened.info.st_mode, opened.function_bits)
+                return Artifact(self.cache.commit(built, actual), actual, local=True)
         finally:
-            tmp.unlink(missing_ok=True)
+            os.close(opened.fd)
+
+    async def _download(self, url: httpx.URL, expected: str) -> Artifact:
+        location = str(url)
+        name = check_name(Path(unquote(url.path)).name or "artifact", location)
+        if expected:
+            cached = self.cache.entry(expected, name)
+            if await asyncio.to_thread(self.cache.trusted, cached):
+                return Artifact(cached, expected)
+        with self.cache.staging() as staging:
+            built = staging / name
+            actual = await download(url, built, self.hosts, self._budget(False, location), self.schemes)
+            _verify(expected, actual, location)
+            self.cache.seal(built, 0o755, 0o5)
+            return Artifact(await asyncio.to_thread(self.cache.commit, built, actual), actual)
+
+    # Cluster mode
+
+    async def share(self, artifact: Artifact, task_id: str) -> None:
+        """Make a locally sourced artifact reachable by every node of the cluster."""
+        if self.blobs is not None and artifact.local:
+            await self.blobs.put(artifact.digest, artifact.path, task_id)
+
+    async def unshare(self, digest: str, task_id: str) -> None:
+        if self.blobs is not None and digest:
+            await self.blobs.release(digest, task_id)
+
+    async def materialize(self, task: Task) -> Path:
+        """This node's verified copy of a stored task's artifact: from the cache, else fetched
+        again and checked against the task's digest. Never a path from the task's record (in a
+        cluster another node wrote it), only its last component, the artifact's name."""
+        try:
+            name = check_name(Path(task.local_path).name, task.location)
+            entry = self.cache.entry(task.digest, name)
+            if not _HEX.match(task.digest):
+                raise InvalidArgument(f"the task's digest {task.digest[:80]!r} is not a sha256")
+            if await asyncio.to_thread(self.cache.trusted, entry):
+                return entry
+            if is_remote(task.location):
+                return (await self.fetch(task.location, f"sha256:{task.digest}")).path
+            if self.blobs is not None:
+                data = await self.blobs.get(task.digest)
+                return await asyncio.to_thread(self._unpack, data, task.digest, name)
+            artifact = await self.fetch(task.location, "")
+        except SpearletError as exc:
+            raise FailedPrecondition(f"the artifact of task {task.task_id!r} is not available here: {exc}") from None
+        if artifact.digest != task.digest:
+            raise FailedPrecondition(
+                f"the artifact of task {task.task_id!r} changed at {task.location[:200]!r} since it was "
+                "registered: register the task again"
+            )
+        return artifact.path
+
+    def _unpack(self, data: bytes, digest: str, name: str) -> Path:
+        with self.cache.staging() as staging:
+            unpack(data, digest, staging / name, self.cache.seal)
+            return self.cache.commit(staging / name, digest)

@@ -22,7 +22,7 @@ from spearlet.core.ids import check_client_execution_id, new_execution_id
 from spearlet.core.lifecycle import Event, Lifecycle, Update
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Task, now_ms
 from spearlet.core.tasks import TaskRegistry, page_limit
-from spearlet.core.values import dump_params
+from spearlet.core.values import check_string_map, dump_params
 from spearlet.scheduler import Scheduler
 from spearlet.store.base import ExecutionPage, Stats, Store, pending_write
 
@@ -66,6 +66,7 @@ class InvokeRequest:
     artifact: ArtifactSpec | None = None
     function_name: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    params_bytes: int = 0  # their size on the wire, as the transport measured it
     execution_id: str = ""
     timeout_ms: int = 0
     max_retries: int = 0
@@ -130,6 +131,7 @@ class Invoker:
     async def invoke(self, req: InvokeRequest) -> InvokeResult:
         if req.mode is Mode.STREAM:
             raise InvalidArgument("execution_mode STREAM is served by the StreamFunction RPC, not InvokeFunction")
+        self._check_size(req)
         task = await self._resolve_task(req)
         record = self._new_record(req, task)
         cached = await self._from_cache(record, task)
@@ -161,6 +163,7 @@ class Invoker:
         """Run an execution and follow it: its acceptance, each chunk of output, then the end.
         A consumer that stops listening before the end cancels the execution."""
         req.mode = Mode.STREAM
+        self._check_size(req)
         task = await self._resolve_task(req)
         record = self._new_record(req, task)
         existing = await self._store_new(record, task, durable=bool(req.execution_id))
@@ -342,9 +345,20 @@ class Invoker:
             f"invocation_type {req.invocation_type} is not valid: use NEW_TASK (1) or EXISTING_TASK (2)"
         )
 
+    def _check_size(self, req: InvokeRequest) -> None:
+        """What one call may carry, checked before anything is done for it (a NEW_TASK registers)."""
+        s = self.settings
+        if len(req.params) > s.max_parameters:
+            raise InvalidArgument(f"{len(req.params)} parameters given, at most {s.max_parameters} allowed")
+        if req.params_bytes > s.max_parameters_bytes:
+            raise InvalidArgument(
+                f"the parameters are {req.params_bytes} bytes, more than this node accepts "
+                f"(max_parameters_bytes = {s.max_parameters_bytes})"
+            )
+        check_string_map(req.metadata, "invocation_metadata", s.max_metadata_bytes, "max_metadata_bytes")
+        check_string_map(req.environment, "context.environment", s.max_environment_bytes, "max_environment_bytes")
+
     def _new_record(self, req: InvokeRequest, task: Task) -> ExecutionRecord:
-        if len(req.params) > self.settings.max_parameters:
-            raise InvalidArgument(f"{len(req.params)} parameters given, at most {self.settings.max_parameters} allowed")
         timeout_ms = req.timeout_ms or int(task.metadata.get("timeout_ms") or 0) or self.settings.default_timeout_ms
         if req.timeout_ms < 0 or timeout_ms > MAX_TIMEOUT_MS:
             raise InvalidArgument(f"context.timeout_ms must be between 0 and {MAX_TIMEOUT_MS}, got {req.timeout_ms}")
@@ -435,7 +449,9 @@ class Invoker:
         return CancelResult(False, f"execution finished first: {status.name}", status)
 
     async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
-        return await self.store.list_executions(task_id, status, page_limit(limit), start_after)
+        """A page of records, ending at `limit` of them or `max_page_bytes` of what they store."""
+        max_bytes = self.settings.max_page_bytes
+        return await self.store.list_executions(task_id, status, page_limit(limit), start_after, max_bytes=max_bytes)
 
     async def delete_task(self, task_id: str, force: bool, cleanup_executions: bool) -> tuple[bool, int, str]:
         active = [

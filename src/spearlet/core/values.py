@@ -110,3 +110,10 @@ def output_value(raw: bytes, kind: OutputKind) -> Any:
     if kind is OutputKind.BYTES:
         return raw
     return None
+
+
+def check_string_map(values: dict[str, str], what: str, limit: int, setting: str) -> None:
+    """Refuse a map of strings (metadata, environment) larger than `limit` bytes in all."""
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in values.items())
+    if size > limit:
+        raise InvalidArgument(f"{what} is {size} bytes, more than this node accepts ({setting} = {limit})")

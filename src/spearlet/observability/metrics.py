@@ -22,12 +22,17 @@ from spearlet.pool import Pool
 from spearlet.scheduler import Scheduler
 
 M = TypeVar("M", bound=MetricWrapperBase)
+OTHER_FUNCTIONS = "_other"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
 class Metrics:
-    def __init__(self, scheduler: Scheduler, pools: dict[str, Pool]) -> None:
+    def __init__(self, scheduler: Scheduler, pools: dict[str, Pool], max_functions: int = 20) -> None:
+        self.max_functions = max_functions
+        # Function names are the caller's to choose: each task's first `max_functions` get a label
+        # of their own, later ones share OTHER_FUNCTIONS, so no caller can grow /metrics for good.
+        self._functions: dict[str, set[str]] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.duration = Histogram(
@@ -63,12 +68,21 @@ class Metrics:
         if event is Event.STARTED and record.attempts == 1:
             self._child(self.queue_wait, record.task_id).observe(record.queue_wait_ms / 1000)
         elif event is Event.FINISHED:
-            task, function = record.task_id, record.function_name
+            task, function = record.task_id, self._function_label(record.task_id, record.function_name)
             self._child(self.finished, task, function, record.status.name.lower()).inc()
             if record.started_at:
                 self._child(self.duration, task, function).observe(record.execution_time_ms / 1000)
             if record.status is Status.COMPLETED:
                 self._completions.append(time.monotonic())
+
+    def _function_label(self, task_id: str, function: str) -> str:
+        known = self._functions.setdefault(task_id, set())
+        if function in known:
+            return function
+        if len(known) < self.max_functions:
+            known.add(function)
+            return function
+        return OTHER_FUNCTIONS
 
     def _child(self, metric: M, *labels: str) -> M:
         """`metric.labels(*labels)`, remembered: labels() takes a lock and builds keys each call."""
@@ -90,6 +104,7 @@ class Metrics:
             labels = cast(tuple[str, ...], key[1:])
             metric.remove(*labels)
             del self._children[key]
+        self._functions.pop(task_id, None)
 
     def completion_rate(self, window_s: float = 60.0) -> float:
         """Executions completed per second over the last minute."""

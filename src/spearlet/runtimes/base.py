@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,16 @@ class Outcome:
     memory_used_bytes: int = 0
     instance_id: str = ""
     metrics: dict[str, str] = field(default_factory=dict)
+
+
+def in_callers_terms(text: str, task: Task) -> str:
+    """`text` (an error message, a log) with the node's path of the task's artifact replaced by the
+    location the caller gave, and the directory holding it dropped: callers learn nothing of the
+    node's layout, and read what they know."""
+    if not text or not task.local_path:
+        return text
+    holder = os.path.dirname(task.local_path)
+    return text.replace(task.local_path, task.location).replace(holder + "/", "")
 
 
 class LineSplitter:
@@ -138,6 +149,9 @@ class Runtime(abc.ABC):
 
     async def forget(self, task_id: str) -> None:  # noqa: B027
         """The task was replaced or deleted: drop what is kept for it."""
+
+    async def keep_only(self, digests: set[str]) -> None:  # noqa: B027
+        """Tasks use only the artifacts with these digests now: drop what is kept for others."""
 
     async def close(self) -> None:  # noqa: B027
         """Release what the runtime holds (warm instances, compiled modules)."""

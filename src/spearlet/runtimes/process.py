@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import time
@@ -16,7 +17,7 @@ from typing import IO
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
 from spearlet.core.values import stdin_payload
-from spearlet.runtimes.base import Invocation, LineSplitter, Outcome, Runtime, StopRequest
+from spearlet.runtimes.base import Invocation, LineSplitter, Outcome, Runtime, StopRequest, in_callers_terms
 from spearlet.runtimes.bubblewrap import Sandbox, function_command, task_network
 from spearlet.runtimes.sandbox import (
     FunctionUser,
@@ -36,6 +37,8 @@ from spearlet.runtimes.sandbox import (
 # function may take to drain.
 STOP_GRACE_S = 0.5
 
+# How prlimit (which execs the artifact) reports that it could not.
+_EXEC_FAILED = re.compile(r"^prlimit: failed to execute .*: ([^:\n]+)$", re.MULTILINE)
 _OOM_MARKERS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc")
 _FORK_MARKERS = ("Resource temporarily unavailable", "fork: retry", "Cannot fork")
 
@@ -47,6 +50,8 @@ def task_environment(task: Task) -> dict[str, str]:
 
 def failure_code(returncode: int, logs: str) -> tuple[str, str]:
     """The documented error code and a message for a process that did not exit 0."""
+    if returncode in (126, 127) and (cause := _EXEC_FAILED.search(logs)):
+        return "SPAWN_FAILED", f"the artifact could not be executed: {cause.group(1)}"
     if returncode < 0:
         sig = -returncode
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
@@ -125,12 +130,15 @@ class ProcessRuntime(Runtime):
             try:
                 proc = spawn(self.command(task, workdir, invocation), cwd=workdir, env=env, stdin=stdin_fd)
             except OSError as exc:
-                return Outcome(Status.FAILED, error_code="SPAWN_FAILED", error_message=f"cannot start: {exc}")
+                return Outcome(Status.FAILED, error_code="SPAWN_FAILED", error_message=f"cannot start: {exc.strerror}")
             finally:
                 os.close(stdin_fd)
                 stdin_fd = -1
             assert proc.stdout is not None and proc.stderr is not None
-            return await self._supervise(proc.pid, proc.stdout, proc.stderr, invocation, stop, started)
+            outcome = await self._supervise(proc.pid, proc.stdout, proc.stderr, invocation, stop, started)
+            outcome.error_message = in_callers_terms(outcome.error_message, task)
+            outcome.logs = in_callers_terms(outcome.logs, task)
+            return outcome
         finally:
             if stdin_fd >= 0:
                 os.close(stdin_fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import struct
@@ -25,8 +26,9 @@ from spearlet.config import Settings
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
 from spearlet.core.values import tag_bytes, untag_bytes
+from spearlet.net import is_remote
 from spearlet.pool import Instance, Pool, PoolSettings
-from spearlet.runtimes.base import Invocation, Limits, Outcome, Runtime, StopRequest
+from spearlet.runtimes.base import Invocation, Limits, Outcome, Runtime, StopRequest, in_callers_terms
 from spearlet.runtimes.bubblewrap import Sandbox, function_command, task_network
 from spearlet.runtimes.process import STOP_GRACE_S, task_environment
 from spearlet.runtimes.sandbox import (
@@ -48,6 +50,7 @@ WORKER = Path(__file__).with_name("python_worker.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
 _HEADER = struct.Struct(">I")
 START_TIMEOUT_S = 60.0
+log = logging.getLogger(__name__)
 
 
 def check_zip(path: Path, location: str) -> None:
@@ -307,11 +310,13 @@ class PythonRuntime(Runtime):
             hello = await asyncio.wait_for(worker.receive(1 << 20), START_TIMEOUT_S)
         except (WorkerGone, TimeoutError) as exc:
             await worker.stop()
-            raise WorkerStartFailed(worker.crash_report() if not isinstance(exc, TimeoutError) else
-                                    f"the worker did not start within {START_TIMEOUT_S:g} s") from exc  # fmt: skip
+            if isinstance(exc, TimeoutError):
+                raise WorkerStartFailed(f"the worker did not start within {START_TIMEOUT_S:g} s") from exc
+            raise WorkerStartFailed(self._in_callers_terms(worker.crash_report(), task)) from exc
         if hello.get("type") != "ready":
             await worker.stop()
-            raise WorkerStartFailed(f"{hello.get('message', hello)}\n{hello.get('traceback', '')}".strip())
+            log.warning("python task %s does not load:\n%s", task.task_id, hello.get("traceback", ""))
+            raise WorkerStartFailed(load_message(hello, entry, is_remote(task.location)))
         if self._reaper is None:
             self._reaper = asyncio.get_running_loop().create_task(self.pool.run_reaper())
         return worker
@@ -350,7 +355,7 @@ class PythonRuntime(Runtime):
             return Outcome(Status.FAILED, error_code="INSTANCE_START_FAILED", error_message=str(exc))
         assert isinstance(worker, PythonWorker)
         started = time.monotonic()
-        logs: list[str] = []
+        logs = LogTail(limits.log_bytes)
         # A call cannot be interrupted inside the worker: a timeout or a cancel kills the worker,
         # which ends the call, and the pool replaces it.
         interrupted = ""
@@ -387,10 +392,13 @@ class PythonRuntime(Runtime):
         outcome.execution_time_ms = round(elapsed_ms)
         outcome.memory_used_bytes = worker.memory.peak
         outcome.instance_id = worker.instance_id
-        outcome.logs = _bounded("\n".join(logs), limits.log_bytes)
+        outcome.logs = self._in_callers_terms(logs.text(), task)
+        outcome.error_message = self._in_callers_terms(outcome.error_message, task)
+        if logs.dropped:
+            outcome.metrics["log_truncated_bytes"] = str(logs.dropped)
         return outcome
 
-    async def _call(self, worker: PythonWorker, invocation: Invocation, logs: list[str]) -> Outcome:
+    async def _call(self, worker: PythonWorker, invocation: Invocation, logs: LogTail) -> Outcome:
         limits = invocation.limits
         deadline = time.time() + limits.timeout_ms / 1000 if limits.timeout_ms > 0 else 0
         worker.send(
@@ -407,7 +415,7 @@ class PythonRuntime(Runtime):
                 message = await worker.receive(limits.output_bytes + 4096)
                 kind = message.get("type")
                 if kind == "log":
-                    logs.append(str(message.get("line", "")))
+                    logs.add(str(message.get("line", "")))
                 elif kind == "chunk":
                     if invocation.on_output is not None:
                         invocation.on_output(output_bytes(message.get("value")))
@@ -417,7 +425,8 @@ class PythonRuntime(Runtime):
                         return _too_large(limits)
                     return Outcome(Status.COMPLETED, output=output)
                 elif kind == "error":
-                    logs.extend(str(message.get("traceback", "")).rstrip("\n").splitlines())
+                    for line in str(message.get("traceback", "")).rstrip("\n").splitlines():
+                        logs.add(line)
                     error_type = str(message.get("error_type", "Exception"))
                     code = "OUT_OF_MEMORY" if error_type == "MemoryError" else "FUNCTION_ERROR"
                     return Outcome(
@@ -432,6 +441,19 @@ class PythonRuntime(Runtime):
             await asyncio.wait({worker.exited}, timeout=1.0)
             return Outcome(Status.FAILED, error_code="INSTANCE_CRASHED", error_message=worker.crash_report())
 
+    def _in_callers_terms(self, text: str, task: Task) -> str:
+        return in_callers_terms(text, task).replace(self.worker_script, "the worker")
+
+
+def load_message(failure: dict[str, Any], entry: str, remote: bool) -> str:
+    """Why a task's code does not import, from the worker's report: the kind of error and where,
+    and its message unless the code was fetched from elsewhere (a message may quote the content,
+    which the caller is not entitled to read back through errors)."""
+    kind = str(failure.get("error_type", "error"))
+    where = f" ({failure['where']})" if failure.get("where") else ""
+    message = "" if remote else f": {failure.get('message', '')}"
+    return f"cannot load {entry!r}: {kind}{message}{where}"
+
 
 def _too_large(limits: Limits) -> Outcome:
     return Outcome(
@@ -441,5 +463,26 @@ def _too_large(limits: Limits) -> Outcome:
     )
 
 
-def _bounded(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[-limit:]
+class LogTail:
+    """The last `limit` characters of a call's log lines, kept as they arrive: a function that
+    prints gigabytes during one call costs the node this much, not what it printed."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lines: deque[str] = deque()
+        self.size = 0
+        self.dropped = 0
+
+    def add(self, line: str) -> None:
+        if len(line) > self.limit:
+            self.dropped += len(line) - self.limit
+            line = line[-self.limit :]
+        self.lines.append(line)
+        self.size += len(line) + 1
+        while self.size - 1 > self.limit:
+            gone = self.lines.popleft()
+            self.size -= len(gone) + 1
+            self.dropped += len(gone) + 1
+
+    def text(self) -> str:
+        return "\n".join(self.lines)

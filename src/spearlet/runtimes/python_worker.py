@@ -5,13 +5,16 @@ and never imports the node. Frames in both directions are a 4-byte big-endian le
 object; bytes travel as {"$bytes": base64} so they stay bytes.
 
 node -> worker  {"id", "function", "params", "deadline"}       one call at a time
-worker -> node  {"type": "ready"} once imported, or {"type": "fatal", "message"}
+worker -> node  {"type": "ready"} once imported, or {"type": "fatal", "error_type", "message", "where", "traceback"}
                 {"type": "log", "line"}                       print(), logging, context.logger
                 {"type": "chunk", "value"}                    each value a generator yields
                 {"type": "result", "value"} | {"type": "error", "error_type", "message", "traceback"}
 
 User code cannot corrupt the protocol: the frames use private duplicates of fds 0 and 1, fd 1 is
 pointed at stderr and fd 0 at /dev/null, and sys.stdout/sys.stderr forward lines as log frames.
+
+Tracebacks are told in the caller's terms: the function's files relative to its artifact, the
+interpreter's as `<python>/...`, and this program's own frames left out.
 """
 
 from __future__ import annotations
@@ -88,6 +91,51 @@ class Channel:
         data = bytes(self._buffer[:n])
         del self._buffer[:n]
         return data
+
+
+def _relative(filename: str, root: str) -> str:
+    if filename.startswith(root + os.sep):
+        return filename[len(root) + 1 :]
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+        if filename.startswith(prefix + os.sep):
+            return "<python>" + filename[len(prefix) :]
+    return filename
+
+
+def _retell(te: traceback.TracebackException, root: str, seen: set[int]) -> None:
+    if id(te) in seen:
+        return
+    seen.add(id(te))
+    frames = [f for f in te.stack if f.filename != __file__ and not f.filename.startswith("<frozen ")]
+    te.stack = traceback.StackSummary.from_list(
+        [traceback.FrameSummary(_relative(f.filename, root), f.lineno, f.name, line=f.line) for f in frames]
+    )
+    if getattr(te, "filename", None):  # a SyntaxError's
+        te.filename = _relative(te.filename, root)
+    for other in (te.__cause__, te.__context__):
+        if other is not None:
+            _retell(other, root, seen)
+
+
+def user_traceback(exc: BaseException, root: str) -> str:
+    """The traceback of `exc` as the function's author would read it (see the module's docstring)."""
+    te = traceback.TracebackException.from_exception(exc)
+    _retell(te, root, set())
+    return "".join(te.format())
+
+
+def load_failure(exc: BaseException, root: str) -> dict[str, Any]:
+    """What the node hears of code that does not import: the kind of error, its message and where
+    it arose, apart, so that the node can leave out what quotes the artifact's content."""
+    if isinstance(exc, SyntaxError):
+        message, filename, line = exc.msg, exc.filename or "", exc.lineno or 0
+    else:
+        message = str(exc)
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(root + os.sep)]
+        filename, line = (frames[-1].filename, frames[-1].lineno or 0) if frames else ("", 0)
+    where = f"{_relative(filename, root)}, line {line}" if filename else ""
+    return {"type": "fatal", "error_type": type(exc).__name__, "message": message, "where": where,
+            "traceback": user_traceback(exc, root)}  # fmt: skip
 
 
 class LogForwarder:
@@ -193,8 +241,7 @@ def serve(path: str, entry: str) -> None:
         default = getattr(module, default_name or "handler")
     except BaseException as exc:
         forwarder.flush()
-        channel.send({"type": "fatal", "message": f"cannot load {entry!r}: {type(exc).__name__}: {exc}",
-                      "traceback": traceback.format_exc()})  # fmt: skip
+        channel.send(load_failure(exc, path))
         return
     loop = None
     channel.send({"type": "ready"})
@@ -235,7 +282,7 @@ def serve(path: str, entry: str) -> None:
         except BaseException as exc:
             forwarder.flush()
             channel.send({"type": "error", "error_type": type(exc).__name__, "message": str(exc),
-                          "traceback": traceback.format_exc()})  # fmt: skip
+                          "traceback": user_traceback(exc, path)})  # fmt: skip
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 return
         finally:

@@ -15,7 +15,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import json
+import logging
+import math
 import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,13 +37,21 @@ from spearlet.config import Settings
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
 from spearlet.core.values import stdin_payload
-from spearlet.runtimes.base import Invocation, LineSplitter, Outcome, Runtime, StopRequest
+from spearlet.net import is_remote
+from spearlet.runtimes.base import Invocation, Limits, LineSplitter, Outcome, Runtime, StopRequest
 from spearlet.runtimes.process import log_tail, task_environment
+from spearlet.runtimes.sandbox import SYSTEM_PATH, PipeCollector, collect, kill_group, limited_argv, spawn, wait_exit
 from spearlet.runtimes.wasm_memory import MemoryBudget, allocate_memories_here, instantiating
 
 TICK_S = 0.01
+# Modules up to this size compile in the node: a child process costs ~100 ms to start, and these
+# take a few milliseconds and megabytes (compiling needs roughly 15-100 bytes per byte of code).
+IN_PROCESS_COMPILE_BYTES = 64 << 10
+COMPILER = Path(__file__).with_name("wasm_compile.py")
+INVALID = 3  # wasm_compile.py's exit code for a module that does not compile
 DEFAULT_ENTRY = "__spear_default_entry__"
 DEFAULT_MEMORY_MB = 256
+log = logging.getLogger(__name__)
 
 _DeadlineCallback = ctypes.CFUNCTYPE(
     ctypes.c_size_t,
@@ -78,17 +92,87 @@ class _Call:
             del self.stderr[: len(self.stderr) - self.log_cap]
 
 
+def engine_config() -> wasmtime.Config:
+    """The engine's configuration (with the memories of runtimes.wasm_memory, which turn off
+    copy-on-write memory images); wasm_compile.py sets the same, or its output would not load."""
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    return config
+
+
+def describe_error(text: str, remote: bool) -> str:
+    """wasmtime's message about a module, without the source lines it quotes (WAT errors show the
+    offending line): only where it failed for an artifact fetched from elsewhere, whose content the
+    caller may not be entitled to read back."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    position = next((m.group(1) for line in lines if (m := _POSITION.match(line))), "")
+    where = f" (line {position.replace(':', ', column ', 1)})" if position else ""
+    if remote:
+        return f"is not a valid module (WebAssembly binary or WAT text){where}"
+    kept = [ln for ln in lines if ln and ln != "Caused by:" and not _SNIPPET.match(ln) and not _POSITION.match(ln)]
+    return f"is not a valid module: {': '.join(kept) or 'invalid'}{where}"
+
+
+_POSITION = re.compile(r"^-->\s*\S*?:(\d+:\d+)$")
+_SNIPPET = re.compile(r"^(\d+\s*)?\|")
+
+
+def _compile_here(engine: wasmtime.Engine, source: str, target: Path, remote: bool) -> None:
+    with open(source, "rb") as f:
+        code = f.read()
+    try:
+        module = wasmtime.Module(engine, code)  # from bytes: no path of the node in its errors
+    except wasmtime.WasmtimeError as exc:
+        raise InvalidArgument(describe_error(str(exc), remote)) from None
+    with target.open("xb") as out:
+        out.write(module.serialize())
+
+
+async def compile_in_child(source: str, target: Path, memory_mb: int, timeout_s: float, remote: bool) -> None:
+    """Run wasm_compile.py on `source` under the limits; InvalidArgument saying why it failed."""
+    limits = Limits(
+        timeout_ms=0, memory_bytes=memory_mb << 20, cpu_seconds=math.ceil(timeout_s), output_bytes=0,
+        log_bytes=0, file_bytes=0, open_files=64,
+    )  # fmt: skip
+    argv = limited_argv([sys.executable, "-I", str(COMPILER), source, str(target)], limits)
+    proc = spawn(argv, cwd="/", env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = PipeCollector(8192), PipeCollector(8192, tail=True)
+    readers = asyncio.gather(collect(proc.stdout, out), collect(proc.stderr, err))
+    exited = asyncio.ensure_future(wait_exit(proc.pid))
+    try:
+        done, _ = await asyncio.wait({exited}, timeout=timeout_s)
+        if not done:
+            kill_group(proc.pid)
+    finally:
+        if not exited.done():
+            kill_group(proc.pid)
+        code = (await asyncio.shield(exited)).returncode
+        kill_group(proc.pid)
+        await readers
+    if code == 0:
+        return
+    if code == INVALID:
+        raise InvalidArgument(describe_error(out.data.decode("utf-8", errors="replace"), remote))
+    log.warning("compiling a wasm module failed (exit %d): %s", code, err.data.decode("utf-8", errors="replace"))
+    if not done or code in (-signal.SIGKILL, -signal.SIGXCPU):
+        raise InvalidArgument(f"did not compile within {timeout_s:g} s (wasm_compile_timeout_s)")
+    raise InvalidArgument(f"needs more than {memory_mb} MB to compile (wasm_compile_memory_mb), or its compiler failed")
+
+
 class WasmRuntime(Runtime):
     name = "wasm"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        config = wasmtime.Config()
-        config.epoch_interruption = True
-        allocate_memories_here(config)
+        config = engine_config()
+        allocate_memories_here(config)  # to tell a refused memory.grow from other traps
         self.engine = wasmtime.Engine(config)
         self.cache_dir = settings.data_dir / "wasm-cache"
         self._modules: dict[str, wasmtime.Module] = {}
+        # Compiling takes memory in proportion to the code (hundreds of MB for a few MB of it):
+        # one at a time, each bounded (compile()).
+        self._compiling = asyncio.Lock()
         self._executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="spearlet-wasm")
         self._ticker_stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -98,34 +182,62 @@ class WasmRuntime(Runtime):
     def _cache_path(self, digest: str) -> Path:
         return self.cache_dir / f"{digest}.cwasm"
 
-    def _load(self, task: Task) -> wasmtime.Module:
+    async def _load(self, task: Task) -> wasmtime.Module:
         """The task's compiled module: from memory, from the on-disk cache, or compiled now."""
         digest = task.digest
         module = self._modules.get(digest)
         if module is not None:
             return module
-        cached = self._cache_path(digest)
-        if cached.is_file():
-            try:
-                module = wasmtime.Module.deserialize_file(self.engine, str(cached))
-            except wasmtime.WasmtimeError:
-                cached.unlink(missing_ok=True)  # from another wasmtime version: compile afresh
-        if module is None:
-            try:
-                module = wasmtime.Module.from_file(self.engine, task.local_path)
-            except wasmtime.WasmtimeError as exc:
-                raise InvalidArgument(f"wasm artifact {task.location!r} is not a valid module: {exc}") from exc
-            self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(module.serialize())
-            tmp.replace(cached)
+        loop = asyncio.get_running_loop()
+        async with self._compiling:
+            module = self._modules.get(digest)  # compiled while we waited
+            if module is not None:
+                return module
+            cached = self._cache_path(digest)
+            if cached.is_file():
+                module = await loop.run_in_executor(self._executor, self._deserialize, cached)
+            if module is None:
+                self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                await self._compile(task, cached)
+                module = await loop.run_in_executor(self._executor, self._deserialize, cached)
+                if module is None:
+                    raise InvalidArgument("could not be loaded once compiled (the node's log says why)")
         self._modules[digest] = module
         return module
+
+    def _deserialize(self, path: Path) -> wasmtime.Module | None:
+        try:
+            return wasmtime.Module.deserialize_file(self.engine, str(path))
+        except wasmtime.WasmtimeError:
+            log.warning("compiled module %s does not load (another wasmtime?): compiling afresh", path.name)
+            path.unlink(missing_ok=True)
+            return None
+
+    async def _compile(self, task: Task, target: Path) -> None:
+        """Compile the task's module into `target`: small ones here (a few milliseconds and
+        megabytes), others in a child process under `wasm_compile_memory_mb` and
+        `wasm_compile_timeout_s`, whose failure costs the node nothing."""
+        s = self.settings
+        remote = is_remote(task.location)
+        tmp = target.with_suffix(f".{os.getpid()}.{id(task)}.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            if os.path.getsize(task.local_path) <= IN_PROCESS_COMPILE_BYTES:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._executor, _compile_here, self.engine, task.local_path, tmp, remote)
+            else:
+                await compile_in_child(task.local_path, tmp, s.wasm_compile_memory_mb, s.wasm_compile_timeout_s, remote)
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     async def prepare(self, task: Task) -> None:
         if not task.digest:
             raise InvalidArgument(f"wasm artifact {task.location!r} must be a file")
-        module = await asyncio.get_running_loop().run_in_executor(self._executor, self._load, task)
+        try:
+            module = await self._load(task)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"wasm artifact {task.location[:200]!r} {exc}") from None
         exports = {e.name for e in module.exports}
         entry = task.metadata.get("entry", "")
         if entry and entry not in exports:
@@ -134,8 +246,14 @@ class WasmRuntime(Runtime):
     async def warm(self, task: Task) -> None:
         await self.prepare(task)
 
-    async def forget(self, task_id: str) -> None:
-        """Modules are keyed by digest, which other tasks may share: keep them (they are small)."""
+    async def keep_only(self, digests: set[str]) -> None:
+        """Drop compiled modules, in memory and on disk, of code no task uses any more."""
+        for digest in [d for d in self._modules if d not in digests]:
+            del self._modules[digest]
+        if self.cache_dir.is_dir():
+            for path in self.cache_dir.glob("*.cwasm"):
+                if path.stem not in digests:
+                    path.unlink(missing_ok=True)
 
     async def close(self) -> None:
         self._ticker_stop.set()
@@ -158,9 +276,9 @@ class WasmRuntime(Runtime):
         limits = invocation.limits
         loop = asyncio.get_running_loop()
         try:
-            module = await loop.run_in_executor(self._executor, self._load, task)
+            module = await self._load(task)
         except InvalidArgument as exc:
-            return Outcome(Status.FAILED, error_code="ARTIFACT_UNAVAILABLE", error_message=str(exc))
+            return Outcome(Status.FAILED, error_code="ARTIFACT_UNAVAILABLE", error_message=f"the module {exc}")
         self._ensure_ticker()
         timeout_s = limits.timeout_ms / 1000 if limits.timeout_ms > 0 else 0.0
         call = _Call(

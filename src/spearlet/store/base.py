@@ -177,8 +177,12 @@ class Store(abc.ABC):
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None: ...
 
     @abc.abstractmethod
-    async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
-        """Newest first; empty `task_id` means every task, UNKNOWN status means every status."""
+    async def list_executions(
+        self, task_id: str, status: Status, limit: int, start_after: str, max_bytes: int = 0
+    ) -> ExecutionPage:
+        """Newest first; empty `task_id` means every task, UNKNOWN status means every status. With
+        `max_bytes`, the page ends (has_more) after the record that brings the stored size of its
+        records past it: one page never makes the node read more than about that much."""
 
     @abc.abstractmethod
     async def cached_result(self, cache_key: str, since_ms: int) -> ExecutionRecord | None:

@@ -31,6 +31,13 @@ class _Stored:
     def copy(self) -> ExecutionRecord:
         return _copy(self.record, load_params(self.params))
 
+    @property
+    def size(self) -> int:
+        """What the record would take stored (as SQLite counts it): a listing's pages are bounded by it."""
+        r = self.record
+        mappings = sum(len(k) + len(v) for m in (r.environment, r.metadata, r.metrics) for k, v in m.items())
+        return len(self.params) + mappings + len(r.output) + len(r.error_message) + len(r.logs)
+
 
 def _copy(record: ExecutionRecord, params: dict[str, object]) -> ExecutionRecord:
     return dataclasses.replace(
@@ -161,25 +168,27 @@ class MemoryStore(Store):
         stored = self._records.get(execution_id)
         return None if stored is None else stored.copy()
 
-    async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
+    async def list_executions(
+        self, task_id: str, status: Status, limit: int, start_after: str, max_bytes: int = 0
+    ) -> ExecutionPage:
         self._check_open()
         below = self._seq + 1
         if start_after:
             # An unknown one (the record expired meanwhile) ends the listing, as in SQLite.
             after = self._records.get(start_after)
             below = after.seq if after is not None else 0
-        found: list[ExecutionRecord] = []
+        records: list[ExecutionRecord] = []
+        read = 0
         for stored in self._newest_first():
             if stored.seq >= below:
                 continue
             record = stored.record
             if (not task_id or record.task_id == task_id) and status in (Status.UNKNOWN, record.status):
-                found.append(stored.copy())
-                if len(found) > limit:
-                    break
-        records = found[:limit]
-        has_more = len(found) > limit
-        return ExecutionPage(records, has_more, records[-1].execution_id if has_more else "")
+                if len(records) == limit or (max_bytes and read >= max_bytes):
+                    return ExecutionPage(records, True, records[-1].execution_id)
+                records.append(stored.copy())
+                read += stored.size
+        return ExecutionPage(records, False, "")
 
     def _newest_first(self) -> Iterator[_Stored]:
         return reversed(self._records.values())

@@ -342,17 +342,22 @@ class RedisStore(Store):
         raw = await self.redis.hget(_exec_key(execution_id), "j")
         return record_from_json(raw) if raw is not None else None
 
-    async def _records(self, ids: list[str]) -> list[ExecutionRecord | None]:
+    async def _raw_records(self, ids: list[str]) -> list[str | None]:
         if not ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for execution_id in ids:
                 pipe.hget(_exec_key(execution_id), "j")
-            raws = await pipe.execute()
-        return [record_from_json(raw) if raw is not None else None for raw in raws]
+            raws: list[str | None] = await pipe.execute()
+        return raws
+
+    async def _records(self, ids: list[str]) -> list[ExecutionRecord | None]:
+        return [record_from_json(raw) if raw is not None else None for raw in await self._raw_records(ids)]
 
     @_reaches
-    async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
+    async def list_executions(
+        self, task_id: str, status: Status, limit: int, start_after: str, max_bytes: int = 0
+    ) -> ExecutionPage:
         await self._drain()
         index = f"{P}task-execs:{task_id}" if task_id else EXECS
         top: str = "+inf"
@@ -361,20 +366,31 @@ class RedisStore(Store):
             if score is not None:
                 top = f"({int(score)}"
         found: list[ExecutionRecord] = []
-        batch = max(limit * 2, 50)
-        while len(found) <= limit:
+        size = limit  # of the page: smaller once its records reach max_bytes
+        read = 0
+        # Small batches under a byte budget: each record may be large.
+        batch = 16 if max_bytes else max(limit * 2, 50)
+        while len(found) <= size:
             rows = await self.redis.zrevrangebyscore(index, top, "-inf", start=0, num=batch, withscores=True)
             if not rows:
                 break
             ids = [raw for raw, _ in rows]
-            for execution_id, record in zip(ids, await self._records(ids), strict=True):
-                if record is None:
+            for execution_id, raw in zip(ids, await self._raw_records(ids), strict=True):
+                if raw is None:
                     await self.redis.zrem(index, execution_id)  # expired: drop from the index
-                elif status is Status.UNKNOWN or record.status is status:
-                    found.append(record)
+                    continue
+                record = record_from_json(raw)
+                if status is not Status.UNKNOWN and record.status is not status:
+                    continue
+                found.append(record)  # one past the page says there is more
+                if len(found) > size:
+                    break
+                read += len(raw)
+                if max_bytes and read >= max_bytes:
+                    size = len(found)
             top = f"({int(rows[-1][1])}"
-        records = found[:limit]
-        has_more = len(found) > limit
+        records = found[:size]
+        has_more = len(found) > size
         return ExecutionPage(records, has_more, records[-1].execution_id if has_more else "")
 
     @_reaches

@@ -118,6 +118,11 @@ _EXEC_COLUMNS = (
     "execution_time_ms, memory_used_bytes, output, output_kind, error_code, error_message, logs, metrics"
 )
 # What changes after an execution is created; the rest is written once, at insert.
+# What a record costs to read: its variable-size columns.
+_STORED_SIZE = (
+    "length(params) + length(environment) + length(metadata) + ifnull(length(output), 0) + length(error_message) "
+    "+ length(logs) + length(metrics)"
+)
 _PROGRESS_COLUMNS = (
     "status, node, instance_id, attempts, started_at, completed_at, execution_time_ms, memory_used_bytes, output, "
     "output_kind, error_code, error_message, logs, metrics"
@@ -841,7 +846,9 @@ class SqliteStore(Store):
             self._keep_finished(_copy(record), size)
         return record
 
-    async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
+    async def list_executions(
+        self, task_id: str, status: Status, limit: int, start_after: str, max_bytes: int = 0
+    ) -> ExecutionPage:
         self._write_staged()
 
         def op(conn: sqlite3.Connection) -> ExecutionPage:
@@ -860,12 +867,17 @@ class SqliteStore(Store):
                 args.append(start_after)
             clause = f"WHERE {' AND '.join(where)}" if where else ""
             rows = conn.execute(
-                f"SELECT {_EXEC_COLUMNS} FROM executions {clause} ORDER BY seq DESC LIMIT ?",
+                f"SELECT {_EXEC_COLUMNS}, {_STORED_SIZE} FROM executions {clause} ORDER BY seq DESC LIMIT ?",
                 (*args, limit + 1),
-            ).fetchall()
-            records = [_exec_from_row(r) for r in rows[:limit]]
-            has_more = len(rows) > limit
-            return ExecutionPage(records, has_more, records[-1].execution_id if has_more else "")
+            )
+            records: list[ExecutionRecord] = []
+            read = 0
+            for row in rows:  # one at a time: a page stops before it has read them all
+                if len(records) == limit or (max_bytes and read >= max_bytes):
+                    return ExecutionPage(records, True, records[-1].execution_id)
+                records.append(_exec_from_row(row[:-1]))
+                read += row[-1]
+            return ExecutionPage(records, False, "")
 
         return await self._run(op, atomic=True)
 

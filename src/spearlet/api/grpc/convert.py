@@ -149,6 +149,7 @@ def invoke_request_from(req: pb.InvokeFunctionRequest, mode: int | None = None) 
         artifact=artifact_from(req.artifact_spec) if req.HasField("artifact_spec") else None,
         function_name=req.function_name,
         params=params_from(req.parameters),
+        params_bytes=sum(p.ByteSize() for p in req.parameters),
         execution_id=ctx.execution_id,
         timeout_ms=ctx.timeout_ms,
         max_retries=ctx.max_retries,

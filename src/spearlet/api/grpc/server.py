@@ -69,9 +69,13 @@ def _errors(handler: Handler[R]) -> Handler[R]:
             code = status.name
             await context.abort(status, str(exc))
             raise  # unreachable: abort raises
-        except BaseException as exc:
-            code = "CANCELLED" if isinstance(exc, asyncio.CancelledError) else "UNKNOWN"
+        except asyncio.CancelledError:
+            code = "CANCELLED"
             raise
+        except Exception as exc:
+            code = "INTERNAL"
+            await context.abort(grpc.StatusCode.INTERNAL, _internal(method, exc))
+            raise  # unreachable: abort raises
         finally:
             self.observe(method, code, time.perf_counter() - started)
 
@@ -169,11 +173,21 @@ async def _stream_errors(
         status = _CODES.get(exc.code, grpc.StatusCode.INTERNAL)
         code = status.name
         await context.abort(status, str(exc))
-    except BaseException as exc:
-        code = "CANCELLED" if isinstance(exc, asyncio.CancelledError | GeneratorExit) else "UNKNOWN"
+    except (asyncio.CancelledError, GeneratorExit):
+        code = "CANCELLED"
         raise
+    except Exception as exc:
+        code = "INTERNAL"
+        await context.abort(grpc.StatusCode.INTERNAL, _internal(method, exc))
     finally:
         servicer.observe(method, code, time.perf_counter() - started)
+
+
+def _internal(method: str, exc: Exception) -> str:
+    """What a caller hears of a failure of the node itself: its kind, not its paths or traceback,
+    which go to the node's log."""
+    log.error("%s failed", method, exc_info=exc)
+    return f"internal error of the node ({type(exc).__name__}): its log has the details"
 
 
 class Malformed:

@@ -26,6 +26,8 @@ from fastapi.staticfiles import StaticFiles
 from google.protobuf import descriptor_pool, json_format
 from google.protobuf.message import Message
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
 
 from spearlet import __version__
 from spearlet.api.auth import DENIED, HEADER, TokenCheck
@@ -169,11 +171,61 @@ async def _first_or_error(messages: AsyncGenerator[pb.StreamExecutionResult, Non
         return error(HTTP_STATUS.get(exc.code, 500), exc.code, str(exc))
 
     async def rest() -> AsyncGenerator[pb.StreamExecutionResult, None]:
-        yield first
-        async for message in messages:
-            yield message
+        # Closed with the response (its client left): the stream frees its slot at once.
+        async with contextlib.aclosing(messages):
+            yield first
+            async for message in messages:
+                yield message
 
     return StreamingResponse(sse(rest()), media_type=_STREAM, headers={"Cache-Control": "no-store"})
+
+
+class BodyLimit:
+    """Refuse a request body over `max_bytes` (413) whatever its framing: a declared length is
+    checked before reading, and a chunked body is counted while it is read, and buffered only up to
+    the limit; the application then gets it whole."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(scope, send, f"request body of {int(length)} bytes exceeds {self.max_bytes}")
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await self._refuse(scope, send, f"request body exceeds {self.max_bytes} bytes")
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> AsgiMessage:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()  # what follows the body: a disconnect
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, send: Send, message: str) -> None:
+        await error(413, "PAYLOAD_TOO_LARGE", message)(scope, _no_body, send)
+
+
+async def _no_body() -> AsgiMessage:
+    return {"type": "http.disconnect"}
 
 
 def create_app(
@@ -221,6 +273,7 @@ def create_app(
             swagger_ui_parameters={"validatorUrl": None},
         )
 
+    app.add_middleware(BodyLimit, max_bytes=max_request_bytes)  # inside the token check (added later: outer)
     check = TokenCheck(token) if token else None
 
     @app.middleware("http")
@@ -229,13 +282,6 @@ def create_app(
             response = error(401, "UNAUTHENTICATED", DENIED)
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
-        return await call_next(request)
-
-    @app.middleware("http")
-    async def limit_size(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_request_bytes:
-            return error(413, "PAYLOAD_TOO_LARGE", f"request body of {length} bytes exceeds {max_request_bytes}")
         return await call_next(request)
 
     def count_status_query() -> None:

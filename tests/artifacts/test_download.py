@@ -1,0 +1,117 @@
+"""Downloads reach only the hosts `artifact_hosts` allows, on every redirect too; their errors do
+not help map a network and never quote what was fetched; a failed one leaves nothing behind."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spearlet.artifacts.cache import ArtifactCache
+from spearlet.artifacts.fetch import ArtifactFetcher
+from spearlet.core.errors import InvalidArgument
+from spearlet.net import HostRules
+from tests.artifacts.conftest import FileServer, serve
+
+pytestmark = pytest.mark.timeout(60)
+
+CONTENT = b"#!/bin/sh\necho hello\n"
+DIGEST = hashlib.sha256(CONTENT).hexdigest()
+
+
+def fetcher(tmp_path: Path, *hosts: str) -> ArtifactFetcher:
+    return ArtifactFetcher(ArtifactCache(tmp_path / "cache"), hosts=HostRules(hosts or ["*"]), timeout_s=5)
+
+
+def left_behind(tmp_path: Path) -> list[Path]:
+    return list((tmp_path / "cache").rglob("*"))
+
+
+@pytest.fixture
+def other_host(tmp_path: Path) -> Iterator[FileServer]:
+    """A second server, on another loopback address: another host as far as the rules go."""
+    root = tmp_path / "other"
+    root.mkdir()
+    (root / "tool.sh").write_bytes(CONTENT)
+    found, httpd = serve(root, host="127.0.0.2")
+    yield found
+    httpd.shutdown()
+    httpd.server_close()
+
+
+async def test_a_host_outside_artifact_hosts_is_never_contacted(tmp_path: Path, server: FileServer) -> None:
+    url = server.publish("tool.sh", CONTENT)
+    with pytest.raises(InvalidArgument, match="not in the node's artifact_hosts"):
+        await fetcher(tmp_path, "10.0.0.0/8", "artifacts.example.com").fetch(url)
+    assert server.requests == [] and left_behind(tmp_path) == []
+    assert (await fetcher(tmp_path, "127.0.0.0/30").fetch(url)).digest == DIGEST
+
+
+async def test_a_redirect_to_a_host_outside_artifact_hosts_is_not_followed(
+    tmp_path: Path, other_host: FileServer
+) -> None:
+    root = tmp_path / "www2"
+    root.mkdir()
+    redirecting, httpd = serve(root, redirects={"/tool.sh": other_host.url("tool.sh")})
+    try:
+        with pytest.raises(InvalidArgument, match=r"host '127\.0\.0\.2' is not in the node's artifact_hosts"):
+            await fetcher(tmp_path, "127.0.0.1").fetch(redirecting.url("tool.sh"))
+        assert redirecting.requests == ["/tool.sh"] and other_host.requests == []
+        got = await fetcher(tmp_path, "127.0.0.1", "127.0.0.2").fetch(redirecting.url("tool.sh"))
+        assert got.path.read_bytes() == CONTENT and other_host.requests == ["/tool.sh"]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+async def test_a_name_allowed_by_address_must_resolve_and_connect_inside_the_allowed_networks(
+    tmp_path: Path, server: FileServer
+) -> None:
+    url = server.publish("tool.sh", CONTENT).replace("127.0.0.1", "localhost")
+    with pytest.raises(InvalidArgument, match="artifact_hosts"):
+        await fetcher(tmp_path, "10.0.0.0/8").fetch(url)
+    assert server.requests == []
+
+
+@pytest.fixture
+def not_http() -> Iterator[int]:
+    """A port that accepts connections and closes them without a word."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve_forever() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            connection.close()
+
+    thread = threading.Thread(target=serve_forever, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+async def test_a_closed_port_and_an_open_one_that_is_not_http_fail_alike(tmp_path: Path, not_http: int) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    messages = []
+    for port in (closed, not_http):
+        with pytest.raises(InvalidArgument) as caught:
+            await fetcher(tmp_path).fetch(f"http://127.0.0.1:{port}/tool.sh")
+        messages.append(str(caught.value).replace(str(port), "PORT"))
+    assert (
+        messages[0]
+        == messages[1]
+        == "downloading 'http://127.0.0.1:PORT/tool.sh' failed: no HTTP response from the server"
+    )
+    assert left_behind(tmp_path) == []
