@@ -22,9 +22,10 @@ from spearlet.core.background import Background
 from spearlet.core.errors import InvalidArgument, NotFound
 from spearlet.core.ids import check_task_name
 from spearlet.core.models import ArtifactSpec, Task, now_ms
+from spearlet.core.queries import TaskPage
 from spearlet.core.values import check_string_map
 from spearlet.runtimes.base import Runtime
-from spearlet.store.base import Store, TaskPage
+from spearlet.store.base import Store
 
 ALIASES = {"binary": "process"}
 # Settings a task may carry in its metadata (README, "Task settings"); `env.NAME` keys set variables.
