@@ -20,12 +20,12 @@ from typing import Any
 from spearlet.artifacts import ArtifactFetcher
 from spearlet.artifacts.cache import ArtifactCache
 from spearlet.config import Settings
-from spearlet.core.invoker import InvocationType, Invoker, InvokeRequest
 from spearlet.core.lifecycle import Lifecycle
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Task
-from spearlet.core.tasks import TaskRegistry
+from spearlet.engine.invoker import InvocationType, Invoker, InvokeRequest
+from spearlet.engine.registry import TaskRegistry
+from spearlet.engine.scheduler import Scheduler
 from spearlet.runtimes.base import Invocation, Outcome, Runtime, StopRequest
-from spearlet.scheduler import Scheduler
 from spearlet.store.base import Store
 from spearlet.store.memory import MemoryStore
 

@@ -34,8 +34,8 @@ from spearlet.core.background import Background
 from spearlet.core.errors import StartError, StoreFault
 from spearlet.core.lifecycle import Event, Lifecycle
 from spearlet.core.models import ExecutionRecord, Mode, Status
-from spearlet.core.tasks import TaskRegistry
-from spearlet.scheduler import Scheduler
+from spearlet.engine.registry import TaskRegistry
+from spearlet.engine.scheduler import Scheduler
 from spearlet.store.redis import P, RedisStore
 
 log = logging.getLogger(__name__)

@@ -33,11 +33,12 @@ from spearlet.callbacks import Callbacks
 from spearlet.cluster import Cluster
 from spearlet.config import Settings
 from spearlet.core.errors import StartError, StoreFault, StoreUnavailable
-from spearlet.core.invoker import Invoker
 from spearlet.core.lifecycle import Lifecycle
 from spearlet.core.models import ArtifactSpec
-from spearlet.core.tasks import TaskRegistry
 from spearlet.data_dir import DataDirLock
+from spearlet.engine.invoker import Invoker
+from spearlet.engine.registry import TaskRegistry
+from spearlet.engine.scheduler import Scheduler
 from spearlet.identity import NodeIdentity
 from spearlet.net import HostRules
 from spearlet.observability.metrics import Metrics
@@ -47,7 +48,6 @@ from spearlet.runtimes.process import ProcessRuntime
 from spearlet.runtimes.python import PythonRuntime
 from spearlet.runtimes.sandbox import FunctionUser, kill_leftovers, resolve_user, set_node_mark, world_traversable
 from spearlet.runtimes.wasm import WasmRuntime
-from spearlet.scheduler import Scheduler
 from spearlet.store.base import Store
 from spearlet.store.memory import MemoryStore
 from spearlet.store.redis import RedisStore

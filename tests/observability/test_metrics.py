@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from spearlet.config import Settings
-from spearlet.core.invoker import InvocationType, InvokeRequest
 from spearlet.core.models import ArtifactSpec, Mode, Status
+from spearlet.engine.invoker import InvocationType, InvokeRequest
 from spearlet.node import Node
 from tests.helpers import open_path, script
 

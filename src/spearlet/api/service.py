@@ -17,9 +17,9 @@ from google.protobuf.message import Message
 from spearlet.api.grpc import convert
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.core.errors import AlreadyExists, InvalidArgument, ResourceExhausted
-from spearlet.core.invoker import Invoker
 from spearlet.core.lifecycle import Event, Update
 from spearlet.core.models import Status
+from spearlet.engine.invoker import Invoker
 
 M = TypeVar("M", bound=Message)
 

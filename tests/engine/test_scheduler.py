@@ -20,9 +20,9 @@ from spearlet.core.errors import ResourceExhausted
 from spearlet.core.ids import new_execution_id
 from spearlet.core.lifecycle import Event, Lifecycle
 from spearlet.core.models import ExecutionRecord, Mode, OutputKind, Status, Task, now_ms
+from spearlet.engine.scheduler import BACKOFF_BASE_S, BACKOFF_CAP_S, Scheduler, backoff_s
 from spearlet.runtimes.base import Invocation, Outcome, StopRequest
 from spearlet.runtimes.process import ProcessRuntime
-from spearlet.scheduler import BACKOFF_BASE_S, BACKOFF_CAP_S, Scheduler, backoff_s
 from spearlet.store.sqlite import STAGE_S, SqliteStore
 from tests.helpers import script
 
@@ -400,7 +400,7 @@ async def test_not_retryable_error_codes_are_not_retried(make: Callable[..., Har
 async def test_request_stop_between_attempts_cancels_the_retry(
     make: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("spearlet.scheduler.backoff_s", lambda attempt: 5.0)
+    monkeypatch.setattr("spearlet.engine.scheduler.backoff_s", lambda attempt: 5.0)
     h = make()
     counter = h.dir / "counter"
     task = h.task("flaky", f"#!/bin/sh\necho x >> {counter}\nexit 1\n")
@@ -425,7 +425,7 @@ async def test_request_stop_between_attempts_cancels_the_retry(
 async def test_a_staged_sync_record_retried_after_the_staging_delay_ends_completed_and_reads_running_between(
     make: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("spearlet.scheduler.backoff_s", lambda attempt: STAGE_S * 5)  # spans the staging delay
+    monkeypatch.setattr("spearlet.engine.scheduler.backoff_s", lambda attempt: STAGE_S * 5)  # spans the staging delay
     h = make()
     counter = h.dir / "counter"
     task = h.task("flaky", f"#!/bin/sh\necho x >> {counter}\nn=$(wc -l < {counter})\n[ $n -ge 2 ]\n")

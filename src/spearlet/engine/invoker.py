@@ -22,9 +22,9 @@ from spearlet.core.ids import check_client_execution_id, new_execution_id
 from spearlet.core.lifecycle import Event, Lifecycle, Update
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Task, now_ms
 from spearlet.core.queries import ExecutionPage, Stats
-from spearlet.core.tasks import TaskRegistry, page_limit
 from spearlet.core.values import check_string_map, dump_params
-from spearlet.scheduler import Scheduler
+from spearlet.engine.registry import TaskRegistry, page_limit
+from spearlet.engine.scheduler import Scheduler
 from spearlet.store.base import Store, pending_write
 
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from spearlet.config import Settings
-from spearlet.core import invoker as invoker_module
 from spearlet.core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from spearlet.core.ids import new_execution_id
-from spearlet.core.invoker import MAX_TIMEOUT_MS, CancelResult, InvocationType, InvokeRequest
 from spearlet.core.lifecycle import Event
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, now_ms
+from spearlet.engine import invoker as invoker_module
+from spearlet.engine.invoker import MAX_TIMEOUT_MS, CancelResult, InvocationType, InvokeRequest
 from spearlet.node import Node
 from tests.fakes import Engine, Script, engine, final
 
