@@ -9,7 +9,7 @@ import pytest
 
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Task
-from spearlet.pool import Instance, Pool, PoolSettings
+from spearlet.runtimes.pool import Instance, Pool, PoolSettings
 
 pytestmark = pytest.mark.timeout(60)
 
