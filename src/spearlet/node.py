@@ -22,6 +22,7 @@ import grpc
 import uvicorn
 from grpc_health.v1 import health_pb2
 
+from spearlet.api.callbacks import Callbacks
 from spearlet.api.grpc.server import build_server
 from spearlet.api.http.app import create_app
 from spearlet.api.service import FunctionApi
@@ -29,18 +30,17 @@ from spearlet.artifacts import ArtifactFetcher
 from spearlet.artifacts.blobs import RedisBlobs
 from spearlet.artifacts.cache import ArtifactCache, Permissions
 from spearlet.artifacts.local import Reader
-from spearlet.callbacks import Callbacks
 from spearlet.cluster import Cluster
 from spearlet.config import Settings
 from spearlet.core.errors import StartError, StoreFault, StoreUnavailable
 from spearlet.core.lifecycle import Lifecycle
 from spearlet.core.models import ArtifactSpec
+from spearlet.core.net import HostRules
 from spearlet.data_dir import DataDirLock
 from spearlet.engine.invoker import Invoker
 from spearlet.engine.registry import TaskRegistry
 from spearlet.engine.scheduler import Scheduler
 from spearlet.identity import NodeIdentity
-from spearlet.net import HostRules
 from spearlet.observability.metrics import Metrics
 from spearlet.runtimes.base import Runtime
 from spearlet.runtimes.bubblewrap import SandboxUnavailable, hidden_paths, start_sandbox

@@ -25,8 +25,8 @@ from typing import Any, cast
 from spearlet.config import Settings
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
+from spearlet.core.net import is_remote
 from spearlet.core.values import tag_bytes, untag_bytes
-from spearlet.net import is_remote
 from spearlet.runtimes.base import Invocation, Limits, Outcome, Runtime, StopRequest, in_callers_terms
 from spearlet.runtimes.bubblewrap import Sandbox, function_command, task_network
 from spearlet.runtimes.pool import Instance, Pool, PoolSettings

@@ -36,8 +36,8 @@ from wasmtime._instance import InstanceExports
 from spearlet.config import Settings
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
+from spearlet.core.net import is_remote
 from spearlet.core.values import stdin_payload
-from spearlet.net import is_remote
 from spearlet.runtimes.base import Invocation, Limits, LineSplitter, Outcome, Runtime, StopRequest
 from spearlet.runtimes.process import log_tail, task_environment
 from spearlet.runtimes.sandbox import SYSTEM_PATH, PipeCollector, collect, kill_group, limited_argv, spawn, wait_exit
