@@ -36,11 +36,11 @@ from spearlet.core.errors import StartError, StoreFault, StoreUnavailable
 from spearlet.core.lifecycle import Lifecycle
 from spearlet.core.models import ArtifactSpec
 from spearlet.core.net import HostRules
-from spearlet.data_dir import DataDirLock
 from spearlet.engine.invoker import Invoker
 from spearlet.engine.registry import TaskRegistry
 from spearlet.engine.scheduler import Scheduler
-from spearlet.identity import NodeIdentity
+from spearlet.node.data_dir import DataDirLock
+from spearlet.node.identity import NodeIdentity
 from spearlet.observability.metrics import Metrics
 from spearlet.runtimes.base import Runtime
 from spearlet.runtimes.bubblewrap import SandboxUnavailable, hidden_paths, start_sandbox
