@@ -74,6 +74,16 @@ def in_callers_terms(text: str, task: Task) -> str:
     return text.replace(task.local_path, task.location).replace(holder + "/", "")
 
 
+def task_environment(task: Task) -> dict[str, str]:
+    """`env.NAME` keys of the task's metadata."""
+    return {k[4:]: v for k, v in task.metadata.items() if k.startswith("env.") and len(k) > 4}
+
+
+def log_tail(logs: str, lines: int = 20) -> str:
+    """The last `lines` lines of a log, for the message of a failure."""
+    return "\n".join(logs.rstrip("\n").splitlines()[-lines:])
+
+
 class LineSplitter:
     """Feeds complete lines (with their newline) of a byte stream to `emit`; `flush` the rest
     (to `emit`, or to the given function: the end may be on another thread than the feeding)."""

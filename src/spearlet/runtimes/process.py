@@ -17,9 +17,19 @@ from typing import IO
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
 from spearlet.core.values import stdin_payload
-from spearlet.runtimes.base import Invocation, LineSplitter, Outcome, Runtime, StopRequest, in_callers_terms
+from spearlet.runtimes.base import (
+    Invocation,
+    LineSplitter,
+    Outcome,
+    Runtime,
+    StopRequest,
+    in_callers_terms,
+    log_tail,
+    task_environment,
+)
 from spearlet.runtimes.bubblewrap import Sandbox, function_command, task_network
 from spearlet.runtimes.sandbox import (
+    STOP_GRACE_S,
     FunctionUser,
     PeakMemory,
     PipeCollector,
@@ -33,19 +43,10 @@ from spearlet.runtimes.sandbox import (
     wait_exit,
 )
 
-# How long a graceful stop (SIGTERM) may take before SIGKILL, and how long the output of a killed
-# function may take to drain.
-STOP_GRACE_S = 0.5
-
 # How prlimit (which execs the artifact) reports that it could not.
 _EXEC_FAILED = re.compile(r"^prlimit: failed to execute .*: ([^:\n]+)$", re.MULTILINE)
 _OOM_MARKERS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc")
 _FORK_MARKERS = ("Resource temporarily unavailable", "fork: retry", "Cannot fork")
-
-
-def task_environment(task: Task) -> dict[str, str]:
-    """`env.NAME` keys of the task's metadata."""
-    return {k[4:]: v for k, v in task.metadata.items() if k.startswith("env.") and len(k) > 4}
 
 
 def failure_code(returncode: int, logs: str) -> tuple[str, str]:
@@ -76,10 +77,6 @@ def signal_exit(returncode: int) -> int:
     """A sandbox's exit code as the function's: the sandbox's init exits with 128 + N when the
     function died of signal N, reported as -N like a direct child's."""
     return -(returncode - 128) if 128 < returncode <= 128 + signal.SIGRTMAX else returncode
-
-
-def log_tail(logs: str, lines: int = 20) -> str:
-    return "\n".join(logs.rstrip("\n").splitlines()[-lines:])
 
 
 class ProcessRuntime(Runtime):

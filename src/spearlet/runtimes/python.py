@@ -27,11 +27,19 @@ from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
 from spearlet.core.net import is_remote
 from spearlet.core.values import tag_bytes, untag_bytes
-from spearlet.runtimes.base import Invocation, Limits, Outcome, Runtime, StopRequest, in_callers_terms
+from spearlet.runtimes.base import (
+    Invocation,
+    Limits,
+    Outcome,
+    Runtime,
+    StopRequest,
+    in_callers_terms,
+    task_environment,
+)
 from spearlet.runtimes.bubblewrap import Sandbox, function_command, task_network
 from spearlet.runtimes.pool import Instance, Pool, PoolSettings
-from spearlet.runtimes.process import STOP_GRACE_S, task_environment
 from spearlet.runtimes.sandbox import (
+    STOP_GRACE_S,
     FunctionUser,
     PeakMemory,
     PipeCollector,

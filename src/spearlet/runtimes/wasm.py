@@ -38,8 +38,16 @@ from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
 from spearlet.core.net import is_remote
 from spearlet.core.values import stdin_payload
-from spearlet.runtimes.base import Invocation, Limits, LineSplitter, Outcome, Runtime, StopRequest
-from spearlet.runtimes.process import log_tail, task_environment
+from spearlet.runtimes.base import (
+    Invocation,
+    Limits,
+    LineSplitter,
+    Outcome,
+    Runtime,
+    StopRequest,
+    log_tail,
+    task_environment,
+)
 from spearlet.runtimes.sandbox import SYSTEM_PATH, PipeCollector, collect, kill_group, limited_argv, spawn, wait_exit
 from spearlet.runtimes.wasm_memory import MemoryBudget, allocate_memories_here, instantiating
 
