@@ -20,9 +20,11 @@ from typing import Any
 from spearlet.artifacts import ArtifactFetcher
 from spearlet.artifacts.cache import ArtifactCache
 from spearlet.config import Settings
+from spearlet.core.ids import new_execution_id
 from spearlet.core.lifecycle import Lifecycle
-from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Task
+from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Task, now_ms
 from spearlet.engine.invoker import InvocationType, Invoker, InvokeRequest
+from spearlet.engine.management import Management
 from spearlet.engine.registry import TaskRegistry
 from spearlet.engine.scheduler import Scheduler
 from spearlet.runtimes.base import Invocation, Outcome, Runtime, StopRequest
@@ -131,7 +133,8 @@ class FakeDispatch:
 
 @dataclass
 class Engine:
-    """An invoker with its scheduler, lifecycle, task registry and store, over a FakeRuntime."""
+    """An invoker and management with their scheduler, lifecycle, task registry and store, over a
+    FakeRuntime."""
 
     settings: Settings
     store: MemoryStore
@@ -140,6 +143,7 @@ class Engine:
     scheduler: Scheduler
     tasks: TaskRegistry
     invoker: Invoker
+    management: Management
     artifact: Path
     dispatch: FakeDispatch | None = field(default=None)
 
@@ -174,6 +178,14 @@ async def final(store: Store, lifecycle: Lifecycle, execution_id: str) -> Execut
     return stored
 
 
+async def stored_pending(eng: Engine, task_id: str = "fn", **fields: Any) -> ExecutionRecord:
+    """A record in the store that this node does not hold (another node's, or one to recover)."""
+    fields.setdefault("created_at", now_ms())
+    record = ExecutionRecord(new_execution_id(), task_id, "", Mode.ASYNC, **fields)
+    assert await eng.store.create_execution(record) is None
+    return record
+
+
 @contextlib.asynccontextmanager
 async def engine(directory: Path, **settings: Any) -> AsyncIterator[Engine]:
     """An Engine in `directory`, with `settings` over the defaults; closed as a node closes it."""
@@ -186,10 +198,11 @@ async def engine(directory: Path, **settings: Any) -> AsyncIterator[Engine]:
     tasks = TaskRegistry(store, fetcher, {"fake": runtime})
     scheduler = Scheduler(config, store, {"fake": runtime}, lifecycle)
     invoker = Invoker(config, store, tasks, scheduler, lifecycle)
+    management = Management(config, store, tasks, scheduler, lifecycle)
     artifact = directory / "function.bin"
     artifact.write_bytes(b"a fake function")
     try:
-        yield Engine(config, store, runtime, lifecycle, scheduler, tasks, invoker, artifact)
+        yield Engine(config, store, runtime, lifecycle, scheduler, tasks, invoker, management, artifact)
     finally:
         await invoker.close()
         await scheduler.close()

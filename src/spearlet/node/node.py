@@ -37,6 +37,7 @@ from spearlet.core.lifecycle import Lifecycle
 from spearlet.core.models import ArtifactSpec
 from spearlet.core.net import HostRules
 from spearlet.engine.invoker import Invoker
+from spearlet.engine.management import Management
 from spearlet.engine.registry import TaskRegistry
 from spearlet.engine.scheduler import Scheduler
 from spearlet.node.data_dir import DataDirLock
@@ -159,7 +160,16 @@ class Node:
         if isinstance(self.store, RedisStore):
             self.cluster = Cluster(settings, self.store, self.scheduler, self.tasks, self.lifecycle, settings.lease_s)
             self.invoker.dispatch = self.cluster
-        self.api = FunctionApi(self.invoker, {"sandbox": self.sandbox_mode})
+        self.management = Management(settings, self.store, self.tasks, self.scheduler, self.lifecycle)
+        self.api = FunctionApi(
+            self.invoker,
+            self.management,
+            self.tasks,
+            node_id=settings.node_id,
+            max_streams=settings.max_streams,
+            max_page_bytes=settings.max_page_bytes,
+            node_info={"sandbox": self.sandbox_mode},
+        )
         python = self.runtimes["python"]
         assert isinstance(python, PythonRuntime)
         self.metrics = Metrics(self.scheduler, {"python": python.pool}, settings.metrics_max_functions)
@@ -250,13 +260,13 @@ class Node:
         if self.cluster is not None:
             await self.cluster.start()  # lost work is reclaimed through the cluster's leases
         else:
-            resubmitted, failed = await self.invoker.recover()
+            resubmitted, failed = await self.management.recover()
             if resubmitted or failed:
                 log.warning("recovered unfinished executions: %d resubmitted, %d failed", resubmitted, failed)
 
     async def _expire(self) -> int:
         try:
-            removed = await self.invoker.expire_records()
+            removed = await self.management.expire_records()
         except StoreFault as exc:  # a full disk: expiring would free nothing until space returns
             log.warning("retention not applied: %s", exc)
             return 0

@@ -329,7 +329,7 @@ def create_app(
     async def get_execution(execution_id: str, include_logs: bool = False) -> dict[str, Any] | JSONResponse:
         """The whole record with plain values: status, times, attempts, node, result or error."""
         count_status_query()
-        record = await api.invoker.get(execution_id)
+        record = await api.record(execution_id)
         if record is None:
             return error(404, "NOT_FOUND", f"execution {execution_id!r} not found")
         return record_json(record, include_logs=include_logs)
