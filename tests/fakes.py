@@ -20,6 +20,7 @@ from typing import Any
 from spearlet.artifacts import ArtifactFetcher
 from spearlet.artifacts.cache import ArtifactCache
 from spearlet.config import Settings
+from spearlet.core.codes import ErrorCode
 from spearlet.core.ids import new_execution_id
 from spearlet.core.lifecycle import Lifecycle
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Task, now_ms
@@ -88,7 +89,7 @@ class FakeRuntime(Runtime):
                 await asyncio.wait_for(stop.wait(), None if call.hang else call.delay_s)
         if stop.requested and not call.unstoppable:
             reason = f": {stop.reason}" if stop.reason else ""
-            return Outcome(Status.CANCELLED, error_code="CANCELLED", error_message=f"cancelled{reason}")
+            return Outcome(Status.CANCELLED, error_code=ErrorCode.CANCELLED, error_message=f"cancelled{reason}")
         output = call.output if call.status is Status.COMPLETED else b""
         return Outcome(
             call.status,
@@ -126,8 +127,10 @@ class FakeDispatch:
         record = await self.store.get_execution(execution_id)
         if self.on_cancel is None or record is None or record.done:
             return
-        code = "CANCELLED" if self.on_cancel is Status.CANCELLED else ""
-        record.end(self.on_cancel, code, reason)
+        if self.on_cancel is Status.CANCELLED:
+            record.end(Status.CANCELLED, ErrorCode.CANCELLED, reason)
+        else:  # it ended otherwise first
+            record.status, record.completed_at = self.on_cancel, now_ms()
         await self.store.transition(record)
 
 

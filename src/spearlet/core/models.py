@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from spearlet.core.codes import ErrorCode
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -119,7 +121,7 @@ class ExecutionRecord:
     memory_used_bytes: int = 0
     output: bytes = b""
     output_kind: OutputKind = OutputKind.NONE
-    error_code: str = ""
+    error_code: str = ""  # an ErrorCode, or "" (as stored)
     error_message: str = ""
     logs: str = ""
     metrics: dict[str, str] = field(default_factory=dict)
@@ -128,7 +130,7 @@ class ExecutionRecord:
     def done(self) -> bool:
         return self.status.terminal
 
-    def end(self, status: Status, code: str, message: str) -> None:
+    def end(self, status: Status, code: ErrorCode, message: str) -> None:
         """Mark the record ended without a result (cancelled, failed by the node); not stored yet."""
         self.status, self.error_code, self.error_message = status, code, message
         self.completed_at = now_ms()

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from spearlet.config import Settings
 from spearlet.core.background import Background
+from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import InvalidArgument, NotFound, StoreFault
 from spearlet.core.ids import check_client_execution_id, new_execution_id
 from spearlet.core.lifecycle import Event, Lifecycle, Update
@@ -138,7 +139,9 @@ class Invoker:
                     await pending_write(self.dispatch.enqueue(record))
                 except StoreFault:
                     # Stored but never queued, and the caller told it failed: it must not wait for ever.
-                    record.end(Status.FAILED, "STORE_UNAVAILABLE", "the store became unreachable before it was queued")
+                    record.end(
+                        Status.FAILED, ErrorCode.STORE_UNAVAILABLE, "the store became unreachable before it was queued"
+                    )
                     self._background.spawn(self.scheduler.settle(record))
                     raise
             else:
@@ -237,7 +240,7 @@ class Invoker:
             self.lifecycle.publish(Event.ACCEPTED, record)
             self.lifecycle.publish(Event.FINISHED, record)
         elif record.mode is Mode.STREAM:  # a stream's client leaving cancels it
-            record.end(Status.CANCELLED, "CANCELLED", "the streaming client went away before it started")
+            record.end(Status.CANCELLED, ErrorCode.CANCELLED, "the streaming client went away before it started")
             self._background.spawn(self.scheduler.settle(record))
         elif record.mode is Mode.ASYNC and self.dispatch is not None:
             self.lifecycle.publish(Event.ACCEPTED, record)

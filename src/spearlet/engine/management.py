@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from spearlet.config import Settings
+from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import FailedPrecondition, InvalidArgument, NotFound, StoreFault, StoreUnavailable
 from spearlet.core.lifecycle import Lifecycle
 from spearlet.core.models import Status, now_ms
@@ -115,10 +116,10 @@ class Management:
                 resubmitted += 1
                 continue
             if task is None:
-                record.end(Status.FAILED, "TASK_DELETED", "the task was deleted before it ran")
+                record.end(Status.FAILED, ErrorCode.TASK_DELETED, "the task was deleted before it ran")
             else:
                 message = f"the node restarted during attempt {record.attempts} and no retries were left"
-                record.end(Status.FAILED, "NODE_RESTARTED", message)
+                record.end(Status.FAILED, ErrorCode.NODE_RESTARTED, message)
             await self.scheduler.settle(record)
             failed += 1
         return resubmitted, failed

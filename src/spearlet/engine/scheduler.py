@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from spearlet.config import Settings
 from spearlet.core.background import Background
+from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import ResourceExhausted, StoreFault
 from spearlet.core.lifecycle import Event, Lifecycle
 from spearlet.core.models import ExecutionRecord, Status, Task, now_ms
@@ -27,7 +28,7 @@ from spearlet.store.base import Store
 log = logging.getLogger(__name__)
 
 # Failures that another attempt cannot fix.
-NOT_RETRYABLE = frozenset({"INVALID_INPUT", "SPAWN_FAILED", "ARTIFACT_UNAVAILABLE", "OUTPUT_TOO_LARGE"})
+NOT_RETRYABLE = frozenset({ErrorCode.SPAWN_FAILED, ErrorCode.ARTIFACT_UNAVAILABLE, ErrorCode.OUTPUT_TOO_LARGE})
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 10.0
 HELD_RETRY_S = 0.5  # how often ends held for a store that took no writes are tried again
@@ -192,7 +193,9 @@ class Scheduler:
             job.runner = asyncio.get_running_loop().create_task(self._run(job))
 
     async def _finish_unstarted(self, job: _Job, reason: str) -> None:
-        job.record.end(Status.CANCELLED, "CANCELLED", f"cancelled before it started{': ' + reason if reason else ''}")
+        job.record.end(
+            Status.CANCELLED, ErrorCode.CANCELLED, f"cancelled before it started{': ' + reason if reason else ''}"
+        )
         await self._finalize(job.record)
 
     async def _run(self, job: _Job) -> None:
@@ -203,7 +206,7 @@ class Scheduler:
             raise
         except Exception as exc:  # a bug, not a function failure: still end the record
             log.exception("execution %s failed inside the node", record.execution_id)
-            record.end(Status.FAILED, "INTERNAL", f"internal error: {exc}")
+            record.end(Status.FAILED, ErrorCode.INTERNAL, f"internal error: {exc}")
             await self._finalize(record)
         finally:
             self._running.pop(record.execution_id, None)
@@ -253,7 +256,7 @@ class Scheduler:
             except TimeoutError:
                 continue
             record.status = Status.CANCELLED
-            record.error_code = "CANCELLED"
+            record.error_code = ErrorCode.CANCELLED
             record.error_message = f"cancelled between attempts{': ' + job.stop.reason if job.stop.reason else ''}"
             break
         record.completed_at = now_ms()

@@ -55,7 +55,7 @@ class Invocation:
 class Outcome:
     status: Status
     output: bytes = b""
-    error_code: str = ""
+    error_code: str = ""  # an ErrorCode, or "" when it completed
     error_message: str = ""
     logs: str = ""
     execution_time_ms: int = 0

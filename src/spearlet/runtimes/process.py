@@ -14,6 +14,7 @@ import signal
 import time
 from typing import IO
 
+from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
 from spearlet.core.values import stdin_payload
@@ -52,25 +53,25 @@ _FORK_MARKERS = ("Resource temporarily unavailable", "fork: retry", "Cannot fork
 def failure_code(returncode: int, logs: str) -> tuple[str, str]:
     """The documented error code and a message for a process that did not exit 0."""
     if returncode in (126, 127) and (cause := _EXEC_FAILED.search(logs)):
-        return "SPAWN_FAILED", f"the artifact could not be executed: {cause.group(1)}"
+        return ErrorCode.SPAWN_FAILED, f"the artifact could not be executed: {cause.group(1)}"
     if returncode < 0:
         sig = -returncode
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
         if sig == signal.SIGXCPU:
-            return "CPU_LIMIT_EXCEEDED", "the function used up its CPU time limit"
+            return ErrorCode.CPU_LIMIT_EXCEEDED, "the function used up its CPU time limit"
         if sig == signal.SIGXFSZ:
-            return "FILE_SIZE_LIMIT_EXCEEDED", "the function wrote a file larger than its limit"
-        return "KILLED_BY_SIGNAL", f"the function was killed by {name}"
+            return ErrorCode.FILE_SIZE_LIMIT_EXCEEDED, "the function wrote a file larger than its limit"
+        return ErrorCode.KILLED_BY_SIGNAL, f"the function was killed by {name}"
     # A shell reports a child killed by a signal as 128 + the signal.
     if returncode == 128 + signal.SIGXFSZ or "File size limit exceeded" in logs:
-        return "FILE_SIZE_LIMIT_EXCEEDED", "the function wrote a file larger than its limit"
+        return ErrorCode.FILE_SIZE_LIMIT_EXCEEDED, "the function wrote a file larger than its limit"
     if returncode == 128 + signal.SIGXCPU or "CPU time limit exceeded" in logs:
-        return "CPU_LIMIT_EXCEEDED", "the function used up its CPU time limit"
+        return ErrorCode.CPU_LIMIT_EXCEEDED, "the function used up its CPU time limit"
     if any(marker in logs for marker in _OOM_MARKERS):
-        return "OUT_OF_MEMORY", f"the function ran out of memory (exit code {returncode})"
+        return ErrorCode.OUT_OF_MEMORY, f"the function ran out of memory (exit code {returncode})"
     if any(marker in logs for marker in _FORK_MARKERS):
-        return "PROCESS_LIMIT_EXCEEDED", f"the function hit its process limit (exit code {returncode})"
-    return "NONZERO_EXIT", f"the function exited with code {returncode}"
+        return ErrorCode.PROCESS_LIMIT_EXCEEDED, f"the function hit its process limit (exit code {returncode})"
+    return ErrorCode.NONZERO_EXIT, f"the function exited with code {returncode}"
 
 
 def signal_exit(returncode: int) -> int:
@@ -127,7 +128,9 @@ class ProcessRuntime(Runtime):
             try:
                 proc = spawn(self.command(task, workdir, invocation), cwd=workdir, env=env, stdin=stdin_fd)
             except OSError as exc:
-                return Outcome(Status.FAILED, error_code="SPAWN_FAILED", error_message=f"cannot start: {exc.strerror}")
+                return Outcome(
+                    Status.FAILED, error_code=ErrorCode.SPAWN_FAILED, error_message=f"cannot start: {exc.strerror}"
+                )
             finally:
                 os.close(stdin_fd)
                 stdin_fd = -1
@@ -162,13 +165,13 @@ class ProcessRuntime(Runtime):
             done, _ = await asyncio.wait({exited, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if exited not in done:
                 if stopped in done:
-                    status, code = Status.CANCELLED, "CANCELLED"
+                    status, code = Status.CANCELLED, ErrorCode.CANCELLED
                     message = f"cancelled{': ' + stop.reason if stop.reason else ''}"
                     if not stop.force:
                         terminate(pid, sandboxed)
                         await asyncio.wait({exited}, timeout=STOP_GRACE_S)
                 else:
-                    status, code = Status.TIMEOUT, "TIMEOUT"
+                    status, code = Status.TIMEOUT, ErrorCode.TIMEOUT
                     message = f"the function did not finish within {limits.timeout_ms} ms"
                 kill_group(pid)
             result = await exited
@@ -181,7 +184,7 @@ class ProcessRuntime(Runtime):
             else:
                 left = STOP_GRACE_S
             if not await settle(readers, left) and status is Status.COMPLETED:
-                status, code = Status.TIMEOUT, "TIMEOUT"
+                status, code = Status.TIMEOUT, ErrorCode.TIMEOUT
                 message = f"the function's output was still open after {limits.timeout_ms} ms"
         finally:
             stopped.cancel()
@@ -195,7 +198,7 @@ class ProcessRuntime(Runtime):
         elapsed_ms = int((time.monotonic() - started) * 1000)
         logs = err.data.decode("utf-8", errors="replace")
         if status is Status.COMPLETED and out.overflowed:
-            status, code = Status.FAILED, "OUTPUT_TOO_LARGE"
+            status, code = Status.FAILED, ErrorCode.OUTPUT_TOO_LARGE
             message = f"the function wrote more than {limits.output_bytes} bytes to stdout"
         elif status is Status.COMPLETED and result.returncode != 0:
             status = Status.FAILED

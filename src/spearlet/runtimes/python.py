@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from spearlet.config import Settings
+from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
 from spearlet.core.net import is_remote
@@ -174,7 +175,7 @@ class _Frames(asyncio.Protocol):
     def _end(self, reason: WorkerGone) -> None:
         if self._ended is None:
             self._ended = reason
-        if reason.args[0].startswith("OUTPUT_TOO_LARGE"):
+        if reason.args[0].startswith(ErrorCode.OUTPUT_TOO_LARGE):
             self.close()  # read no more of it; the worker is stopped next
         self._wake()
 
@@ -360,7 +361,7 @@ class PythonRuntime(Runtime):
         try:
             worker = await self.pool.acquire(task, invocation.force_new_instance)
         except WorkerStartFailed as exc:
-            return Outcome(Status.FAILED, error_code="INSTANCE_START_FAILED", error_message=str(exc))
+            return Outcome(Status.FAILED, error_code=ErrorCode.INSTANCE_START_FAILED, error_message=str(exc))
         assert isinstance(worker, PythonWorker)
         started = time.monotonic()
         logs = LogTail(limits.log_bytes)
@@ -393,10 +394,10 @@ class PythonRuntime(Runtime):
             self.pool.release(task, worker, elapsed_ms, healthy=worker.alive)
         if interrupted == "cancel":
             reason = f": {stop.reason}" if stop.reason else ""
-            outcome = Outcome(Status.CANCELLED, error_code="CANCELLED", error_message=f"cancelled{reason}")
+            outcome = Outcome(Status.CANCELLED, error_code=ErrorCode.CANCELLED, error_message=f"cancelled{reason}")
         elif interrupted == "timeout":
             message = f"the function did not finish within {limits.timeout_ms} ms"
-            outcome = Outcome(Status.TIMEOUT, error_code="TIMEOUT", error_message=message)
+            outcome = Outcome(Status.TIMEOUT, error_code=ErrorCode.TIMEOUT, error_message=message)
         outcome.execution_time_ms = round(elapsed_ms)
         outcome.memory_used_bytes = worker.memory.peak
         outcome.instance_id = worker.instance_id
@@ -436,18 +437,18 @@ class PythonRuntime(Runtime):
                     for line in str(message.get("traceback", "")).rstrip("\n").splitlines():
                         logs.add(line)
                     error_type = str(message.get("error_type", "Exception"))
-                    code = "OUT_OF_MEMORY" if error_type == "MemoryError" else "FUNCTION_ERROR"
+                    code = ErrorCode.OUT_OF_MEMORY if error_type == "MemoryError" else ErrorCode.FUNCTION_ERROR
                     return Outcome(
                         Status.FAILED, error_code=code, error_message=f"{error_type}: {message.get('message', '')}"
                     )
                 else:
                     raise WorkerGone(f"unexpected frame {kind!r}")
         except WorkerGone as exc:
-            if str(exc).startswith("OUTPUT_TOO_LARGE"):
+            if str(exc).startswith(ErrorCode.OUTPUT_TOO_LARGE):
                 await worker.stop()
                 return _too_large(limits)
             await asyncio.wait({worker.exited}, timeout=1.0)
-            return Outcome(Status.FAILED, error_code="INSTANCE_CRASHED", error_message=worker.crash_report())
+            return Outcome(Status.FAILED, error_code=ErrorCode.INSTANCE_CRASHED, error_message=worker.crash_report())
 
     def _in_callers_terms(self, text: str, task: Task) -> str:
         return in_callers_terms(text, task).replace(self.worker_script, "the worker")
@@ -466,7 +467,7 @@ def load_message(failure: dict[str, Any], entry: str, remote: bool) -> str:
 def _too_large(limits: Limits) -> Outcome:
     return Outcome(
         Status.FAILED,
-        error_code="OUTPUT_TOO_LARGE",
+        error_code=ErrorCode.OUTPUT_TOO_LARGE,
         error_message=f"the function returned more than {limits.output_bytes} bytes",
     )
 

@@ -34,6 +34,7 @@ from wasmtime import _bindings as ffi
 from wasmtime._instance import InstanceExports
 
 from spearlet.config import Settings
+from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
 from spearlet.core.net import is_remote
@@ -286,7 +287,7 @@ class WasmRuntime(Runtime):
         try:
             module = await self._load(task)
         except InvalidArgument as exc:
-            return Outcome(Status.FAILED, error_code="ARTIFACT_UNAVAILABLE", error_message=f"the module {exc}")
+            return Outcome(Status.FAILED, error_code=ErrorCode.ARTIFACT_UNAVAILABLE, error_message=f"the module {exc}")
         self._ensure_ticker()
         timeout_s = limits.timeout_ms / 1000 if limits.timeout_ms > 0 else 0.0
         call = _Call(
@@ -326,7 +327,7 @@ class WasmRuntime(Runtime):
         if outcome.status is Status.CANCELLED:
             outcome.error_message = f"cancelled{': ' + stop.reason if stop.reason else ''}"
         outcome.logs = call.stderr[-limits.log_bytes :].decode("utf-8", errors="replace")
-        if outcome.status is Status.FAILED and outcome.error_code in ("NONZERO_EXIT", "TRAP"):
+        if outcome.status is Status.FAILED and outcome.error_code in (ErrorCode.NONZERO_EXIT, ErrorCode.TRAP):
             tail = log_tail(outcome.logs)
             if tail:
                 outcome.error_message = f"{outcome.error_message}: {tail}"
@@ -391,25 +392,25 @@ def _execute(
     try:
         instance = linker.instantiate(store, module)
     except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-        return Outcome(Status.FAILED, error_code="INSTANTIATION_FAILED", error_message=str(exc).splitlines()[0])
+        return Outcome(Status.FAILED, error_code=ErrorCode.INSTANTIATION_FAILED, error_message=str(exc).splitlines()[0])
     exports = instance.exports(store)
     if entry == DEFAULT_ENTRY:
         names = [n for n in ("_start", "main") if n in exports]
         if not names:
             return Outcome(
-                Status.FAILED, error_code="NO_ENTRY", error_message="the module exports neither _start nor main"
+                Status.FAILED, error_code=ErrorCode.NO_ENTRY, error_message="the module exports neither _start nor main"
             )
         entry = names[0]
     function = exports.get(entry) if entry in exports else None
     if not isinstance(function, wasmtime.Func):
         return Outcome(
-            Status.FAILED, error_code="NO_ENTRY", error_message=f"the module has no exported function {entry!r}"
+            Status.FAILED, error_code=ErrorCode.NO_ENTRY, error_message=f"the module has no exported function {entry!r}"
         )
     arity = len(function.type(store).params)
     if arity:
         return Outcome(
             Status.FAILED,
-            error_code="NO_ENTRY",
+            error_code=ErrorCode.NO_ENTRY,
             error_message=f"export {entry!r} takes {arity} parameters; spearlet calls exports without arguments "
             "(the input is on stdin)",
         )
@@ -420,7 +421,9 @@ def _execute(
     except wasmtime.ExitTrap as exc:
         if exc.code != 0:
             outcome = Outcome(
-                Status.FAILED, error_code="NONZERO_EXIT", error_message=f"the module exited with code {exc.code}"
+                Status.FAILED,
+                error_code=ErrorCode.NONZERO_EXIT,
+                error_message=f"the module exited with code {exc.code}",
             )
     except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
         lines = str(exc).strip().splitlines()
@@ -447,21 +450,21 @@ def _trapped(call: _Call, cause: str) -> Outcome:
         limit = f"{call.memory.cap / (1 << 20):g} MiB"
         return Outcome(
             Status.FAILED,
-            error_code="OUT_OF_MEMORY",
+            error_code=ErrorCode.OUT_OF_MEMORY,
             error_message=f"the module trapped after its memory limit ({limit}) refused a memory.grow: {cause}",
         )
-    return Outcome(Status.FAILED, error_code="TRAP", error_message=f"the module trapped: {cause}")
+    return Outcome(Status.FAILED, error_code=ErrorCode.TRAP, error_message=f"the module trapped: {cause}")
 
 
 def _stopped(call: _Call) -> Outcome:
     if call.stop_reason == "timeout":
         return Outcome(
-            Status.TIMEOUT, error_code="TIMEOUT", error_message="the module did not finish within its timeout"
+            Status.TIMEOUT, error_code=ErrorCode.TIMEOUT, error_message="the module did not finish within its timeout"
         )
     if call.stop_reason == "output":
         return Outcome(
             Status.FAILED,
-            error_code="OUTPUT_TOO_LARGE",
+            error_code=ErrorCode.OUTPUT_TOO_LARGE,
             error_message=f"the module wrote more than {call.output_cap} bytes to stdout",
         )
-    return Outcome(Status.CANCELLED, error_code="CANCELLED", error_message="cancelled")
+    return Outcome(Status.CANCELLED, error_code=ErrorCode.CANCELLED, error_message="cancelled")
