@@ -6,11 +6,12 @@ Numbers of the enums equal the wire enums of api/grpc/spearlet.proto, so convers
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from enum import IntEnum
 from typing import Any
 
 from spearlet.core.codes import ErrorCode
+from spearlet.core.task_settings import TaskSettings
 
 
 def now_ms() -> int:
@@ -69,7 +70,7 @@ class ArtifactSpec:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
+@dataclass
 class Task:
     task_id: str
     name: str
@@ -85,11 +86,12 @@ class Task:
     digest: str = ""
     created_at: int = 0
     updated_at: int = 0
+    # The metadata's settings as parsed at registration; parsed from the metadata when left out.
+    parsed: InitVar[TaskSettings | None] = None
 
-    def int_setting(self, key: str, default: int) -> int:
-        """An integer setting of the metadata (validated at registration), else `default`."""
-        raw = self.metadata.get(key, "")
-        return int(raw) if raw else default
+    def __post_init__(self, parsed: TaskSettings | None) -> None:
+        # An attribute, not a field: stores keep the metadata it comes from, not this.
+        self.settings = parsed if parsed is not None else TaskSettings.parse(self.metadata)
 
 
 @dataclass(slots=True)

@@ -257,7 +257,7 @@ class Invoker:
     async def _from_cache(self, record: ExecutionRecord, task: Task) -> InvokeResult | None:
         """With the task's `cache_ttl_s`, answer an identical call from a recent success, recorded
         as its own COMPLETED execution so that its id serves status queries like any other."""
-        ttl_s = int(task.metadata.get("cache_ttl_s") or 0)
+        ttl_s = task.settings.cache_ttl_s
         if not ttl_s:
             return None
         key = cache_key(task, record.function_name, record.params)
@@ -351,10 +351,10 @@ class Invoker:
         check_string_map(req.environment, "context.environment", s.max_environment_bytes, "max_environment_bytes")
 
     def _new_record(self, req: InvokeRequest, task: Task) -> ExecutionRecord:
-        timeout_ms = req.timeout_ms or int(task.metadata.get("timeout_ms") or 0) or self.settings.default_timeout_ms
+        timeout_ms = req.timeout_ms or task.settings.timeout_ms or self.settings.default_timeout_ms
         if req.timeout_ms < 0 or timeout_ms > MAX_TIMEOUT_MS:
             raise InvalidArgument(f"context.timeout_ms must be between 0 and {MAX_TIMEOUT_MS}, got {req.timeout_ms}")
-        max_retries = req.max_retries or int(task.metadata.get("max_retries") or 0)
+        max_retries = req.max_retries or task.settings.max_retries
         if not 0 <= max_retries <= self.settings.max_retries_cap:
             raise InvalidArgument(
                 f"context.max_retries must be between 0 and {self.settings.max_retries_cap}, got {max_retries}"

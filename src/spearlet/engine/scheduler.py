@@ -22,7 +22,7 @@ from spearlet.core.errors import ResourceExhausted, StoreFault
 from spearlet.core.lifecycle import Event, Lifecycle
 from spearlet.core.models import ExecutionRecord, Status, Task, now_ms
 from spearlet.core.values import classify_output
-from spearlet.runtimes.base import Invocation, Limits, Outcome, Runtime, StopRequest
+from spearlet.runtimes.base import Invocation, Limits, NodeLimits, Outcome, Runtime, StopRequest
 from spearlet.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,19 @@ def backoff_s(attempt: int) -> float:
     return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
 
 
+def node_limits(settings: Settings) -> NodeLimits:
+    """The node's limits for one call, as runtimes take them."""
+    return NodeLimits(
+        memory_limit_mb=settings.memory_limit_mb,
+        cpu_limit_s=settings.cpu_limit_s,
+        output_limit_bytes=settings.output_limit_bytes,
+        log_limit_bytes=settings.log_limit_bytes,
+        file_limit_mb=settings.file_limit_mb,
+        open_files=settings.open_files,
+        max_processes=settings.max_processes,
+    )
+
+
 @dataclass(slots=True)
 class _Job:
     record: ExecutionRecord
@@ -53,6 +66,7 @@ class Scheduler:
         self.store = store
         self.runtimes = runtimes
         self.lifecycle = lifecycle
+        self.limits = node_limits(settings)
         self._queues: dict[str, deque[_Job]] = {}
         self._ring: deque[str] = deque()  # tasks with queued work, in service order
         self._pending: dict[str, _Job] = {}
@@ -80,8 +94,9 @@ class Scheduler:
 
     def task_limit(self, task: Task) -> int:
         """Calls of this task at once: its `max_concurrency`, and no more than its `max_instances`."""
-        limit = task.int_setting("max_concurrency", self.settings.max_concurrency)
-        return max(1, min(limit, task.int_setting("max_instances", limit)))
+        own = task.settings
+        limit = self.settings.max_concurrency if own.max_concurrency is None else own.max_concurrency
+        return max(1, min(limit, limit if own.max_instances is None else own.max_instances))
 
     def recent_duration_ms(self, task_id: str, function_name: str) -> float | None:
         """Mean of the last completed durations of this task and function, or None without history."""
@@ -220,7 +235,7 @@ class Scheduler:
     async def _attempts(self, job: _Job) -> None:
         record, task = job.record, job.task
         runtime = self.runtimes[task.artifact_type]
-        limits = Limits.for_task(self.settings, task, record.timeout_ms)
+        limits = Limits.for_task(self.limits, task, record.timeout_ms)
         record.node = self.settings.node_id
         while True:
             record.status = Status.RUNNING

@@ -26,7 +26,6 @@ from spearlet.runtimes.base import (
     StopRequest,
     in_callers_terms,
     log_tail,
-    task_environment,
 )
 from spearlet.runtimes.bubblewrap import Sandbox, function_command, task_network
 from spearlet.runtimes.sandbox import (
@@ -82,6 +81,7 @@ def signal_exit(returncode: int) -> int:
 
 class ProcessRuntime(Runtime):
     name = "process"
+    owned_settings = frozenset({"memory_limit_mb", "cpu_limit_s", "file_limit_mb", "max_processes", "network", "env"})
 
     def __init__(self, user: FunctionUser | None = None, sandbox: Sandbox | None = None, network: str = "host") -> None:
         self.user = user
@@ -117,7 +117,7 @@ class ProcessRuntime(Runtime):
             env = function_environment(
                 workdir,
                 {
-                    **task_environment(task),
+                    **task.settings.env,
                     **invocation.environment,
                     "SPEAR_EXECUTION_ID": invocation.execution_id,
                     "SPEAR_FUNCTION_NAME": invocation.function_name,

@@ -19,10 +19,10 @@ import sys
 import time
 import zipfile
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from spearlet.config import Settings
 from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
@@ -31,11 +31,11 @@ from spearlet.core.values import tag_bytes, untag_bytes
 from spearlet.runtimes.base import (
     Invocation,
     Limits,
+    NodeLimits,
     Outcome,
     Runtime,
     StopRequest,
     in_callers_terms,
-    task_environment,
 )
 from spearlet.runtimes.bubblewrap import Sandbox, function_command, task_network
 from spearlet.runtimes.pool import Instance, Pool, PoolSettings
@@ -84,7 +84,7 @@ class WorkerStartFailed(Exception):
 def code_location(task: Task) -> tuple[str, str]:
     """(sys.path entry, `module:function`) of a python task."""
     path = Path(task.local_path)
-    entry = task.metadata.get("entry", "")
+    entry = task.settings.entry
     module, _, function = entry.rpartition(":") if ":" in entry else ("", "", entry)
     if path.is_dir():
         return str(path.parent), f"{module or path.name}:{function or 'handler'}"
@@ -244,21 +244,37 @@ class PythonWorker(Instance):
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+@dataclass(frozen=True, slots=True)
+class PythonOptions:
+    """What the python runtime takes of the node's settings."""
+
+    # Where files functions use live (a copy of the worker, for a function user outside a sandbox).
+    shared_dir: Path
+    limits: NodeLimits
+    # A task's max_instances when it sets none (the node's max_concurrency).
+    max_instances: int = 16
+    python_executable: str = ""
+    network: str = "host"
+
+
 class PythonRuntime(Runtime):
     name = "python"
+    owned_settings = frozenset(
+        {
+            "entry", "min_instances", "max_instances", "idle_timeout_s", "max_calls_per_instance", "strategy",
+            "memory_limit_mb", "cpu_limit_s", "file_limit_mb", "max_processes", "network", "env",
+        }
+    )  # fmt: skip
+    pool: Pool
 
     def __init__(
-        self,
-        settings: Settings,
-        user: FunctionUser | None = None,
-        shared_dir: Path | None = None,
-        sandbox: Sandbox | None = None,
+        self, options: PythonOptions, user: FunctionUser | None = None, sandbox: Sandbox | None = None
     ) -> None:
-        self.settings = settings
+        self.options = options
         self.user = user
-        self.shared_dir = shared_dir or settings.data_dir
+        self.shared_dir = options.shared_dir
         self.sandbox = sandbox
-        self.pool = Pool(self._start, default_max=settings.max_concurrency)
+        self.pool = Pool(self._start, default_max=options.max_instances)
         self._reaper: asyncio.Task[None] | None = None
         self.interpreter, self.worker_script, self.program_files = self._worker_program()
 
@@ -270,7 +286,7 @@ class PythonRuntime(Runtime):
         bound in even from directories closed to the function user. Outside one, as another user:
         the node's interpreter where that user can reach it, else /usr/bin/python3, and a copy of
         the script in the shared dir."""
-        configured = self.settings.python_executable
+        configured = self.options.python_executable
         interpreter = configured or sys.executable
         if self.sandbox is not None:
             real = os.path.realpath(interpreter)
@@ -297,16 +313,16 @@ class PythonRuntime(Runtime):
                 f"the function user {self.user.name!r} cannot run {self.interpreter}: set python_executable"
             )
         workdir = make_workdir("spearlet-py-", self.user)
-        env = function_environment(workdir, {**task_environment(task), "SPEAR_TASK_ID": task.task_id})
+        env = function_environment(workdir, {**task.settings.env, "SPEAR_TASK_ID": task.task_id})
         # One sandbox per worker, for its whole life: warm calls cost nothing more.
         argv = function_command(
             [self.interpreter, "-I", "-u", self.worker_script, path, entry],
-            Limits.for_task(self.settings, task, timeout_ms=0),
+            Limits.for_task(self.options.limits, task, timeout_ms=0),
             self.user,
             sandbox,
             workdir=workdir,
             expose=[*self.program_files, task.local_path],
-            network=task_network(task, self.settings.network, sandbox),
+            network=task_network(task, self.options.network, sandbox),
         )
         try:
             proc = spawn(argv, cwd=workdir, env=env, stdin=subprocess.PIPE)
@@ -335,8 +351,8 @@ class PythonRuntime(Runtime):
         if path.suffix == ".zip":
             check_zip(path, task.location)
         code_location(task)
-        task_network(task, self.settings.network, self.sandbox)
-        PoolSettings.of(task, self.settings.max_concurrency)
+        task_network(task, self.options.network, self.sandbox)
+        PoolSettings.of(task, self.options.max_instances)
         await self.pool.forget(task.task_id)
         # Import the code now: a broken module is a registration error, not a failure per call.
         try:
