@@ -1,5 +1,5 @@
 """A node: every part built from the settings and wired together, then served (the composition root)."""
 
-from spearlet.node.node import Node, serve
+from spearlet.node.node import Node, check_settings, serve
 
-__all__ = ["Node", "serve"]
+__all__ = ["Node", "check_settings", "serve"]

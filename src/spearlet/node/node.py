@@ -297,6 +297,13 @@ class Node:
             self.data_lock.release()
 
 
+def check_settings(settings: Settings) -> None:
+    """Refuse, before anything starts, settings the node could not serve with: a non-loopback
+    address without a token, a function user it cannot become (ValueError saying which)."""
+    settings.check_exposure()
+    resolve_user(settings.run_as)
+
+
 def shared_dir(settings: Settings, user: FunctionUser | None) -> Path:
     """Where the files functions use (artifact copies, the Python worker program) live.
 
