@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from spearlet.config import Settings
-from spearlet.core.errors import InvalidArgument, NotFound, ResourceExhausted
+from spearlet.core.codes import ErrorCode
+from spearlet.core.errors import InvalidArgument, NotFound, ResourceExhausted, StoreUnavailable
 from spearlet.core.lifecycle import Event
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status
 from spearlet.engine import invoker as invoker_module
@@ -353,6 +354,16 @@ async def test_the_hand_over_to_the_cluster_ends_even_if_its_caller_leaves(eng: 
     with pytest.raises(asyncio.CancelledError):
         await caller
     assert [r.execution_id for r in dispatch.enqueued] == ["handed"]
+
+
+async def test_async_work_the_store_lost_before_it_was_queued_is_refused_and_ends_failed(eng: Engine) -> None:
+    dispatch = eng.in_cluster()
+    dispatch.refuse = StoreUnavailable("the store cannot be reached")
+    with pytest.raises(StoreUnavailable):
+        await eng.invoker.invoke(eng.request(Mode.ASYNC, execution_id="lost"))
+    final = await eng.final("lost")
+    assert (final.status, final.error_code) == (Status.FAILED, ErrorCode.STORE_UNAVAILABLE)
+    assert dispatch.enqueued == []
 
 
 # Streams and watches
