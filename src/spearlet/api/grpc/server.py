@@ -1,6 +1,6 @@
 """The gRPC transport: FunctionService, the TaskService extension, health and reflection.
 
-Thin by design: convert the message, call the core, convert back. Request errors become status
+Thin by design: convert the message, call the engine, convert back. Request errors become status
 codes in one place (`_errors`); a function's own failure is a successful RPC with success=false.
 """
 
@@ -161,7 +161,7 @@ async def _stream_errors(
     context: grpc.aio.ServicerContext,
 ) -> AsyncGenerator[pb.StreamExecutionResult, None]:
     """`_errors` for server-streaming methods. A client that goes away cancels this generator,
-    and closing the stream lets the core react (a stream cancels its execution)."""
+    and closing the stream lets the engine react (a stream cancels its execution)."""
     started = time.perf_counter()
     code = grpc.StatusCode.OK.name
     try:
