@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,6 @@ from spearlet.node import Node
 from tests.fakes import Engine, Script, engine, final, stored_pending
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def eng(tmp_path: Path) -> AsyncIterator[Engine]:
-    async with engine(tmp_path) as e:
-        await e.task()
-        yield e
 
 
 def heard_by(eng: Engine) -> list[tuple[Event, str]]:

@@ -3,7 +3,6 @@ task, health, statistics, retention and recovery."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,6 @@ from spearlet.core.models import Mode, Status, now_ms
 from tests.fakes import Engine, Script, engine, stored_pending
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def eng(tmp_path: Path) -> AsyncIterator[Engine]:
-    async with engine(tmp_path) as e:
-        await e.task()
-        yield e
 
 
 # Listing, deleting, health, stats, retention
