@@ -1,4 +1,10 @@
-"""A node: the store, runtimes, scheduler and invoker wired together behind gRPC and HTTP."""
+"""A node: every part built from the settings and wired together behind gRPC and HTTP.
+
+The implementations the settings choose come from node/tables.py (the store and what a shared one
+brings, the runtimes); the rest is built here: the sandbox and function user, the artifact fetcher,
+the engine (registry, scheduler, invoker, management), the listeners of executions (metrics,
+callbacks, the cluster) and the transports. The only module that may import every layer
+(ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
