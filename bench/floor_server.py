@@ -21,7 +21,7 @@ import grpc
 import uvloop
 
 from spearlet.api.grpc import spearlet_pb2 as pb
-from spearlet.node import bundled_tasks_file
+from spearlet.node.node import bundled_tasks_file
 from spearlet.runtimes.python import WORKER
 
 _HEADER = struct.Struct(">I")

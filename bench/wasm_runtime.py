@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 from bench.common import percentile, table, write_results
-from spearlet.config import Settings
 from spearlet.core.models import Task
 from spearlet.runtimes.base import Invocation, Limits, StopRequest
-from spearlet.runtimes.wasm import WasmRuntime
+from spearlet.runtimes.wasm import WasmOptions, WasmRuntime
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "spearlet" / "examples" / "wasm"
 LIMITS = Limits(timeout_ms=10_000, memory_bytes=0, cpu_seconds=0, output_bytes=1 << 20, log_bytes=65536,
@@ -36,7 +35,7 @@ def task_for(path: Path) -> Task:
 async def measure(calls: int) -> dict[str, float]:
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as data:
-        runtime = WasmRuntime(Settings(data_dir=Path(data)))
+        runtime = WasmRuntime(WasmOptions(cache_dir=Path(data) / "wasm-cache"))
         try:
             echo = task_for(EXAMPLES / "echo.wat")
             started = time.perf_counter()
@@ -56,7 +55,7 @@ async def measure(calls: int) -> dict[str, float]:
         finally:
             await runtime.close()
         # A restarted node: the module comes from the on-disk cache instead of being compiled.
-        again = WasmRuntime(Settings(data_dir=Path(data)))
+        again = WasmRuntime(WasmOptions(cache_dir=Path(data) / "wasm-cache"))
         try:
             started = time.perf_counter()
             await again.prepare(echo)

@@ -20,12 +20,16 @@ from typing import Any
 from spearlet.artifacts import ArtifactFetcher
 from spearlet.artifacts.cache import ArtifactCache
 from spearlet.config import Settings
-from spearlet.core.invoker import InvocationType, Invoker, InvokeRequest
+from spearlet.core.codes import ErrorCode
+from spearlet.core.errors import StoreFault
+from spearlet.core.ids import new_execution_id
 from spearlet.core.lifecycle import Lifecycle
-from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Task
-from spearlet.core.tasks import TaskRegistry
+from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Task, now_ms
+from spearlet.engine.invoker import InvocationType, Invoker, InvokeRequest
+from spearlet.engine.management import Management
+from spearlet.engine.registry import TaskRegistry
+from spearlet.engine.scheduler import Scheduler
 from spearlet.runtimes.base import Invocation, Outcome, Runtime, StopRequest
-from spearlet.scheduler import Scheduler
 from spearlet.store.base import Store
 from spearlet.store.memory import MemoryStore
 
@@ -86,7 +90,7 @@ class FakeRuntime(Runtime):
                 await asyncio.wait_for(stop.wait(), None if call.hang else call.delay_s)
         if stop.requested and not call.unstoppable:
             reason = f": {stop.reason}" if stop.reason else ""
-            return Outcome(Status.CANCELLED, error_code="CANCELLED", error_message=f"cancelled{reason}")
+            return Outcome(Status.CANCELLED, error_code=ErrorCode.CANCELLED, error_message=f"cancelled{reason}")
         output = call.output if call.status is Status.COMPLETED else b""
         return Outcome(
             call.status,
@@ -100,7 +104,7 @@ class FakeRuntime(Runtime):
 class FakeDispatch:
     """The other nodes of a cluster, as the invoker sees them (invoker.Dispatch). Work handed over
     waits in `enqueued` (nobody runs it unless the test does); while `hold` is set, handing over
-    takes until it is cleared. A cancel of work held elsewhere is recorded, and the node holding
+    takes until it is cleared; with `refuse`, it fails so. A cancel of work held elsewhere is recorded, and the node holding
     the work ends it in the store as `on_cancel` says (None: it never answers)."""
 
     def __init__(self, store: MemoryStore) -> None:
@@ -110,10 +114,13 @@ class FakeDispatch:
         self.cancels: list[tuple[str, bool, str]] = []
         self.on_cancel: Status | None = Status.CANCELLED
         self.hold: asyncio.Event | None = None
+        self.refuse: StoreFault | None = None  # what handing over raises (the store went away)
 
     async def enqueue(self, record: ExecutionRecord) -> None:
         if self.hold is not None:
             await self.hold.wait()
+        if self.refuse is not None:
+            raise self.refuse
         self.enqueued.append(record)
 
     def run_here(self, record: ExecutionRecord) -> None:
@@ -124,14 +131,17 @@ class FakeDispatch:
         record = await self.store.get_execution(execution_id)
         if self.on_cancel is None or record is None or record.done:
             return
-        code = "CANCELLED" if self.on_cancel is Status.CANCELLED else ""
-        record.end(self.on_cancel, code, reason)
+        if self.on_cancel is Status.CANCELLED:
+            record.end(Status.CANCELLED, ErrorCode.CANCELLED, reason)
+        else:  # it ended otherwise first
+            record.status, record.completed_at = self.on_cancel, now_ms()
         await self.store.transition(record)
 
 
 @dataclass
 class Engine:
-    """An invoker with its scheduler, lifecycle, task registry and store, over a FakeRuntime."""
+    """An invoker and management with their scheduler, lifecycle, task registry and store, over a
+    FakeRuntime."""
 
     settings: Settings
     store: MemoryStore
@@ -140,6 +150,7 @@ class Engine:
     scheduler: Scheduler
     tasks: TaskRegistry
     invoker: Invoker
+    management: Management
     artifact: Path
     dispatch: FakeDispatch | None = field(default=None)
 
@@ -174,6 +185,14 @@ async def final(store: Store, lifecycle: Lifecycle, execution_id: str) -> Execut
     return stored
 
 
+async def stored_pending(eng: Engine, task_id: str = "fn", **fields: Any) -> ExecutionRecord:
+    """A record in the store that this node does not hold (another node's, or one to recover)."""
+    fields.setdefault("created_at", now_ms())
+    record = ExecutionRecord(new_execution_id(), task_id, "", Mode.ASYNC, **fields)
+    assert await eng.store.create_execution(record) is None
+    return record
+
+
 @contextlib.asynccontextmanager
 async def engine(directory: Path, **settings: Any) -> AsyncIterator[Engine]:
     """An Engine in `directory`, with `settings` over the defaults; closed as a node closes it."""
@@ -186,10 +205,11 @@ async def engine(directory: Path, **settings: Any) -> AsyncIterator[Engine]:
     tasks = TaskRegistry(store, fetcher, {"fake": runtime})
     scheduler = Scheduler(config, store, {"fake": runtime}, lifecycle)
     invoker = Invoker(config, store, tasks, scheduler, lifecycle)
+    management = Management(config, store, tasks, scheduler, lifecycle)
     artifact = directory / "function.bin"
     artifact.write_bytes(b"a fake function")
     try:
-        yield Engine(config, store, runtime, lifecycle, scheduler, tasks, invoker, artifact)
+        yield Engine(config, store, runtime, lifecycle, scheduler, tasks, invoker, management, artifact)
     finally:
         await invoker.close()
         await scheduler.close()

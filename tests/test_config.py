@@ -39,7 +39,7 @@ def test_defaults() -> None:
     assert settings.max_concurrency == 16
     assert settings.max_pending == 1000
     assert settings.default_timeout_ms == 300_000
-    assert settings.node_id == ""  # made once per data dir by the node (tests/test_identity.py)
+    assert settings.node_id == ""  # made once per data dir by the node (tests/node/test_identity.py)
 
 
 def test_the_store_lives_under_the_data_dir() -> None:

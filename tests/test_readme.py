@@ -85,3 +85,14 @@ def test_sources_and_tests_cite_no_design_document_outside_the_repository() -> N
         if p.suffix in (".py", ".proto", ".toml", ".md", ".sh", ".pyi") and outside in p.read_text(errors="replace")
     ]
     assert citing == [], "point at README sections instead"
+
+
+def test_the_architecture_map_names_only_files_that_exist() -> None:
+    """Every file or folder ARCHITECTURE.md names exists (its recipes name the files one would add)."""
+    text = (README.parent / "ARCHITECTURE.md").read_text()
+    text = text.split("## Extension points", 1)[0] + text.split("## Invariants", 1)[1]
+    named = set(re.findall(r"\b([a-z_]+(?:/[a-z_]+)*(?:\.py|\.proto|\.md|/))(?=[\s`,):;.]|$)", text, re.MULTILINE))
+    paths = [p.relative_to(README.parent).as_posix() for p in README.parent.glob("[!.]*/**/*")]
+    paths += [f"{p}/" for p in paths] + [p.name + "/" * p.is_dir() for p in README.parent.iterdir()]
+    missing = [name for name in sorted(named) if not any(p == name or p.endswith("/" + name) for p in paths)]
+    assert len(named) > 40 and missing == []

@@ -130,9 +130,9 @@ def serve(
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert", exists=True)] = None,
 ) -> None:
     """Run a node until SIGINT or SIGTERM. Every option is also a SPEARLET_* variable."""
+    from spearlet.node import check_settings
     from spearlet.node import serve as run_node
     from spearlet.observability.logging import configure_logging
-    from spearlet.runtimes.sandbox import resolve_user
 
     configure_logging()
     try:
@@ -150,8 +150,7 @@ def serve(
             tls_cert=tls_cert,
             tls_key=tls_key,
         )
-        settings.check_exposure()
-        resolve_user(settings.run_as)
+        check_settings(settings)
     except Exception as exc:
         err_console.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -31,11 +31,12 @@ from redis.exceptions import ResponseError
 
 from spearlet.config import Settings
 from spearlet.core.background import Background
+from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import StartError, StoreFault
 from spearlet.core.lifecycle import Event, Lifecycle
 from spearlet.core.models import ExecutionRecord, Mode, Status
-from spearlet.core.tasks import TaskRegistry
-from spearlet.scheduler import Scheduler
+from spearlet.engine.registry import TaskRegistry
+from spearlet.engine.scheduler import Scheduler
 from spearlet.store.redis import P, RedisStore
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class Cluster:
             await self._make_group()
             # What a previous run of this node ran locally cannot be resumed: its callers are gone.
             for raw in await self.redis.smembers(self._local):
-                await self._end(raw, "NODE_RESTARTED", "the node restarted while it ran")
+                await self._end(raw, ErrorCode.NODE_RESTARTED, "the node restarted while it ran")
             await self.redis.delete(self._local)
             await self._beat()
         self.lifecycle.subscribe(self.on_event)
@@ -173,17 +174,17 @@ class Cluster:
             return
         task = await self.tasks.find(record.task_id)
         if task is None:
-            await self._end(execution_id, "TASK_DELETED", "the task was deleted before it ran")
+            await self._end(execution_id, ErrorCode.TASK_DELETED, "the task was deleted before it ran")
             await self._ack(execution_id, entry)
             return
         if reclaimed and record.status is Status.RUNNING and record.attempts > record.max_retries:
-            await self._end(execution_id, "NODE_LOST", f"the node running attempt {record.attempts} was lost")
+            await self._end(execution_id, ErrorCode.NODE_LOST, f"the node running attempt {record.attempts} was lost")
             await self._ack(execution_id, entry)
             return
         self._entries[execution_id] = entry
         self.scheduler.submit(record, task)
 
-    async def _end(self, execution_id: str, code: str, message: str) -> None:
+    async def _end(self, execution_id: str, code: ErrorCode, message: str) -> None:
         record = await self.store.get_execution(execution_id)
         if record is None or record.done:
             return
@@ -199,7 +200,9 @@ class Cluster:
         if record is None or record.done:
             return
         if record.status is Status.PENDING:
-            record.end(Status.CANCELLED, "CANCELLED", f"cancelled before it started{': ' + reason if reason else ''}")
+            record.end(
+                Status.CANCELLED, ErrorCode.CANCELLED, f"cancelled before it started{': ' + reason if reason else ''}"
+            )
             if await self.scheduler.settle(record):
                 return
         message = json.dumps({"id": execution_id, "force": force, "reason": reason})
@@ -308,6 +311,6 @@ class Cluster:
             if node == self.node or await self.redis.exists(f"{P}node:{node}"):
                 continue
             for execution in await self.redis.smembers(f"{P}node-running:{node}"):
-                await self._end(execution, "NODE_LOST", f"node {node!r} was lost while it ran")
+                await self._end(execution, ErrorCode.NODE_LOST, f"node {node!r} was lost while it ran")
             await self.redis.delete(f"{P}node-running:{node}")
             await self.redis.srem(NODES, node)

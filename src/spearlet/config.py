@@ -10,6 +10,10 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The stores a node can use, by name or URL scheme: node/tables.py has a row for each.
+STORE_NAMES = ("sqlite", "memory")
+STORE_URL_SCHEMES = ("redis", "rediss", "unix")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPEARLET_", extra="forbid")
@@ -121,7 +125,7 @@ class Settings(BaseSettings):
     @field_validator("store")
     @classmethod
     def _known_store(cls, value: str) -> str:
-        if value not in ("sqlite", "memory") and not value.startswith(("redis://", "rediss://", "unix://")):
+        if value not in STORE_NAMES and not value.startswith(tuple(f"{s}://" for s in STORE_URL_SCHEMES)):
             raise ValueError(f"store must be 'sqlite', 'memory' or a redis:// URL, got {value!r}")
         return value
 

@@ -14,7 +14,7 @@ import pytest
 from spearlet.artifacts.cache import ArtifactCache
 from spearlet.artifacts.fetch import ArtifactFetcher
 from spearlet.core.errors import InvalidArgument
-from spearlet.net import HostRules
+from spearlet.core.net import HostRules
 from tests.artifacts.conftest import FileServer, serve
 
 pytestmark = pytest.mark.timeout(60)

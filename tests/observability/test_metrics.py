@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from spearlet.config import Settings
-from spearlet.core.invoker import InvocationType, InvokeRequest
 from spearlet.core.models import ArtifactSpec, Mode, Status
+from spearlet.engine.invoker import InvocationType, InvokeRequest
 from spearlet.node import Node
 from tests.helpers import open_path, script
 
@@ -49,8 +49,8 @@ async def test_a_deleted_task_leaves_no_series_and_no_history(node: Node, tmp_pa
     assert await series_of(node, "slow")  # its queue wait
     assert node.scheduler.recent_duration_ms("quick", "") is not None
 
-    await node.invoker.delete_task("quick", force=False, cleanup_executions=False)
-    await node.invoker.delete_task("slow", force=True, cleanup_executions=False)  # its end comes first
+    await node.management.delete_task("quick", force=False, cleanup_executions=False)
+    await node.management.delete_task("slow", force=True, cleanup_executions=False)  # its end comes first
 
     assert await series_of(node, "quick") == [] and await series_of(node, "slow") == []
     assert not [key for key in node.metrics._children if key[1] in ("quick", "slow")]

@@ -16,10 +16,9 @@ import psutil
 import pytest
 
 from spearlet.api.grpc import spearlet_pb2 as pb
-from spearlet.config import Settings
 from spearlet.core.models import Status, Task
-from spearlet.runtimes.base import Invocation, Limits, StopRequest
-from spearlet.runtimes.python import PythonRuntime, WorkerGone, _Frames
+from spearlet.runtimes.base import Invocation, Limits, NodeLimits, StopRequest
+from spearlet.runtimes.python import PythonOptions, PythonRuntime, WorkerGone, _Frames
 from tests.e2e.test_async import wait_done
 from tests.helpers import NodeProcess, existing, params, unpack
 from tests.helpers import register as register_task
@@ -322,11 +321,11 @@ async def test_a_call_that_prints_without_end_costs_the_node_only_its_log_tail(t
     not all of it until the call ends."""
     code = tmp_path / "noisy.py"
     code.write_text("def handler():\n    for i in range(60):\n        print('x' * 500_000)\n    print('last')\n")
-    settings = Settings(data_dir=tmp_path / "data", run_as="none")
-    runtime = PythonRuntime(settings)
+    options = PythonOptions(shared_dir=tmp_path / "data", limits=NodeLimits())
+    runtime = PythonRuntime(options)
     digest = hashlib.sha256(code.read_bytes()).hexdigest()
     task = Task("noisy", "noisy", "python", str(code), local_path=str(code), digest=digest)
-    limits = Limits.for_task(settings, task, timeout_ms=60_000)
+    limits = Limits.for_task(options.limits, task, timeout_ms=60_000)
     try:
         await runtime.prepare(task)
         tracemalloc.start()
@@ -338,6 +337,6 @@ async def test_a_call_that_prints_without_end_costs_the_node_only_its_log_tail(t
     finally:
         await runtime.close()
     assert outcome.status is Status.COMPLETED, outcome.error_message
-    assert outcome.logs.endswith("last") and len(outcome.logs) <= settings.log_limit_bytes
+    assert outcome.logs.endswith("last") and len(outcome.logs) <= options.limits.log_limit_bytes
     assert int(outcome.metrics["log_truncated_bytes"]) > 29_000_000
     assert peak < 10_000_000, f"the node held {peak / 1e6:.0f} MB for a call's log"

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
 
 import pytest
 
-from spearlet.config import Settings
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
 from spearlet.runtimes.base import Invocation, Limits, StopRequest
-from spearlet.runtimes.wasm import WasmRuntime
+from spearlet.runtimes.wasm import WasmOptions, WasmRuntime
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -87,7 +87,7 @@ def invocation(function: str = "", params: dict[str, object] | None = None, **kw
 
 @pytest.fixture
 async def runtime(tmp_path: Path):  # type: ignore[no-untyped-def]
-    rt = WasmRuntime(Settings(data_dir=tmp_path / "data"))
+    rt = WasmRuntime(WasmOptions(cache_dir=tmp_path / "data" / "wasm-cache"))
     yield rt
     await rt.close()
 
@@ -198,16 +198,16 @@ async def test_output_beyond_the_cap_fails_and_the_runtime_stays_healthy(runtime
 
 
 async def test_compiled_modules_are_cached_on_disk_and_reused_after_a_restart(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data")
+    options = WasmOptions(cache_dir=tmp_path / "data" / "wasm-cache")
     task = make_task(tmp_path, "echo")
-    first = WasmRuntime(settings)
+    first = WasmRuntime(options)
     await first.prepare(task)
     await first.close()
-    cached = settings.data_dir / "wasm-cache" / f"{task.digest}.cwasm"
+    cached = options.cache_dir / f"{task.digest}.cwasm"
     assert cached.is_file()
     # A new runtime (a restarted node) loads the module from the cache, not from the artifact.
-    moved = Task(**{**{s: getattr(task, s) for s in task.__slots__}, "local_path": str(tmp_path / "gone.wat")})  # type: ignore[attr-defined]
-    second = WasmRuntime(settings)
+    moved = dataclasses.replace(task, local_path=str(tmp_path / "gone.wat"))
+    second = WasmRuntime(options)
     try:
         outcome = await second.invoke(moved, invocation(params={"x": 1}), StopRequest())
         assert outcome.status is Status.COMPLETED and outcome.output == b'{"x":1}'
@@ -229,12 +229,12 @@ def sized_module(functions: int) -> str:
 
 
 async def test_a_module_that_needs_more_memory_to_compile_than_allowed_is_refused(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", wasm_compile_memory_mb=64)
-    runtime = WasmRuntime(settings)
+    options = WasmOptions(cache_dir=tmp_path / "data" / "wasm-cache", compile_memory_mb=64)
+    runtime = WasmRuntime(options)
     try:
         with pytest.raises(InvalidArgument, match=r"needs more than 64 MB to compile \(wasm_compile_memory_mb\)"):
             await runtime.prepare(make_task(tmp_path, "big", sized_module(1500)))  # 4 MB of WAT
-        assert runtime._modules == {} and not list((settings.data_dir / "wasm-cache").glob("*"))
+        assert runtime._modules == {} and not list(options.cache_dir.glob("*"))
         # A module over the in-process size compiles in a child within the limit, and runs.
         medium = make_task(tmp_path, "medium", sized_module(40))
         assert Path(medium.local_path).stat().st_size > 64 << 10

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, now_ms
-from spearlet.store.base import Store, TaskSummary
+from spearlet.core.queries import TaskSummary
+from spearlet.store.base import Store
 from spearlet.store.memory import MemoryStore
 from spearlet.store.redis import RedisStore
 from spearlet.store.sqlite import SqliteStore

@@ -1,1 +1,1 @@
-"""Transports: thin adapters between the wire and the core."""
+"""Transports: thin adapters between the wire and the engine (gRPC, HTTP, completion callbacks)."""

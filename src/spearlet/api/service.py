@@ -17,16 +17,36 @@ from google.protobuf.message import Message
 from spearlet.api.grpc import convert
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.core.errors import AlreadyExists, InvalidArgument, ResourceExhausted
-from spearlet.core.invoker import Invoker
 from spearlet.core.lifecycle import Event, Update
-from spearlet.core.models import Status
+from spearlet.core.models import ExecutionRecord, Status
+from spearlet.engine.invoker import Invoker
+from spearlet.engine.management import Management
+from spearlet.engine.registry import TaskRegistry
 
 M = TypeVar("M", bound=Message)
 
 
 class FunctionApi:
-    def __init__(self, invoker: Invoker, node_info: dict[str, str] | None = None) -> None:
+    """Each call of the API handed to the part of the engine that serves it: invocations to the
+    invoker, tasks to the registry, the rest to management."""
+
+    def __init__(
+        self,
+        invoker: Invoker,
+        management: Management,
+        tasks: TaskRegistry,
+        *,
+        node_id: str,
+        max_streams: int,
+        max_page_bytes: int,
+        node_info: dict[str, str] | None = None,
+    ) -> None:
         self.invoker = invoker
+        self.management = management
+        self.tasks = tasks
+        self.node_id = node_id
+        self.max_streams = max_streams
+        self.max_page_bytes = max_page_bytes
         # What the node says of itself in health details beside its figures (its sandbox, say).
         self.node_info = node_info or {}
         self.open_streams = 0
@@ -36,7 +56,7 @@ class FunctionApi:
         """One of `max_streams` (StreamFunction, WatchExecution and their SSE forms together), held
         until the stream ends or its client leaves: an open stream holds a descriptor, a queue and
         a store poll, and thousands of them starve everything else."""
-        limit = self.invoker.settings.max_streams
+        limit = self.max_streams
         if self.open_streams >= limit:
             raise ResourceExhausted(f"{limit} streams and watches are open on this node (max_streams): retry later")
         self.open_streams += 1
@@ -73,6 +93,10 @@ class FunctionApi:
             async for message in _stream_messages(self.invoker.watch(request.execution_id)):
                 yield message
 
+    async def record(self, execution_id: str) -> ExecutionRecord | None:
+        """The execution's record as it stands (the HTTP gateway's plain JSON view of it)."""
+        return await self.invoker.get(execution_id)
+
     async def status(self, request: pb.GetExecutionStatusRequest) -> pb.GetExecutionStatusResponse:
         record = await self.invoker.get(request.execution_id)
         if record is None:
@@ -91,8 +115,8 @@ class FunctionApi:
         )
 
     async def list_tasks(self, request: pb.ListTasksRequest) -> pb.ListTasksResponse:
-        page = await self.invoker.tasks.list(request.prefix, request.limit, request.start_after)
-        summaries = await self.invoker.store.task_summaries([t.task_id for t in page.tasks])
+        page = await self.tasks.list(request.prefix, request.limit, request.start_after)
+        summaries = await self.management.task_summaries([t.task_id for t in page.tasks])
         infos, cut = self._fit(convert.task_info(t, summaries.get(t.task_id)) for t in page.tasks)
         if cut:
             return pb.ListTasksResponse(tasks=infos, has_more=True, next_start_after=infos[-1].task_id)
@@ -103,7 +127,7 @@ class FunctionApi:
         needed, and whether any was left out: a page of large tasks would take seconds to build and
         send, and pass a client's message limit. (Execution pages end in the store, which reads
         records one at a time.)"""
-        budget = self.invoker.settings.max_page_bytes
+        budget = self.max_page_bytes
         kept: list[M] = []
         for item in items:
             budget -= item.ByteSize()
@@ -113,24 +137,26 @@ class FunctionApi:
         return kept, False
 
     async def get_task(self, request: pb.GetTaskRequest) -> pb.GetTaskResponse:
-        task = await self.invoker.tasks.find(request.task_id) if request.task_id else None
+        task = await self.tasks.find(request.task_id) if request.task_id else None
         if task is None:
             return pb.GetTaskResponse(found=False, message=f"task {request.task_id!r} not found")
-        summaries = await self.invoker.store.task_summaries([task.task_id])
+        summaries = await self.management.task_summaries([task.task_id])
         response = pb.GetTaskResponse(found=True, task=convert.task_info(task, summaries.get(task.task_id)))
         if request.include_executions:
-            page = await self.invoker.list_executions(task.task_id, Status.UNKNOWN, request.execution_limit or 10, "")
+            page = await self.management.list_executions(
+                task.task_id, Status.UNKNOWN, request.execution_limit or 10, ""
+            )
             response.executions.extend(convert.execution_info(r) for r in page.executions)
         return response
 
     async def delete_task(self, request: pb.DeleteTaskRequest) -> pb.DeleteTaskResponse:
-        deleted, cleaned, message = await self.invoker.delete_task(
+        deleted, cleaned, message = await self.management.delete_task(
             request.task_id, request.force, request.cleanup_executions
         )
         return pb.DeleteTaskResponse(success=True, message=message, deleted=deleted, cleaned_executions=cleaned)
 
     async def register_task(self, request: pb.RegisterTaskRequest) -> pb.RegisterTaskResponse:
-        tasks = self.invoker.tasks
+        tasks = self.tasks
         if not request.HasField("artifact_spec"):
             raise InvalidArgument("artifact_spec is required")
         exists = await tasks.find(request.task_name) is not None if request.task_name else False
@@ -142,7 +168,7 @@ class FunctionApi:
         return pb.RegisterTaskResponse(task=convert.task_info(task), created=not exists)
 
     async def list_executions(self, request: pb.ListExecutionsRequest) -> pb.ListExecutionsResponse:
-        page = await self.invoker.list_executions(
+        page = await self.management.list_executions(
             request.task_id, convert.status_from(request.status_filter), request.limit, request.start_after
         )
         return pb.ListExecutionsResponse(
@@ -152,7 +178,7 @@ class FunctionApi:
         )
 
     async def health(self, request: pb.GetHealthRequest) -> pb.GetHealthResponse:
-        h = await self.invoker.health()
+        h = await self.management.health()
         response = pb.GetHealthResponse(status=h.status, message=h.message, uptime_seconds=h.uptime_seconds)
         if request.include_details:
             response.details.CopyFrom(
@@ -163,7 +189,7 @@ class FunctionApi:
                     total_memory_used=node_memory(),
                     total_executions=h.total_executions,
                     system_info={
-                        "node": self.invoker.settings.node_id,
+                        "node": self.node_id,
                         "cpu_count": str(psutil.cpu_count() or 0),
                         "memory_total": str(psutil.virtual_memory().total),
                         **self.node_info,
@@ -173,11 +199,11 @@ class FunctionApi:
         return response
 
     async def stats(self, request: pb.GetStatsRequest) -> pb.GetStatsResponse:
-        stats = await self.invoker.stats(request.time_range_hours)
-        total_tasks = await self.invoker.store.count_tasks()
+        stats = await self.management.stats(request.time_range_hours)
+        total_tasks = await self.management.count_tasks()
         response = pb.GetStatsResponse(
             service_stats=pb.ServiceStats(
-                uptime_seconds=self.invoker.uptime_seconds(),
+                uptime_seconds=self.management.uptime_seconds(),
                 total_tasks=total_tasks,
                 total_executions=stats.total,
                 total_memory_used=node_memory(),
@@ -186,7 +212,7 @@ class FunctionApi:
             )
         )
         if request.include_task_stats:
-            page = await self.invoker.tasks.list("", 1000, "")
+            page = await self.tasks.list("", 1000, "")
             types: dict[str, int] = {}
             for task in page.tasks:
                 types[task.artifact_type] = types.get(task.artifact_type, 0) + 1
@@ -194,7 +220,7 @@ class FunctionApi:
             by_id = {t.task_id: t for t in page.tasks}
             busiest = [t for t, _ in sorted(stats.by_task.items(), key=lambda kv: -kv[1]) if t in by_id][:5]
             # Each as ListTasks shows it: its count and last status over every retained record.
-            summaries = await self.invoker.store.task_summaries(busiest)
+            summaries = await self.management.task_summaries(busiest)
             response.task_stats.CopyFrom(
                 pb.TaskStats(
                     active_tasks=active,

@@ -18,7 +18,7 @@ import httpx
 
 from spearlet.artifacts.local import CHUNK, Budget
 from spearlet.core.errors import InvalidArgument
-from spearlet.net import HostRules, parse_http_url
+from spearlet.core.net import HostRules, parse_http_url
 
 MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)

@@ -27,7 +27,7 @@ from spearlet.artifacts.download import download
 from spearlet.artifacts.local import Budget, Reader, copy_file, copy_tree, open_local
 from spearlet.core.errors import FailedPrecondition, InvalidArgument, SpearletError
 from spearlet.core.models import Task
-from spearlet.net import HostRules, is_remote, parse_http_url
+from spearlet.core.net import HostRules, is_remote, parse_http_url
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 

@@ -1,1 +1,4 @@
-"""The transport-free heart of the node: tasks, executions and the invoker."""
+"""Data and events every layer agrees on: models, errors, codes, ids, values, lifecycle events.
+
+Imports nothing of the node beyond itself (ARCHITECTURE.md, "Layers").
+"""

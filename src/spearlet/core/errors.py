@@ -5,31 +5,33 @@ Each transport maps these classes to its own codes (gRPC status, HTTP status) in
 
 from __future__ import annotations
 
+from spearlet.core.codes import ErrorCode
+
 
 class SpearletError(Exception):
     """Base of every request error; `code` is the stable machine-readable name."""
 
-    code = "INTERNAL"
+    code = ErrorCode.INTERNAL
 
 
 class InvalidArgument(SpearletError):
-    code = "INVALID_ARGUMENT"
+    code = ErrorCode.INVALID_ARGUMENT
 
 
 class NotFound(SpearletError):
-    code = "NOT_FOUND"
+    code = ErrorCode.NOT_FOUND
 
 
 class AlreadyExists(SpearletError):
-    code = "ALREADY_EXISTS"
+    code = ErrorCode.ALREADY_EXISTS
 
 
 class FailedPrecondition(SpearletError):
-    code = "FAILED_PRECONDITION"
+    code = ErrorCode.FAILED_PRECONDITION
 
 
 class ResourceExhausted(SpearletError):
-    code = "RESOURCE_EXHAUSTED"
+    code = ErrorCode.RESOURCE_EXHAUSTED
 
 
 class StoreFault(SpearletError):
@@ -40,11 +42,11 @@ class StoreFault(SpearletError):
 class StoreUnavailable(StoreFault):
     """The store cannot be reached; clients (and SPEAR's SMS) may retry elsewhere."""
 
-    code = "UNAVAILABLE"
+    code = ErrorCode.UNAVAILABLE
 
 
 class StoreFull(StoreFault, ResourceExhausted):
-    code = "RESOURCE_EXHAUSTED"
+    code = ErrorCode.RESOURCE_EXHAUSTED
 
 
 class StartError(Exception):

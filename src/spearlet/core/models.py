@@ -6,9 +6,12 @@ Numbers of the enums equal the wire enums of api/grpc/spearlet.proto, so convers
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from enum import IntEnum
 from typing import Any
+
+from spearlet.core.codes import ErrorCode
+from spearlet.core.task_settings import TaskSettings
 
 
 def now_ms() -> int:
@@ -67,7 +70,7 @@ class ArtifactSpec:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
+@dataclass
 class Task:
     task_id: str
     name: str
@@ -83,11 +86,12 @@ class Task:
     digest: str = ""
     created_at: int = 0
     updated_at: int = 0
+    # The metadata's settings as parsed at registration; parsed from the metadata when left out.
+    parsed: InitVar[TaskSettings | None] = None
 
-    def int_setting(self, key: str, default: int) -> int:
-        """An integer setting of the metadata (validated at registration), else `default`."""
-        raw = self.metadata.get(key, "")
-        return int(raw) if raw else default
+    def __post_init__(self, parsed: TaskSettings | None) -> None:
+        # An attribute, not a field: stores keep the metadata it comes from, not this.
+        self.settings = parsed if parsed is not None else TaskSettings.parse(self.metadata)
 
 
 @dataclass(slots=True)
@@ -119,7 +123,7 @@ class ExecutionRecord:
     memory_used_bytes: int = 0
     output: bytes = b""
     output_kind: OutputKind = OutputKind.NONE
-    error_code: str = ""
+    error_code: str = ""  # an ErrorCode, or "" (as stored)
     error_message: str = ""
     logs: str = ""
     metrics: dict[str, str] = field(default_factory=dict)
@@ -128,7 +132,7 @@ class ExecutionRecord:
     def done(self) -> bool:
         return self.status.terminal
 
-    def end(self, status: Status, code: str, message: str) -> None:
+    def end(self, status: Status, code: ErrorCode, message: str) -> None:
         """Mark the record ended without a result (cancelled, failed by the node); not stored yet."""
         self.status, self.error_code, self.error_message = status, code, message
         self.completed_at = now_ms()

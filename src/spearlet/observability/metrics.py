@@ -18,8 +18,8 @@ from prometheus_client.registry import Collector
 
 from spearlet.core.lifecycle import Event
 from spearlet.core.models import ExecutionRecord, Status
-from spearlet.pool import Pool
-from spearlet.scheduler import Scheduler
+from spearlet.engine.scheduler import Scheduler
+from spearlet.runtimes.pool import Pool
 
 M = TypeVar("M", bound=MetricWrapperBase)
 OTHER_FUNCTIONS = "_other"

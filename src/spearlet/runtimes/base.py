@@ -7,10 +7,24 @@ import asyncio
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from spearlet.config import Settings
 from spearlet.core.models import Status, Task
+from spearlet.runtimes.pool import Pool
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLimits:
+    """The node's limits for one call (its settings of the same names), before a task's settings
+    adjust them: what runtimes are given instead of the node's whole Settings."""
+
+    memory_limit_mb: int = 512
+    cpu_limit_s: int = 0
+    output_limit_bytes: int = 4_000_000
+    log_limit_bytes: int = 64 << 10
+    file_limit_mb: int = 1024
+    open_files: int = 1024
+    max_processes: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,18 +39,23 @@ class Limits:
     processes: int = 0  # RLIMIT_NPROC of the function user (0: none)
 
     @classmethod
-    def for_task(cls, settings: Settings, task: Task, timeout_ms: int) -> Limits:
-        """The node's limits, as the task's metadata adjusts them."""
+    def for_task(cls, node: NodeLimits, task: Task, timeout_ms: int) -> Limits:
+        """The node's limits, as the task's settings adjust them."""
+        own = task.settings
         return cls(
             timeout_ms=timeout_ms,
-            memory_bytes=task.int_setting("memory_limit_mb", settings.memory_limit_mb) << 20,
-            cpu_seconds=task.int_setting("cpu_limit_s", settings.cpu_limit_s),
-            output_bytes=settings.output_limit_bytes,
-            log_bytes=settings.log_limit_bytes,
-            file_bytes=task.int_setting("file_limit_mb", settings.file_limit_mb) << 20,
-            open_files=settings.open_files,
-            processes=task.int_setting("max_processes", settings.max_processes),
+            memory_bytes=_either(own.memory_limit_mb, node.memory_limit_mb) << 20,
+            cpu_seconds=_either(own.cpu_limit_s, node.cpu_limit_s),
+            output_bytes=node.output_limit_bytes,
+            log_bytes=node.log_limit_bytes,
+            file_bytes=_either(own.file_limit_mb, node.file_limit_mb) << 20,
+            open_files=node.open_files,
+            processes=_either(own.max_processes, node.max_processes),
         )
+
+
+def _either(own: int | None, default: int) -> int:
+    return default if own is None else own
 
 
 @dataclass(slots=True)
@@ -55,7 +74,7 @@ class Invocation:
 class Outcome:
     status: Status
     output: bytes = b""
-    error_code: str = ""
+    error_code: str = ""  # an ErrorCode, or "" when it completed
     error_message: str = ""
     logs: str = ""
     execution_time_ms: int = 0
@@ -72,6 +91,11 @@ def in_callers_terms(text: str, task: Task) -> str:
         return text
     holder = os.path.dirname(task.local_path)
     return text.replace(task.local_path, task.location).replace(holder + "/", "")
+
+
+def log_tail(logs: str, lines: int = 20) -> str:
+    """The last `lines` lines of a log, for the message of a failure."""
+    return "\n".join(logs.rstrip("\n").splitlines()[-lines:])
 
 
 class LineSplitter:
@@ -134,6 +158,11 @@ class Runtime(abc.ABC):
     """Knows nothing of records or queues."""
 
     name: str
+    # The task settings (core.task_settings) this runtime reads: a task of it has their values
+    # checked at registration; those of other runtimes it ignores.
+    owned_settings: ClassVar[frozenset[str]] = frozenset()
+    # Its warm instances, for the metrics (None: it keeps none).
+    pool: Pool | None = None
 
     @abc.abstractmethod
     async def prepare(self, task: Task) -> None:

@@ -38,7 +38,6 @@ from spearlet.runtimes.sandbox import SYSTEM_PATH, FunctionUser, limited_argv
 log = logging.getLogger(__name__)
 
 BWRAP = shutil.which("bwrap", path=SYSTEM_PATH)
-NETWORKS = ("host", "none")
 PROBE_TIMEOUT_S = 10.0
 
 
@@ -147,10 +146,9 @@ def function_command(
 
 
 def task_network(task: Task, default: str, sandbox: Sandbox | None) -> str:
-    """The task's `network` (metadata, else the node's); "none" needs the sandbox."""
-    network = task.metadata.get("network", default)
-    if network not in NETWORKS:
-        raise InvalidArgument(f"metadata 'network' must be 'host' or 'none', got {network!r}")
+    """The task's `network` (its settings', checked at registration, else the node's); "none"
+    needs the sandbox."""
+    network = default if task.settings.network is None else task.settings.network
     if network == "none" and sandbox is None:
         raise InvalidArgument('network "none" needs the sandbox, which is off on this node (see its health)')
     return network

@@ -14,12 +14,22 @@ import signal
 import time
 from typing import IO
 
+from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
 from spearlet.core.values import stdin_payload
-from spearlet.runtimes.base import Invocation, LineSplitter, Outcome, Runtime, StopRequest, in_callers_terms
+from spearlet.runtimes.base import (
+    Invocation,
+    LineSplitter,
+    Outcome,
+    Runtime,
+    StopRequest,
+    in_callers_terms,
+    log_tail,
+)
 from spearlet.runtimes.bubblewrap import Sandbox, function_command, task_network
 from spearlet.runtimes.sandbox import (
+    STOP_GRACE_S,
     FunctionUser,
     PeakMemory,
     PipeCollector,
@@ -33,43 +43,34 @@ from spearlet.runtimes.sandbox import (
     wait_exit,
 )
 
-# How long a graceful stop (SIGTERM) may take before SIGKILL, and how long the output of a killed
-# function may take to drain.
-STOP_GRACE_S = 0.5
-
 # How prlimit (which execs the artifact) reports that it could not.
 _EXEC_FAILED = re.compile(r"^prlimit: failed to execute .*: ([^:\n]+)$", re.MULTILINE)
 _OOM_MARKERS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc")
 _FORK_MARKERS = ("Resource temporarily unavailable", "fork: retry", "Cannot fork")
 
 
-def task_environment(task: Task) -> dict[str, str]:
-    """`env.NAME` keys of the task's metadata."""
-    return {k[4:]: v for k, v in task.metadata.items() if k.startswith("env.") and len(k) > 4}
-
-
 def failure_code(returncode: int, logs: str) -> tuple[str, str]:
     """The documented error code and a message for a process that did not exit 0."""
     if returncode in (126, 127) and (cause := _EXEC_FAILED.search(logs)):
-        return "SPAWN_FAILED", f"the artifact could not be executed: {cause.group(1)}"
+        return ErrorCode.SPAWN_FAILED, f"the artifact could not be executed: {cause.group(1)}"
     if returncode < 0:
         sig = -returncode
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
         if sig == signal.SIGXCPU:
-            return "CPU_LIMIT_EXCEEDED", "the function used up its CPU time limit"
+            return ErrorCode.CPU_LIMIT_EXCEEDED, "the function used up its CPU time limit"
         if sig == signal.SIGXFSZ:
-            return "FILE_SIZE_LIMIT_EXCEEDED", "the function wrote a file larger than its limit"
-        return "KILLED_BY_SIGNAL", f"the function was killed by {name}"
+            return ErrorCode.FILE_SIZE_LIMIT_EXCEEDED, "the function wrote a file larger than its limit"
+        return ErrorCode.KILLED_BY_SIGNAL, f"the function was killed by {name}"
     # A shell reports a child killed by a signal as 128 + the signal.
     if returncode == 128 + signal.SIGXFSZ or "File size limit exceeded" in logs:
-        return "FILE_SIZE_LIMIT_EXCEEDED", "the function wrote a file larger than its limit"
+        return ErrorCode.FILE_SIZE_LIMIT_EXCEEDED, "the function wrote a file larger than its limit"
     if returncode == 128 + signal.SIGXCPU or "CPU time limit exceeded" in logs:
-        return "CPU_LIMIT_EXCEEDED", "the function used up its CPU time limit"
+        return ErrorCode.CPU_LIMIT_EXCEEDED, "the function used up its CPU time limit"
     if any(marker in logs for marker in _OOM_MARKERS):
-        return "OUT_OF_MEMORY", f"the function ran out of memory (exit code {returncode})"
+        return ErrorCode.OUT_OF_MEMORY, f"the function ran out of memory (exit code {returncode})"
     if any(marker in logs for marker in _FORK_MARKERS):
-        return "PROCESS_LIMIT_EXCEEDED", f"the function hit its process limit (exit code {returncode})"
-    return "NONZERO_EXIT", f"the function exited with code {returncode}"
+        return ErrorCode.PROCESS_LIMIT_EXCEEDED, f"the function hit its process limit (exit code {returncode})"
+    return ErrorCode.NONZERO_EXIT, f"the function exited with code {returncode}"
 
 
 def signal_exit(returncode: int) -> int:
@@ -78,12 +79,9 @@ def signal_exit(returncode: int) -> int:
     return -(returncode - 128) if 128 < returncode <= 128 + signal.SIGRTMAX else returncode
 
 
-def log_tail(logs: str, lines: int = 20) -> str:
-    return "\n".join(logs.rstrip("\n").splitlines()[-lines:])
-
-
 class ProcessRuntime(Runtime):
     name = "process"
+    owned_settings = frozenset({"memory_limit_mb", "cpu_limit_s", "file_limit_mb", "max_processes", "network", "env"})
 
     def __init__(self, user: FunctionUser | None = None, sandbox: Sandbox | None = None, network: str = "host") -> None:
         self.user = user
@@ -119,7 +117,7 @@ class ProcessRuntime(Runtime):
             env = function_environment(
                 workdir,
                 {
-                    **task_environment(task),
+                    **task.settings.env,
                     **invocation.environment,
                     "SPEAR_EXECUTION_ID": invocation.execution_id,
                     "SPEAR_FUNCTION_NAME": invocation.function_name,
@@ -130,7 +128,9 @@ class ProcessRuntime(Runtime):
             try:
                 proc = spawn(self.command(task, workdir, invocation), cwd=workdir, env=env, stdin=stdin_fd)
             except OSError as exc:
-                return Outcome(Status.FAILED, error_code="SPAWN_FAILED", error_message=f"cannot start: {exc.strerror}")
+                return Outcome(
+                    Status.FAILED, error_code=ErrorCode.SPAWN_FAILED, error_message=f"cannot start: {exc.strerror}"
+                )
             finally:
                 os.close(stdin_fd)
                 stdin_fd = -1
@@ -165,13 +165,13 @@ class ProcessRuntime(Runtime):
             done, _ = await asyncio.wait({exited, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if exited not in done:
                 if stopped in done:
-                    status, code = Status.CANCELLED, "CANCELLED"
+                    status, code = Status.CANCELLED, ErrorCode.CANCELLED
                     message = f"cancelled{': ' + stop.reason if stop.reason else ''}"
                     if not stop.force:
                         terminate(pid, sandboxed)
                         await asyncio.wait({exited}, timeout=STOP_GRACE_S)
                 else:
-                    status, code = Status.TIMEOUT, "TIMEOUT"
+                    status, code = Status.TIMEOUT, ErrorCode.TIMEOUT
                     message = f"the function did not finish within {limits.timeout_ms} ms"
                 kill_group(pid)
             result = await exited
@@ -184,7 +184,7 @@ class ProcessRuntime(Runtime):
             else:
                 left = STOP_GRACE_S
             if not await settle(readers, left) and status is Status.COMPLETED:
-                status, code = Status.TIMEOUT, "TIMEOUT"
+                status, code = Status.TIMEOUT, ErrorCode.TIMEOUT
                 message = f"the function's output was still open after {limits.timeout_ms} ms"
         finally:
             stopped.cancel()
@@ -198,7 +198,7 @@ class ProcessRuntime(Runtime):
         elapsed_ms = int((time.monotonic() - started) * 1000)
         logs = err.data.decode("utf-8", errors="replace")
         if status is Status.COMPLETED and out.overflowed:
-            status, code = Status.FAILED, "OUTPUT_TOO_LARGE"
+            status, code = Status.FAILED, ErrorCode.OUTPUT_TOO_LARGE
             message = f"the function wrote more than {limits.output_bytes} bytes to stdout"
         elif status is Status.COMPLETED and result.returncode != 0:
             status = Status.FAILED

@@ -19,19 +19,28 @@ import sys
 import time
 import zipfile
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from spearlet.config import Settings
+from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
+from spearlet.core.net import is_remote
 from spearlet.core.values import tag_bytes, untag_bytes
-from spearlet.net import is_remote
-from spearlet.pool import Instance, Pool, PoolSettings
-from spearlet.runtimes.base import Invocation, Limits, Outcome, Runtime, StopRequest, in_callers_terms
+from spearlet.runtimes.base import (
+    Invocation,
+    Limits,
+    NodeLimits,
+    Outcome,
+    Runtime,
+    StopRequest,
+    in_callers_terms,
+)
 from spearlet.runtimes.bubblewrap import Sandbox, function_command, task_network
-from spearlet.runtimes.process import STOP_GRACE_S, task_environment
+from spearlet.runtimes.pool import Instance, Pool, PoolSettings
 from spearlet.runtimes.sandbox import (
+    STOP_GRACE_S,
     FunctionUser,
     PeakMemory,
     PipeCollector,
@@ -75,7 +84,7 @@ class WorkerStartFailed(Exception):
 def code_location(task: Task) -> tuple[str, str]:
     """(sys.path entry, `module:function`) of a python task."""
     path = Path(task.local_path)
-    entry = task.metadata.get("entry", "")
+    entry = task.settings.entry
     module, _, function = entry.rpartition(":") if ":" in entry else ("", "", entry)
     if path.is_dir():
         return str(path.parent), f"{module or path.name}:{function or 'handler'}"
@@ -166,7 +175,7 @@ class _Frames(asyncio.Protocol):
     def _end(self, reason: WorkerGone) -> None:
         if self._ended is None:
             self._ended = reason
-        if reason.args[0].startswith("OUTPUT_TOO_LARGE"):
+        if reason.args[0].startswith(ErrorCode.OUTPUT_TOO_LARGE):
             self.close()  # read no more of it; the worker is stopped next
         self._wake()
 
@@ -235,21 +244,37 @@ class PythonWorker(Instance):
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+@dataclass(frozen=True, slots=True)
+class PythonOptions:
+    """What the python runtime takes of the node's settings."""
+
+    # Where files functions use live (a copy of the worker, for a function user outside a sandbox).
+    shared_dir: Path
+    limits: NodeLimits
+    # A task's max_instances when it sets none (the node's max_concurrency).
+    max_instances: int = 16
+    python_executable: str = ""
+    network: str = "host"
+
+
 class PythonRuntime(Runtime):
     name = "python"
+    owned_settings = frozenset(
+        {
+            "entry", "min_instances", "max_instances", "idle_timeout_s", "max_calls_per_instance", "strategy",
+            "memory_limit_mb", "cpu_limit_s", "file_limit_mb", "max_processes", "network", "env",
+        }
+    )  # fmt: skip
+    pool: Pool
 
     def __init__(
-        self,
-        settings: Settings,
-        user: FunctionUser | None = None,
-        shared_dir: Path | None = None,
-        sandbox: Sandbox | None = None,
+        self, options: PythonOptions, user: FunctionUser | None = None, sandbox: Sandbox | None = None
     ) -> None:
-        self.settings = settings
+        self.options = options
         self.user = user
-        self.shared_dir = shared_dir or settings.data_dir
+        self.shared_dir = options.shared_dir
         self.sandbox = sandbox
-        self.pool = Pool(self._start, default_max=settings.max_concurrency)
+        self.pool = Pool(self._start, default_max=options.max_instances)
         self._reaper: asyncio.Task[None] | None = None
         self.interpreter, self.worker_script, self.program_files = self._worker_program()
 
@@ -261,7 +286,7 @@ class PythonRuntime(Runtime):
         bound in even from directories closed to the function user. Outside one, as another user:
         the node's interpreter where that user can reach it, else /usr/bin/python3, and a copy of
         the script in the shared dir."""
-        configured = self.settings.python_executable
+        configured = self.options.python_executable
         interpreter = configured or sys.executable
         if self.sandbox is not None:
             real = os.path.realpath(interpreter)
@@ -288,16 +313,16 @@ class PythonRuntime(Runtime):
                 f"the function user {self.user.name!r} cannot run {self.interpreter}: set python_executable"
             )
         workdir = make_workdir("spearlet-py-", self.user)
-        env = function_environment(workdir, {**task_environment(task), "SPEAR_TASK_ID": task.task_id})
+        env = function_environment(workdir, {**task.settings.env, "SPEAR_TASK_ID": task.task_id})
         # One sandbox per worker, for its whole life: warm calls cost nothing more.
         argv = function_command(
             [self.interpreter, "-I", "-u", self.worker_script, path, entry],
-            Limits.for_task(self.settings, task, timeout_ms=0),
+            Limits.for_task(self.options.limits, task, timeout_ms=0),
             self.user,
             sandbox,
             workdir=workdir,
             expose=[*self.program_files, task.local_path],
-            network=task_network(task, self.settings.network, sandbox),
+            network=task_network(task, self.options.network, sandbox),
         )
         try:
             proc = spawn(argv, cwd=workdir, env=env, stdin=subprocess.PIPE)
@@ -326,8 +351,8 @@ class PythonRuntime(Runtime):
         if path.suffix == ".zip":
             check_zip(path, task.location)
         code_location(task)
-        task_network(task, self.settings.network, self.sandbox)
-        PoolSettings.of(task, self.settings.max_concurrency)
+        task_network(task, self.options.network, self.sandbox)
+        PoolSettings.of(task, self.options.max_instances)
         await self.pool.forget(task.task_id)
         # Import the code now: a broken module is a registration error, not a failure per call.
         try:
@@ -352,7 +377,7 @@ class PythonRuntime(Runtime):
         try:
             worker = await self.pool.acquire(task, invocation.force_new_instance)
         except WorkerStartFailed as exc:
-            return Outcome(Status.FAILED, error_code="INSTANCE_START_FAILED", error_message=str(exc))
+            return Outcome(Status.FAILED, error_code=ErrorCode.INSTANCE_START_FAILED, error_message=str(exc))
         assert isinstance(worker, PythonWorker)
         started = time.monotonic()
         logs = LogTail(limits.log_bytes)
@@ -385,10 +410,10 @@ class PythonRuntime(Runtime):
             self.pool.release(task, worker, elapsed_ms, healthy=worker.alive)
         if interrupted == "cancel":
             reason = f": {stop.reason}" if stop.reason else ""
-            outcome = Outcome(Status.CANCELLED, error_code="CANCELLED", error_message=f"cancelled{reason}")
+            outcome = Outcome(Status.CANCELLED, error_code=ErrorCode.CANCELLED, error_message=f"cancelled{reason}")
         elif interrupted == "timeout":
             message = f"the function did not finish within {limits.timeout_ms} ms"
-            outcome = Outcome(Status.TIMEOUT, error_code="TIMEOUT", error_message=message)
+            outcome = Outcome(Status.TIMEOUT, error_code=ErrorCode.TIMEOUT, error_message=message)
         outcome.execution_time_ms = round(elapsed_ms)
         outcome.memory_used_bytes = worker.memory.peak
         outcome.instance_id = worker.instance_id
@@ -428,18 +453,18 @@ class PythonRuntime(Runtime):
                     for line in str(message.get("traceback", "")).rstrip("\n").splitlines():
                         logs.add(line)
                     error_type = str(message.get("error_type", "Exception"))
-                    code = "OUT_OF_MEMORY" if error_type == "MemoryError" else "FUNCTION_ERROR"
+                    code = ErrorCode.OUT_OF_MEMORY if error_type == "MemoryError" else ErrorCode.FUNCTION_ERROR
                     return Outcome(
                         Status.FAILED, error_code=code, error_message=f"{error_type}: {message.get('message', '')}"
                     )
                 else:
                     raise WorkerGone(f"unexpected frame {kind!r}")
         except WorkerGone as exc:
-            if str(exc).startswith("OUTPUT_TOO_LARGE"):
+            if str(exc).startswith(ErrorCode.OUTPUT_TOO_LARGE):
                 await worker.stop()
                 return _too_large(limits)
             await asyncio.wait({worker.exited}, timeout=1.0)
-            return Outcome(Status.FAILED, error_code="INSTANCE_CRASHED", error_message=worker.crash_report())
+            return Outcome(Status.FAILED, error_code=ErrorCode.INSTANCE_CRASHED, error_message=worker.crash_report())
 
     def _in_callers_terms(self, text: str, task: Task) -> str:
         return in_callers_terms(text, task).replace(self.worker_script, "the worker")
@@ -458,7 +483,7 @@ def load_message(failure: dict[str, Any], entry: str, remote: bool) -> str:
 def _too_large(limits: Limits) -> Outcome:
     return Outcome(
         Status.FAILED,
-        error_code="OUTPUT_TOO_LARGE",
+        error_code=ErrorCode.OUTPUT_TOO_LARGE,
         error_message=f"the function returned more than {limits.output_bytes} bytes",
     )
 

@@ -34,6 +34,9 @@ P = TypeVar("P", bound=asyncio.BaseProtocol)
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 PRLIMIT = shutil.which("prlimit", path=SYSTEM_PATH)
 SETPRIV = shutil.which("setpriv", path=SYSTEM_PATH)
+# How long a graceful stop (SIGTERM) may take before SIGKILL, and how long the output of a killed
+# function (or what a stopped worker left) may take to drain.
+STOP_GRACE_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)

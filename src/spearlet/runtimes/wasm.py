@@ -33,13 +33,20 @@ import wasmtime
 from wasmtime import _bindings as ffi
 from wasmtime._instance import InstanceExports
 
-from spearlet.config import Settings
+from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import Status, Task
+from spearlet.core.net import is_remote
 from spearlet.core.values import stdin_payload
-from spearlet.net import is_remote
-from spearlet.runtimes.base import Invocation, Limits, LineSplitter, Outcome, Runtime, StopRequest
-from spearlet.runtimes.process import log_tail, task_environment
+from spearlet.runtimes.base import (
+    Invocation,
+    Limits,
+    LineSplitter,
+    Outcome,
+    Runtime,
+    StopRequest,
+    log_tail,
+)
 from spearlet.runtimes.sandbox import SYSTEM_PATH, PipeCollector, collect, kill_group, limited_argv, spawn, wait_exit
 from spearlet.runtimes.wasm_memory import MemoryBudget, allocate_memories_here, instantiating
 
@@ -160,20 +167,33 @@ async def compile_in_child(source: str, target: Path, memory_mb: int, timeout_s:
     raise InvalidArgument(f"needs more than {memory_mb} MB to compile (wasm_compile_memory_mb), or its compiler failed")
 
 
+@dataclass(frozen=True, slots=True)
+class WasmOptions:
+    """What the wasm runtime takes of the node's settings."""
+
+    # Compiled modules kept across restarts (data_dir/wasm-cache).
+    cache_dir: Path
+    # Calls at once (the node's max_concurrency): the threads they run on.
+    threads: int = 16
+    compile_memory_mb: int = 1024
+    compile_timeout_s: float = 60.0
+
+
 class WasmRuntime(Runtime):
     name = "wasm"
+    owned_settings = frozenset({"entry", "memory_limit_mb", "env"})
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, options: WasmOptions) -> None:
+        self.options = options
         config = engine_config()
         allocate_memories_here(config)  # to tell a refused memory.grow from other traps
         self.engine = wasmtime.Engine(config)
-        self.cache_dir = settings.data_dir / "wasm-cache"
+        self.cache_dir = options.cache_dir
         self._modules: dict[str, wasmtime.Module] = {}
         # Compiling takes memory in proportion to the code (hundreds of MB for a few MB of it):
         # one at a time, each bounded (compile()).
         self._compiling = asyncio.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="spearlet-wasm")
+        self._executor = ThreadPoolExecutor(max_workers=options.threads, thread_name_prefix="spearlet-wasm")
         self._ticker_stop = threading.Event()
         self._ticker: threading.Thread | None = None
 
@@ -217,7 +237,7 @@ class WasmRuntime(Runtime):
         """Compile the task's module into `target`: small ones here (a few milliseconds and
         megabytes), others in a child process under `wasm_compile_memory_mb` and
         `wasm_compile_timeout_s`, whose failure costs the node nothing."""
-        s = self.settings
+        o = self.options
         remote = is_remote(task.location)
         tmp = target.with_suffix(f".{os.getpid()}.{id(task)}.tmp")
         tmp.unlink(missing_ok=True)
@@ -226,7 +246,7 @@ class WasmRuntime(Runtime):
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self._executor, _compile_here, self.engine, task.local_path, tmp, remote)
             else:
-                await compile_in_child(task.local_path, tmp, s.wasm_compile_memory_mb, s.wasm_compile_timeout_s, remote)
+                await compile_in_child(task.local_path, tmp, o.compile_memory_mb, o.compile_timeout_s, remote)
             tmp.replace(target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -239,7 +259,7 @@ class WasmRuntime(Runtime):
         except InvalidArgument as exc:
             raise InvalidArgument(f"wasm artifact {task.location[:200]!r} {exc}") from None
         exports = {e.name for e in module.exports}
-        entry = task.metadata.get("entry", "")
+        entry = task.settings.entry
         if entry and entry not in exports:
             raise InvalidArgument(f"wasm module has no export {entry!r}: it exports {sorted(exports)}")
 
@@ -278,13 +298,14 @@ class WasmRuntime(Runtime):
         try:
             module = await self._load(task)
         except InvalidArgument as exc:
-            return Outcome(Status.FAILED, error_code="ARTIFACT_UNAVAILABLE", error_message=f"the module {exc}")
+            return Outcome(Status.FAILED, error_code=ErrorCode.ARTIFACT_UNAVAILABLE, error_message=f"the module {exc}")
         self._ensure_ticker()
         timeout_s = limits.timeout_ms / 1000 if limits.timeout_ms > 0 else 0.0
+        memory_mb = task.settings.memory_limit_mb
         call = _Call(
             deadline=time.monotonic() + timeout_s if timeout_s else 0.0,
             output_cap=limits.output_bytes,
-            memory=MemoryBudget(task.int_setting("memory_limit_mb", DEFAULT_MEMORY_MB) << 20),
+            memory=MemoryBudget((DEFAULT_MEMORY_MB if memory_mb is None else memory_mb) << 20),
             log_cap=limits.log_bytes,
         )
         if invocation.on_output is not None:
@@ -294,8 +315,8 @@ class WasmRuntime(Runtime):
                 loop.call_soon_threadsafe(emit, line)
 
             call.lines = LineSplitter(emit_on_loop)
-        env = {**task_environment(task), **invocation.environment, "SPEAR_EXECUTION_ID": invocation.execution_id}
-        entry = invocation.function_name or task.metadata.get("entry", "") or DEFAULT_ENTRY
+        env = {**task.settings.env, **invocation.environment, "SPEAR_EXECUTION_ID": invocation.execution_id}
+        entry = invocation.function_name or task.settings.entry or DEFAULT_ENTRY
         payload = stdin_payload(invocation.params)
         run: asyncio.Future[Outcome] = loop.run_in_executor(
             self._executor, _run_module, self.engine, module, entry, payload, env, call
@@ -318,7 +339,7 @@ class WasmRuntime(Runtime):
         if outcome.status is Status.CANCELLED:
             outcome.error_message = f"cancelled{': ' + stop.reason if stop.reason else ''}"
         outcome.logs = call.stderr[-limits.log_bytes :].decode("utf-8", errors="replace")
-        if outcome.status is Status.FAILED and outcome.error_code in ("NONZERO_EXIT", "TRAP"):
+        if outcome.status is Status.FAILED and outcome.error_code in (ErrorCode.NONZERO_EXIT, ErrorCode.TRAP):
             tail = log_tail(outcome.logs)
             if tail:
                 outcome.error_message = f"{outcome.error_message}: {tail}"
@@ -383,25 +404,25 @@ def _execute(
     try:
         instance = linker.instantiate(store, module)
     except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-        return Outcome(Status.FAILED, error_code="INSTANTIATION_FAILED", error_message=str(exc).splitlines()[0])
+        return Outcome(Status.FAILED, error_code=ErrorCode.INSTANTIATION_FAILED, error_message=str(exc).splitlines()[0])
     exports = instance.exports(store)
     if entry == DEFAULT_ENTRY:
         names = [n for n in ("_start", "main") if n in exports]
         if not names:
             return Outcome(
-                Status.FAILED, error_code="NO_ENTRY", error_message="the module exports neither _start nor main"
+                Status.FAILED, error_code=ErrorCode.NO_ENTRY, error_message="the module exports neither _start nor main"
             )
         entry = names[0]
     function = exports.get(entry) if entry in exports else None
     if not isinstance(function, wasmtime.Func):
         return Outcome(
-            Status.FAILED, error_code="NO_ENTRY", error_message=f"the module has no exported function {entry!r}"
+            Status.FAILED, error_code=ErrorCode.NO_ENTRY, error_message=f"the module has no exported function {entry!r}"
         )
     arity = len(function.type(store).params)
     if arity:
         return Outcome(
             Status.FAILED,
-            error_code="NO_ENTRY",
+            error_code=ErrorCode.NO_ENTRY,
             error_message=f"export {entry!r} takes {arity} parameters; spearlet calls exports without arguments "
             "(the input is on stdin)",
         )
@@ -412,7 +433,9 @@ def _execute(
     except wasmtime.ExitTrap as exc:
         if exc.code != 0:
             outcome = Outcome(
-                Status.FAILED, error_code="NONZERO_EXIT", error_message=f"the module exited with code {exc.code}"
+                Status.FAILED,
+                error_code=ErrorCode.NONZERO_EXIT,
+                error_message=f"the module exited with code {exc.code}",
             )
     except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
         lines = str(exc).strip().splitlines()
@@ -439,21 +462,21 @@ def _trapped(call: _Call, cause: str) -> Outcome:
         limit = f"{call.memory.cap / (1 << 20):g} MiB"
         return Outcome(
             Status.FAILED,
-            error_code="OUT_OF_MEMORY",
+            error_code=ErrorCode.OUT_OF_MEMORY,
             error_message=f"the module trapped after its memory limit ({limit}) refused a memory.grow: {cause}",
         )
-    return Outcome(Status.FAILED, error_code="TRAP", error_message=f"the module trapped: {cause}")
+    return Outcome(Status.FAILED, error_code=ErrorCode.TRAP, error_message=f"the module trapped: {cause}")
 
 
 def _stopped(call: _Call) -> Outcome:
     if call.stop_reason == "timeout":
         return Outcome(
-            Status.TIMEOUT, error_code="TIMEOUT", error_message="the module did not finish within its timeout"
+            Status.TIMEOUT, error_code=ErrorCode.TIMEOUT, error_message="the module did not finish within its timeout"
         )
     if call.stop_reason == "output":
         return Outcome(
             Status.FAILED,
-            error_code="OUTPUT_TOO_LARGE",
+            error_code=ErrorCode.OUTPUT_TOO_LARGE,
             error_message=f"the module wrote more than {call.output_cap} bytes to stdout",
         )
-    return Outcome(Status.CANCELLED, error_code="CANCELLED", error_message="cancelled")
+    return Outcome(Status.CANCELLED, error_code=ErrorCode.CANCELLED, error_message="cancelled")

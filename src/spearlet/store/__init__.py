@@ -1,5 +1,5 @@
 """Where tasks and execution records live: an interface and one module per implementation."""
 
-from spearlet.store.base import ExecutionPage, Stats, Store, TaskPage
+from spearlet.store.base import Store
 
-__all__ = ["ExecutionPage", "Stats", "Store", "TaskPage"]
+__all__ = ["Store"]

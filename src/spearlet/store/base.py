@@ -5,11 +5,11 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from spearlet.core.errors import StoreFault
 from spearlet.core.models import ExecutionRecord, Status, Task
+from spearlet.core.queries import ExecutionPage, Stats, TaskPage, TaskSummary
 
 T = TypeVar("T")
 
@@ -46,37 +46,6 @@ def pending_write(write: Coroutine[Any, Any, T]) -> PendingWrite[T]:
     pending._task = task  # the loop keeps only a weak reference to a task
     task.add_done_callback(settle)
     return pending
-
-
-@dataclass(slots=True)
-class TaskPage:
-    tasks: list[Task]
-    has_more: bool
-    next_start_after: str
-
-
-@dataclass(slots=True)
-class ExecutionPage:
-    executions: list[ExecutionRecord]
-    has_more: bool
-    next_start_after: str
-
-
-@dataclass(slots=True)
-class TaskSummary:
-    execution_count: int = 0
-    last_status: Status = Status.UNKNOWN
-
-
-@dataclass(slots=True)
-class Stats:
-    """Aggregates over executions created since a point in time."""
-
-    by_status: dict[Status, int] = field(default_factory=dict)
-    average_execution_time_ms: float = 0.0
-    by_function: dict[str, int] = field(default_factory=dict)
-    by_task: dict[str, int] = field(default_factory=dict)
-    total: int = 0
 
 
 def stats_of(records: Iterable[ExecutionRecord]) -> Stats:

@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Status, Task
+from spearlet.core.queries import ExecutionPage, Stats, TaskPage, TaskSummary
 from spearlet.core.values import dump_params, load_params
-from spearlet.store.base import ExecutionPage, PendingWrite, Stats, Store, TaskPage, TaskSummary, stats_of
+from spearlet.store.base import PendingWrite, Store, stats_of
 
 log = logging.getLogger(__name__)
 

@@ -28,17 +28,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from spearlet.core.errors import StoreUnavailable
 from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task
+from spearlet.core.queries import ExecutionPage, Stats, TaskPage, TaskSummary
 from spearlet.core.values import dump_params, load_params
-from spearlet.store.base import (
-    ExecutionPage,
-    PendingWrite,
-    Stats,
-    Store,
-    TaskPage,
-    TaskSummary,
-    pending_write,
-    stats_of,
-)
+from spearlet.store.base import PendingWrite, Store, pending_write, stats_of
 
 P = "spearlet:"
 P_ = ParamSpec("P_")

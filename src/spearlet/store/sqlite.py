@@ -33,8 +33,9 @@ from typing import Any, TypeVar
 
 from spearlet.core.errors import StoreFull, StoreUnavailable
 from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task
+from spearlet.core.queries import ExecutionPage, Stats, TaskPage, TaskSummary
 from spearlet.core.values import dump_params, load_params
-from spearlet.store.base import ExecutionPage, PendingWrite, Stats, Store, TaskPage, TaskSummary
+from spearlet.store.base import PendingWrite, Store
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ from google.protobuf.message import DecodeError, Message
 
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.core.errors import InvalidArgument
-from spearlet.core.invoker import InvokeRequest
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, OutputKind, Status, Task
+from spearlet.core.queries import TaskSummary
 from spearlet.core.values import check_number, classify_output, output_value
-from spearlet.store.base import TaskSummary
+from spearlet.engine.invoker import InvokeRequest
 
 _WRAPPERS: dict[str, type[Message]] = {
     cls.DESCRIPTOR.full_name: cls

@@ -1,6 +1,6 @@
 """The gRPC transport: FunctionService, the TaskService extension, health and reflection.
 
-Thin by design: convert the message, call the core, convert back. Request errors become status
+Thin by design: convert the message, call the engine, convert back. Request errors become status
 codes in one place (`_errors`); a function's own failure is a successful RPC with success=false.
 """
 
@@ -23,17 +23,18 @@ from spearlet.api.auth import GrpcTokenInterceptor, TokenCheck
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 from spearlet.api.service import FunctionApi
+from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import InvalidArgument, SpearletError
 
 log = logging.getLogger(__name__)
 
 _CODES = {
-    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
-    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
-    "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
-    "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
-    "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorCode.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
 }
 R = TypeVar("R")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
@@ -59,7 +60,7 @@ def _errors(handler: Handler[R]) -> Handler[R]:
     @functools.wraps(handler)
     async def wrapper(self: _Servicer, request: Any, context: grpc.aio.ServicerContext) -> R:
         started = time.perf_counter()
-        code = "OK"
+        code = grpc.StatusCode.OK.name
         try:
             if isinstance(request, Malformed):
                 raise InvalidArgument(request.message)
@@ -70,10 +71,10 @@ def _errors(handler: Handler[R]) -> Handler[R]:
             await context.abort(status, str(exc))
             raise  # unreachable: abort raises
         except asyncio.CancelledError:
-            code = "CANCELLED"
+            code = grpc.StatusCode.CANCELLED.name
             raise
         except Exception as exc:
-            code = "INTERNAL"
+            code = grpc.StatusCode.INTERNAL.name
             await context.abort(grpc.StatusCode.INTERNAL, _internal(method, exc))
             raise  # unreachable: abort raises
         finally:
@@ -160,9 +161,9 @@ async def _stream_errors(
     context: grpc.aio.ServicerContext,
 ) -> AsyncGenerator[pb.StreamExecutionResult, None]:
     """`_errors` for server-streaming methods. A client that goes away cancels this generator,
-    and closing the stream lets the core react (a stream cancels its execution)."""
+    and closing the stream lets the engine react (a stream cancels its execution)."""
     started = time.perf_counter()
-    code = "OK"
+    code = grpc.StatusCode.OK.name
     try:
         if isinstance(request, Malformed):
             raise InvalidArgument(request.message)
@@ -174,10 +175,10 @@ async def _stream_errors(
         code = status.name
         await context.abort(status, str(exc))
     except (asyncio.CancelledError, GeneratorExit):
-        code = "CANCELLED"
+        code = grpc.StatusCode.CANCELLED.name
         raise
     except Exception as exc:
-        code = "INTERNAL"
+        code = grpc.StatusCode.INTERNAL.name
         await context.abort(grpc.StatusCode.INTERNAL, _internal(method, exc))
     finally:
         servicer.observe(method, code, time.perf_counter() - started)

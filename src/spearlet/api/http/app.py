@@ -35,20 +35,21 @@ from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc.convert import message_json
 from spearlet.api.service import FunctionApi
 from spearlet.api.views import record_json
+from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import SpearletError
 from spearlet.observability.metrics import CONTENT_TYPE, Metrics
 
 M = TypeVar("M", bound=Message)
 
 HTTP_STATUS = {
-    "INVALID_ARGUMENT": 400,
-    "UNAUTHENTICATED": 401,
-    "NOT_FOUND": 404,
-    "ALREADY_EXISTS": 409,
-    "FAILED_PRECONDITION": 409,
-    "PAYLOAD_TOO_LARGE": 413,
-    "RESOURCE_EXHAUSTED": 429,
-    "UNAVAILABLE": 503,
+    ErrorCode.INVALID_ARGUMENT: 400,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.ALREADY_EXISTS: 409,
+    ErrorCode.FAILED_PRECONDITION: 409,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.RESOURCE_EXHAUSTED: 429,
+    ErrorCode.UNAVAILABLE: 503,
 }
 _STREAM = "text/event-stream"
 # Swagger UI's files (swagger-ui-dist, Apache-2.0: LICENSE and NOTICE beside them).
@@ -72,7 +73,7 @@ def error(status: int, code: str, message: str, headers: Mapping[str, str] | Non
 
 
 class BadRequest(SpearletError):
-    code = "INVALID_ARGUMENT"
+    code = ErrorCode.INVALID_ARGUMENT
 
 
 def _not_json(constant: str) -> Any:
@@ -221,7 +222,7 @@ class BodyLimit:
 
     @staticmethod
     async def _refuse(scope: Scope, send: Send, message: str) -> None:
-        await error(413, "PAYLOAD_TOO_LARGE", message)(scope, _no_body, send)
+        await error(413, ErrorCode.PAYLOAD_TOO_LARGE, message)(scope, _no_body, send)
 
 
 async def _no_body() -> AsgiMessage:
@@ -245,7 +246,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error(400, "INVALID_ARGUMENT", _validation_message(exc))
+        return error(400, ErrorCode.INVALID_ARGUMENT, _validation_message(exc))
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
@@ -257,7 +258,7 @@ def create_app(
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception) -> JSONResponse:
         # Starlette still re-raises it, so the server logs the traceback.
-        return error(500, "INTERNAL", "internal error of the node; its log has the details")
+        return error(500, ErrorCode.INTERNAL, "internal error of the node; its log has the details")
 
     app.mount("/docs/swagger-ui", StaticFiles(directory=SWAGGER_UI), name="swagger-ui")
 
@@ -279,7 +280,7 @@ def create_app(
     @app.middleware("http")
     async def require_token(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if check is not None and not check.allows(request.headers.get(HEADER)):
-            response = error(401, "UNAUTHENTICATED", DENIED)
+            response = error(401, ErrorCode.UNAUTHENTICATED, DENIED)
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
         return await call_next(request)
@@ -329,9 +330,9 @@ def create_app(
     async def get_execution(execution_id: str, include_logs: bool = False) -> dict[str, Any] | JSONResponse:
         """The whole record with plain values: status, times, attempts, node, result or error."""
         count_status_query()
-        record = await api.invoker.get(execution_id)
+        record = await api.record(execution_id)
         if record is None:
-            return error(404, "NOT_FOUND", f"execution {execution_id!r} not found")
+            return error(404, ErrorCode.NOT_FOUND, f"execution {execution_id!r} not found")
         return record_json(record, include_logs=include_logs)
 
     @app.get("/api/v1/executions/{execution_id}/status", tags=["executions"], response_model=None)
@@ -345,7 +346,7 @@ def create_app(
         )
         response = await api.status(request)
         if not response.found:
-            return error(404, "NOT_FOUND", response.message)
+            return error(404, ErrorCode.NOT_FOUND, response.message)
         return {**message_json(response), "execution_id": execution_id}
 
     @app.post(
@@ -360,7 +361,7 @@ def create_app(
         request = parse({**body, "execution_id": execution_id}, pb.CancelExecutionRequest())
         response = await api.cancel(request)
         if not response.success and response.final_status == pb.EXECUTION_STATUS_UNKNOWN:
-            return error(404, "NOT_FOUND", response.message)  # as the other routes of an execution
+            return error(404, ErrorCode.NOT_FOUND, response.message)  # as the other routes of an execution
         return message_json(response)
 
     @app.get("/api/v1/executions/{execution_id}/events", tags=["executions"], response_model=None)
@@ -392,7 +393,7 @@ def create_app(
         request = pb.GetTaskRequest(task_id=task_id, include_executions=True, execution_limit=execution_limit)
         response = await api.get_task(request)
         if not response.found:
-            return error(404, "NOT_FOUND", response.message)
+            return error(404, ErrorCode.NOT_FOUND, response.message)
         return message_json(response)
 
     @app.delete("/api/v1/tasks/{task_id}", tags=["tasks"])

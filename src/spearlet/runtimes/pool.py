@@ -23,8 +23,6 @@ from spearlet.core.models import Task
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("least_connections", "round_robin", "least_response_time", "random")
-
 
 class Instance(abc.ABC):
     """One warm worker. The pool keeps its bookkeeping; the runtime does the work."""
@@ -59,16 +57,14 @@ class PoolSettings:
 
     @classmethod
     def of(cls, task: Task, default_max: int) -> PoolSettings:
-        meta = task.metadata
-        strategy = meta.get("strategy", "least_connections")
-        if strategy not in STRATEGIES:
-            raise InvalidArgument(f"strategy {strategy!r} is not known: use one of {', '.join(STRATEGIES)}")
+        """The task's instance settings (`default_max`: max_instances when it has none)."""
+        own = task.settings
         settings = cls(
-            min_instances=int(meta.get("min_instances") or 0),
-            max_instances=int(meta.get("max_instances") or default_max),
-            idle_timeout_s=float(meta.get("idle_timeout_s") or 300),
-            max_calls_per_instance=int(meta.get("max_calls_per_instance") or 0),
-            strategy=strategy,
+            min_instances=own.min_instances,
+            max_instances=default_max if own.max_instances is None else own.max_instances,
+            idle_timeout_s=300.0 if own.idle_timeout_s is None else float(own.idle_timeout_s),
+            max_calls_per_instance=own.max_calls_per_instance,
+            strategy=own.strategy,
         )
         if settings.max_instances < 1 or settings.min_instances > settings.max_instances:
             raise InvalidArgument(

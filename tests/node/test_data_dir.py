@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from spearlet.api.grpc import spearlet_pb2 as pb
-from spearlet.data_dir import DataDirInUse, DataDirLock
+from spearlet.node.data_dir import DataDirInUse, DataDirLock
 from tests.e2e.test_async import wait_done
 from tests.helpers import existing, params, serve_refused, start_node
 

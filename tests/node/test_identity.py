@@ -10,8 +10,8 @@ import pytest
 
 from spearlet.config import Settings
 from spearlet.core.errors import StartError
-from spearlet.identity import NodeIdentity
 from spearlet.node import Node
+from spearlet.node.identity import NodeIdentity
 
 
 def test_the_default_id_is_made_once_per_data_dir_and_kept(tmp_path: Path) -> None:

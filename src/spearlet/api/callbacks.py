@@ -21,7 +21,7 @@ from spearlet.core.background import Background
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.lifecycle import Event
 from spearlet.core.models import ExecutionRecord
-from spearlet.net import HostRules, parse_http_url
+from spearlet.core.net import HostRules, parse_http_url
 
 log = logging.getLogger(__name__)
 

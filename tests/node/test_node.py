@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from spearlet.config import Settings
-from spearlet.core.invoker import InvocationType, InvokeRequest
 from spearlet.core.models import Mode, Status
+from spearlet.engine.invoker import InvocationType, InvokeRequest
 from spearlet.node import Node
 from spearlet.store.memory import MemoryStore
 from tests.helpers import serve_refused

@@ -16,14 +16,16 @@ import psutil
 import pytest
 
 from spearlet.config import Settings
-from spearlet.core.errors import ResourceExhausted
+from spearlet.core.errors import ResourceExhausted, StoreUnavailable
 from spearlet.core.ids import new_execution_id
 from spearlet.core.lifecycle import Event, Lifecycle
 from spearlet.core.models import ExecutionRecord, Mode, OutputKind, Status, Task, now_ms
+from spearlet.engine import scheduler as scheduler_module
+from spearlet.engine.scheduler import BACKOFF_BASE_S, BACKOFF_CAP_S, Scheduler, backoff_s
 from spearlet.runtimes.base import Invocation, Outcome, StopRequest
 from spearlet.runtimes.process import ProcessRuntime
-from spearlet.scheduler import BACKOFF_BASE_S, BACKOFF_CAP_S, Scheduler, backoff_s
 from spearlet.store.sqlite import STAGE_S, SqliteStore
+from tests.fakes import engine
 from tests.helpers import script
 
 pytestmark = pytest.mark.timeout(60)
@@ -400,7 +402,7 @@ async def test_not_retryable_error_codes_are_not_retried(make: Callable[..., Har
 async def test_request_stop_between_attempts_cancels_the_retry(
     make: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("spearlet.scheduler.backoff_s", lambda attempt: 5.0)
+    monkeypatch.setattr("spearlet.engine.scheduler.backoff_s", lambda attempt: 5.0)
     h = make()
     counter = h.dir / "counter"
     task = h.task("flaky", f"#!/bin/sh\necho x >> {counter}\nexit 1\n")
@@ -425,7 +427,7 @@ async def test_request_stop_between_attempts_cancels_the_retry(
 async def test_a_staged_sync_record_retried_after_the_staging_delay_ends_completed_and_reads_running_between(
     make: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("spearlet.scheduler.backoff_s", lambda attempt: STAGE_S * 5)  # spans the staging delay
+    monkeypatch.setattr("spearlet.engine.scheduler.backoff_s", lambda attempt: STAGE_S * 5)  # spans the staging delay
     h = make()
     counter = h.dir / "counter"
     task = h.task("flaky", f"#!/bin/sh\necho x >> {counter}\nn=$(wc -l < {counter})\n[ $n -ge 2 ]\n")
@@ -588,3 +590,35 @@ async def test_close_cancels_running_work_leaving_the_record_running_and_no_proc
     assert not list(live_children())
     await asyncio.sleep(0.2)
     assert not queued_ran.exists()  # a closed scheduler starts nothing
+
+
+# A store that takes no writes for a while
+
+
+async def test_an_end_the_store_cannot_take_is_held_answered_and_written_once_it_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler_module, "HELD_RETRY_S", 0.01)
+    async with engine(tmp_path) as eng:
+        await eng.task()
+        refusals = 2  # the end's first write, and its first retry
+        write = eng.store.transition
+
+        async def unreachable_at_first(record: ExecutionRecord) -> bool:
+            nonlocal refusals
+            if record.done and refusals:
+                refusals -= 1
+                raise StoreUnavailable("the store cannot be reached")
+            return await write(record)
+
+        monkeypatch.setattr(eng.store, "transition", unreachable_at_first)
+        result = await eng.invoker.invoke(eng.request())
+        execution_id = result.record.execution_id
+        assert result.record.status is Status.COMPLETED  # the caller is answered all the same
+        assert eng.scheduler.held(execution_id) is not None
+        assert (await eng.invoker.get(execution_id)).status is Status.COMPLETED  # status queries too
+        deadline = time.monotonic() + 5
+        while eng.scheduler.held(execution_id) is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        stored = await eng.store.get_execution(execution_id)
+        assert refusals == 0 and stored is not None and stored.status is Status.COMPLETED

@@ -1,4 +1,10 @@
-"""A node: the store, runtimes, scheduler and invoker wired together behind gRPC and HTTP."""
+"""A node: every part built from the settings and wired together behind gRPC and HTTP.
+
+The implementations the settings choose come from node/tables.py (the store and what a shared one
+brings, the runtimes); the rest is built here: the sandbox and function user, the artifact fetcher,
+the engine (registry, scheduler, invoker, management), the listeners of executions (metrics,
+callbacks, the cluster) and the transports. The only module that may import every layer
+(ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
@@ -22,36 +28,28 @@ import grpc
 import uvicorn
 from grpc_health.v1 import health_pb2
 
+from spearlet.api.callbacks import Callbacks
 from spearlet.api.grpc.server import build_server
 from spearlet.api.http.app import create_app
 from spearlet.api.service import FunctionApi
 from spearlet.artifacts import ArtifactFetcher
-from spearlet.artifacts.blobs import RedisBlobs
 from spearlet.artifacts.cache import ArtifactCache, Permissions
 from spearlet.artifacts.local import Reader
-from spearlet.callbacks import Callbacks
-from spearlet.cluster import Cluster
 from spearlet.config import Settings
 from spearlet.core.errors import StartError, StoreFault, StoreUnavailable
-from spearlet.core.invoker import Invoker
 from spearlet.core.lifecycle import Lifecycle
 from spearlet.core.models import ArtifactSpec
-from spearlet.core.tasks import TaskRegistry
-from spearlet.data_dir import DataDirLock
-from spearlet.identity import NodeIdentity
-from spearlet.net import HostRules
+from spearlet.core.net import HostRules
+from spearlet.engine.invoker import Invoker
+from spearlet.engine.management import Management
+from spearlet.engine.registry import TaskRegistry
+from spearlet.engine.scheduler import Scheduler
+from spearlet.node.data_dir import DataDirLock
+from spearlet.node.identity import NodeIdentity
+from spearlet.node.tables import Isolation, runtimes, store_parts
 from spearlet.observability.metrics import Metrics
-from spearlet.runtimes.base import Runtime
 from spearlet.runtimes.bubblewrap import SandboxUnavailable, hidden_paths, start_sandbox
-from spearlet.runtimes.process import ProcessRuntime
-from spearlet.runtimes.python import PythonRuntime
 from spearlet.runtimes.sandbox import FunctionUser, kill_leftovers, resolve_user, set_node_mark, world_traversable
-from spearlet.runtimes.wasm import WasmRuntime
-from spearlet.scheduler import Scheduler
-from spearlet.store.base import Store
-from spearlet.store.memory import MemoryStore
-from spearlet.store.redis import RedisStore
-from spearlet.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +100,8 @@ class Node:
         if not settings.node_id:
             settings = settings.model_copy(update={"node_id": NodeIdentity(settings.data_dir).node_id})
         self.settings = settings
-        self.store: Store
-        if settings.store == "sqlite":
-            self.store = SqliteStore(settings.db_path)
-        elif settings.store == "memory":
-            self.store = MemoryStore()
-        else:
-            self.store = RedisStore(settings.store, retention_ms=int(settings.retention_hours * 3_600_000))
+        parts = store_parts(settings)
+        self.store = parts.store
         self.user = resolve_user(settings.run_as)
         if settings.shared_dir is not None:
             settings.shared_dir.mkdir(parents=True, exist_ok=True)  # hidden from functions: it must exist
@@ -122,17 +115,9 @@ class Node:
             raise SandboxUnavailable(f'network = "none" needs the sandbox, which is {self.sandbox_mode}')
         # In a sandbox, bwrap shows functions what they need wherever it is: no directory is opened.
         self.shared_dir = shared_dir(settings, self.user if self.sandbox is None else None)
-        self.runtimes: dict[str, Runtime] = {
-            "process": ProcessRuntime(self.user, self.sandbox, settings.network),
-            "python": PythonRuntime(settings, self.user, self.shared_dir, self.sandbox),
-            "wasm": WasmRuntime(settings),
-        }
+        self.runtimes = runtimes(settings, Isolation(self.user, self.sandbox, self.shared_dir))
         self.lifecycle = Lifecycle()
-        self.blobs = (
-            RedisBlobs(settings.store, settings.artifact_blob_limit_mb << 20)
-            if isinstance(self.store, RedisStore)
-            else None
-        )
+        self.blobs = parts.blobs
         fetcher = ArtifactFetcher(
             artifact_cache(self.shared_dir / "artifacts", self.user, sandboxed=self.sandbox is not None),
             max_bytes=settings.artifact_limit_mb << 20,
@@ -149,20 +134,26 @@ class Node:
             self.store,
             fetcher,
             self.runtimes,
-            cache=not isinstance(self.store, RedisStore),
+            cache=not parts.shared,
             max_metadata_bytes=settings.max_metadata_bytes,
         )
         self.scheduler = Scheduler(settings, self.store, self.runtimes, self.lifecycle)
         self.tasks.in_use = self.scheduler.tasks_in_use
         self.invoker = Invoker(settings, self.store, self.tasks, self.scheduler, self.lifecycle)
-        self.cluster: Cluster | None = None
-        if isinstance(self.store, RedisStore):
-            self.cluster = Cluster(settings, self.store, self.scheduler, self.tasks, self.lifecycle, settings.lease_s)
-            self.invoker.dispatch = self.cluster
-        self.api = FunctionApi(self.invoker, {"sandbox": self.sandbox_mode})
-        python = self.runtimes["python"]
-        assert isinstance(python, PythonRuntime)
-        self.metrics = Metrics(self.scheduler, {"python": python.pool}, settings.metrics_max_functions)
+        self.cluster = parts.cluster(self.scheduler, self.tasks, self.lifecycle) if parts.cluster else None
+        self.invoker.dispatch = self.cluster
+        self.management = Management(settings, self.store, self.tasks, self.scheduler, self.lifecycle)
+        self.api = FunctionApi(
+            self.invoker,
+            self.management,
+            self.tasks,
+            node_id=settings.node_id,
+            max_streams=settings.max_streams,
+            max_page_bytes=settings.max_page_bytes,
+            node_info={"sandbox": self.sandbox_mode},
+        )
+        pools = {kind: runtime.pool for kind, runtime in self.runtimes.items() if runtime.pool is not None}
+        self.metrics = Metrics(self.scheduler, pools, settings.metrics_max_functions)
         self.callbacks = Callbacks(settings.callback_allow, settings.callback_timeout_s)
         self.lifecycle.subscribe(self.metrics.on_event)
         self.lifecycle.subscribe(self.callbacks.on_event)
@@ -250,13 +241,13 @@ class Node:
         if self.cluster is not None:
             await self.cluster.start()  # lost work is reclaimed through the cluster's leases
         else:
-            resubmitted, failed = await self.invoker.recover()
+            resubmitted, failed = await self.management.recover()
             if resubmitted or failed:
                 log.warning("recovered unfinished executions: %d resubmitted, %d failed", resubmitted, failed)
 
     async def _expire(self) -> int:
         try:
-            removed = await self.invoker.expire_records()
+            removed = await self.management.expire_records()
         except StoreFault as exc:  # a full disk: expiring would free nothing until space returns
             log.warning("retention not applied: %s", exc)
             return 0
@@ -310,6 +301,13 @@ class Node:
             await self.store.close()
         finally:
             self.data_lock.release()
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse, before anything starts, settings the node could not serve with: a non-loopback
+    address without a token, a function user it cannot become (ValueError saying which)."""
+    settings.check_exposure()
+    resolve_user(settings.run_as)
 
 
 def shared_dir(settings: Settings, user: FunctionUser | None) -> Path:

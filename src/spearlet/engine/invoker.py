@@ -2,7 +2,8 @@
 
 validate -> resolve the task -> store the record durably -> hand it to the scheduler ->
 wait for it (SYNC, up to max_sync_wait) or answer at once (ASYNC) with the status endpoint and an
-estimate measured on this node.
+estimate measured on this node. A stream follows it chunk by chunk; watch, status and cancel act on
+one execution. Everything else done with what the node holds is Management's (management.py).
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from typing import Any, Protocol
 
 from spearlet.config import Settings
 from spearlet.core.background import Background
-from spearlet.core.errors import FailedPrecondition, InvalidArgument, NotFound, StoreFault, StoreUnavailable
+from spearlet.core.codes import ErrorCode
+from spearlet.core.errors import InvalidArgument, NotFound, StoreFault
 from spearlet.core.ids import check_client_execution_id, new_execution_id
 from spearlet.core.lifecycle import Event, Lifecycle, Update
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Task, now_ms
-from spearlet.core.tasks import TaskRegistry, page_limit
 from spearlet.core.values import check_string_map, dump_params
-from spearlet.scheduler import Scheduler
-from spearlet.store.base import ExecutionPage, Stats, Store, pending_write
+from spearlet.engine.registry import TaskRegistry
+from spearlet.engine.scheduler import Scheduler
+from spearlet.store.base import Store, pending_write
 
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 WATCH_POLL_S = 0.25
@@ -91,17 +93,6 @@ class CancelResult:
     status: Status
 
 
-@dataclass(slots=True)
-class Health:
-    status: str
-    message: str
-    uptime_seconds: int
-    active_tasks: int
-    running: int
-    pending: int
-    total_executions: int
-
-
 class Invoker:
     def __init__(
         self,
@@ -116,7 +107,6 @@ class Invoker:
         self.tasks = tasks
         self.scheduler = scheduler
         self.lifecycle = lifecycle
-        self.started_monotonic = time.monotonic()
         # Admission checks (middleware): each may refuse a new execution with InvalidArgument.
         self.checks: list[Callable[[ExecutionRecord], None]] = []
         self.dispatch: Dispatch | None = None
@@ -149,7 +139,9 @@ class Invoker:
                     await pending_write(self.dispatch.enqueue(record))
                 except StoreFault:
                     # Stored but never queued, and the caller told it failed: it must not wait for ever.
-                    record.end(Status.FAILED, "STORE_UNAVAILABLE", "the store became unreachable before it was queued")
+                    record.end(
+                        Status.FAILED, ErrorCode.STORE_UNAVAILABLE, "the store became unreachable before it was queued"
+                    )
                     self._background.spawn(self.scheduler.settle(record))
                     raise
             else:
@@ -248,7 +240,7 @@ class Invoker:
             self.lifecycle.publish(Event.ACCEPTED, record)
             self.lifecycle.publish(Event.FINISHED, record)
         elif record.mode is Mode.STREAM:  # a stream's client leaving cancels it
-            record.end(Status.CANCELLED, "CANCELLED", "the streaming client went away before it started")
+            record.end(Status.CANCELLED, ErrorCode.CANCELLED, "the streaming client went away before it started")
             self._background.spawn(self.scheduler.settle(record))
         elif record.mode is Mode.ASYNC and self.dispatch is not None:
             self.lifecycle.publish(Event.ACCEPTED, record)
@@ -265,7 +257,7 @@ class Invoker:
     async def _from_cache(self, record: ExecutionRecord, task: Task) -> InvokeResult | None:
         """With the task's `cache_ttl_s`, answer an identical call from a recent success, recorded
         as its own COMPLETED execution so that its id serves status queries like any other."""
-        ttl_s = int(task.metadata.get("cache_ttl_s") or 0)
+        ttl_s = task.settings.cache_ttl_s
         if not ttl_s:
             return None
         key = cache_key(task, record.function_name, record.params)
@@ -359,10 +351,10 @@ class Invoker:
         check_string_map(req.environment, "context.environment", s.max_environment_bytes, "max_environment_bytes")
 
     def _new_record(self, req: InvokeRequest, task: Task) -> ExecutionRecord:
-        timeout_ms = req.timeout_ms or int(task.metadata.get("timeout_ms") or 0) or self.settings.default_timeout_ms
+        timeout_ms = req.timeout_ms or task.settings.timeout_ms or self.settings.default_timeout_ms
         if req.timeout_ms < 0 or timeout_ms > MAX_TIMEOUT_MS:
             raise InvalidArgument(f"context.timeout_ms must be between 0 and {MAX_TIMEOUT_MS}, got {req.timeout_ms}")
-        max_retries = req.max_retries or int(task.metadata.get("max_retries") or 0)
+        max_retries = req.max_retries or task.settings.max_retries
         if not 0 <= max_retries <= self.settings.max_retries_cap:
             raise InvalidArgument(
                 f"context.max_retries must be between 0 and {self.settings.max_retries_cap}, got {max_retries}"
@@ -447,87 +439,3 @@ class Invoker:
         if record is not None and not record.done:
             return CancelResult(True, "cancel requested; the execution is stopping", status)
         return CancelResult(False, f"execution finished first: {status.name}", status)
-
-    async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
-        """A page of records, ending at `limit` of them or `max_page_bytes` of what they store."""
-        max_bytes = self.settings.max_page_bytes
-        return await self.store.list_executions(task_id, status, page_limit(limit), start_after, max_bytes=max_bytes)
-
-    async def delete_task(self, task_id: str, force: bool, cleanup_executions: bool) -> tuple[bool, int, str]:
-        active = [
-            r
-            for r in (await self.store.unfinished())
-            if r.task_id == task_id and self.scheduler.is_active(r.execution_id)
-        ]
-        if active and not force:
-            raise FailedPrecondition(
-                f"task {task_id!r} has {len(active)} active executions: cancel them or delete with force"
-            )
-        ends = {record.execution_id: self.lifecycle.waiter(record.execution_id) for record in active}
-        for record in active:
-            self.scheduler.request_stop(record.execution_id, True, "task deleted")
-        if ends:
-            # Their ends first, so that what is kept per task (metrics, history) goes with it.
-            await asyncio.wait(ends.values(), timeout=5.0)
-            for execution_id, end in ends.items():
-                self.lifecycle.drop_waiter(execution_id, end)
-        deleted, cleaned = await self.tasks.delete(task_id, cleanup_executions)
-        if not deleted:
-            raise NotFound(f"task {task_id!r} not found")
-        return deleted, cleaned, f"task {task_id!r} deleted"
-
-    # Health and statistics
-
-    def uptime_seconds(self) -> int:
-        return int(time.monotonic() - self.started_monotonic)
-
-    async def health(self) -> Health:
-        pending = self.scheduler.pending_count
-        fault = self.store.fault
-        try:
-            tasks, executions = await self.store.count_tasks(), await self.store.count_executions()
-        except StoreFault as exc:
-            fault, tasks, executions = exc, 0, 0
-        status, message = "healthy", "serving"
-        if isinstance(fault, StoreUnavailable):
-            status, message = "unhealthy", str(fault)
-        elif fault is not None:  # a full disk: stored work is still answered
-            status, message = "degraded", str(fault)
-        elif pending >= self.settings.max_pending:
-            status, message = "unhealthy", f"pending queue full ({pending})"
-        elif pending >= 0.8 * self.settings.max_pending:
-            status, message = "degraded", f"pending queue {pending} of {self.settings.max_pending}"
-        return Health(status, message, self.uptime_seconds(), tasks, self.scheduler.running_count, pending, executions)
-
-    async def stats(self, time_range_hours: int) -> Stats:
-        if time_range_hours < 0:
-            raise InvalidArgument(f"time_range_hours must not be negative, got {time_range_hours}")
-        since = now_ms() - time_range_hours * 3_600_000 if time_range_hours else 0
-        return await self.store.stats(since)
-
-    async def expire_records(self) -> int:
-        """Apply the retention: terminal records older than `retention_hours` or beyond
-        `retention_max_records` go; unfinished ones stay."""
-        before = now_ms() - int(self.settings.retention_hours * 3_600_000)
-        return await self.store.expire(before, self.settings.retention_max_records)
-
-    # Recovery
-
-    async def recover(self) -> tuple[int, int]:
-        """Finish what a previous run of this node accepted: (resubmitted, failed)."""
-        resubmitted = failed = 0
-        for record in await self.store.unfinished():
-            task = await self.tasks.find(record.task_id)
-            retry_left = record.attempts <= record.max_retries
-            if task is not None and (record.status is Status.PENDING or retry_left):
-                self.scheduler.submit(record, task)
-                resubmitted += 1
-                continue
-            if task is None:
-                record.end(Status.FAILED, "TASK_DELETED", "the task was deleted before it ran")
-            else:
-                message = f"the node restarted during attempt {record.attempts} and no retries were left"
-                record.end(Status.FAILED, "NODE_RESTARTED", message)
-            await self.scheduler.settle(record)
-            failed += 1
-        return resubmitted, failed

@@ -6,30 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from spearlet.config import Settings
-from spearlet.core import invoker as invoker_module
-from spearlet.core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from spearlet.core.ids import new_execution_id
-from spearlet.core.invoker import MAX_TIMEOUT_MS, CancelResult, InvocationType, InvokeRequest
+from spearlet.core.codes import ErrorCode
+from spearlet.core.errors import InvalidArgument, NotFound, ResourceExhausted, StoreUnavailable
 from spearlet.core.lifecycle import Event
-from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, now_ms
+from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status
+from spearlet.engine import invoker as invoker_module
+from spearlet.engine.invoker import MAX_TIMEOUT_MS, CancelResult, InvocationType, InvokeRequest
 from spearlet.node import Node
-from tests.fakes import Engine, Script, engine, final
+from tests.fakes import Engine, Script, engine, final, stored_pending
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def eng(tmp_path: Path) -> AsyncIterator[Engine]:
-    async with engine(tmp_path) as e:
-        await e.task()
-        yield e
 
 
 def heard_by(eng: Engine) -> list[tuple[Event, str]]:
@@ -45,14 +38,6 @@ async def leave_while_writing(call: Awaitable[Any]) -> None:
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
-
-
-async def stored_pending(eng: Engine, task_id: str = "fn", **fields: Any) -> ExecutionRecord:
-    """A record in the store that this node does not hold (another node's, or one to recover)."""
-    fields.setdefault("created_at", now_ms())
-    record = ExecutionRecord(new_execution_id(), task_id, "", Mode.ASYNC, **fields)
-    assert await eng.store.create_execution(record) is None
-    return record
 
 
 # What a request may ask
@@ -206,7 +191,7 @@ async def test_an_async_estimate_is_the_mean_of_recent_runs_times_the_waves_queu
     behind_two = await eng.invoker.invoke(dataclasses.replace(req, mode=Mode.ASYNC))
     assert behind_two.estimated_completion_ms == 30 * 3
     assert behind_two.record.metrics["estimate"] == "mean of recent runs 30 ms, 1 queued ahead"
-    await eng.invoker.delete_task("one-at-a-time", force=True, cleanup_executions=False)
+    await eng.management.delete_task("one-at-a-time", force=True, cleanup_executions=False)
 
 
 # An execution id or idempotency key that exists
@@ -364,6 +349,16 @@ async def test_the_hand_over_to_the_cluster_ends_even_if_its_caller_leaves(eng: 
     assert [r.execution_id for r in dispatch.enqueued] == ["handed"]
 
 
+async def test_async_work_the_store_lost_before_it_was_queued_is_refused_and_ends_failed(eng: Engine) -> None:
+    dispatch = eng.in_cluster()
+    dispatch.refuse = StoreUnavailable("the store cannot be reached")
+    with pytest.raises(StoreUnavailable):
+        await eng.invoker.invoke(eng.request(Mode.ASYNC, execution_id="lost"))
+    final = await eng.final("lost")
+    assert (final.status, final.error_code) == (Status.FAILED, ErrorCode.STORE_UNAVAILABLE)
+    assert dispatch.enqueued == []
+
+
 # Streams and watches
 
 
@@ -515,83 +510,6 @@ async def test_a_cancel_of_work_another_node_holds_goes_through_the_cluster(
     record = await stored_pending(eng, status=Status.RUNNING)
     assert await eng.invoker.cancel(record.execution_id, "stop it", force=True) == expected
     assert dispatch.cancels == [(record.execution_id, True, "stop it")]
-
-
-# Listing, deleting, health, stats, retention
-
-
-async def test_executions_are_listed_newest_first(eng: Engine) -> None:
-    ids = [(await eng.invoker.invoke(eng.request())).record.execution_id for _ in range(3)]
-    page = await eng.invoker.list_executions("fn", Status.UNKNOWN, 0, "")
-    assert [r.execution_id for r in page.executions] == ids[::-1]
-    with pytest.raises(InvalidArgument, match="limit"):
-        await eng.invoker.list_executions("", Status.UNKNOWN, -1, "")
-
-
-async def test_a_task_with_active_executions_is_deleted_only_with_force(eng: Engine) -> None:
-    eng.runtime.script("", Script(hang=True))
-    running = await eng.invoker.invoke(eng.request(Mode.ASYNC))
-    with pytest.raises(FailedPrecondition, match="1 active executions"):
-        await eng.invoker.delete_task("fn", force=False, cleanup_executions=False)
-    assert await eng.invoker.delete_task("fn", force=True, cleanup_executions=False) == (True, 0, "task 'fn' deleted")
-    final = await eng.final(running.record.execution_id)
-    assert final.status is Status.CANCELLED and "task deleted" in final.error_message
-    with pytest.raises(NotFound):
-        await eng.invoker.delete_task("fn", force=False, cleanup_executions=True)
-
-
-async def test_health_turns_degraded_then_unhealthy_as_the_pending_queue_fills(tmp_path: Path) -> None:
-    async with engine(tmp_path, max_pending=5, max_concurrency=1) as eng:
-        await eng.task()
-        eng.runtime.script("", *[Script(hang=True)] * 7)
-        statuses = []
-        for _ in range(6):  # one runs, the rest wait
-            await eng.invoker.invoke(eng.request(Mode.ASYNC))
-            statuses.append((await eng.invoker.health()).status)
-        assert statuses == ["healthy", "healthy", "healthy", "healthy", "degraded", "unhealthy"]
-        health = await eng.invoker.health()
-        assert (health.running, health.pending, health.total_executions, health.active_tasks) == (1, 5, 6, 1)
-        assert health.message == "pending queue full (5)"
-        with pytest.raises(ResourceExhausted):
-            await eng.invoker.invoke(eng.request(Mode.ASYNC))
-        await eng.invoker.delete_task("fn", force=True, cleanup_executions=False)
-
-
-async def test_stats_cover_the_hours_asked_and_refuse_a_negative_range(eng: Engine) -> None:
-    await stored_pending(eng, created_at=now_ms() - 2 * 3_600_000)
-    await eng.invoker.invoke(eng.request())
-    assert (await eng.invoker.stats(1)).total == 1
-    assert (await eng.invoker.stats(0)).total == 2
-    with pytest.raises(InvalidArgument, match="time_range_hours"):
-        await eng.invoker.stats(-1)
-
-
-async def test_the_retention_keeps_the_newest_finished_records(tmp_path: Path) -> None:
-    async with engine(tmp_path, retention_max_records=1) as eng:
-        await eng.task()
-        ids = [(await eng.invoker.invoke(eng.request())).record.execution_id for _ in range(3)]
-        assert await eng.invoker.expire_records() == 2
-        assert [
-            r.execution_id for r in (await eng.invoker.list_executions("", Status.UNKNOWN, 0, "")).executions
-        ] == ids[2:]
-
-
-# Recovery
-
-
-async def test_recovery_runs_pending_work_retries_what_may_be_retried_and_fails_the_rest(eng: Engine) -> None:
-    pending = await stored_pending(eng)
-    retry = await stored_pending(eng, status=Status.RUNNING, attempts=1, max_retries=1)
-    spent = await stored_pending(eng, status=Status.RUNNING, attempts=1)
-    orphan = await stored_pending(eng, task_id="gone")
-    assert await eng.invoker.recover() == (2, 2)
-    assert (await eng.final(pending.execution_id)).status is Status.COMPLETED
-    assert (await eng.final(retry.execution_id)).attempts == 2
-    failed = await eng.final(spent.execution_id)
-    assert (failed.status, failed.error_code) == (Status.FAILED, "NODE_RESTARTED")
-    assert "during attempt 1 and no retries were left" in failed.error_message
-    orphaned = await eng.final(orphan.execution_id)
-    assert (orphaned.status, orphaned.error_code) == (Status.FAILED, "TASK_DELETED")
 
 
 # Inside a real node (SQLite store, Python workers)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from spearlet.callbacks import Callbacks
+from spearlet.api.callbacks import Callbacks
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import ExecutionRecord, Mode, Status
 
@@ -137,8 +137,8 @@ async def test_a_callback_answer_is_not_read_however_long_it_is(receiver: Receiv
 async def test_a_callback_attempt_is_bounded_in_time_as_a_whole(
     receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("spearlet.callbacks.ATTEMPTS", 2)
-    monkeypatch.setattr("spearlet.callbacks.FIRST_DELAY_S", 0.05)
+    monkeypatch.setattr("spearlet.api.callbacks.ATTEMPTS", 2)
+    monkeypatch.setattr("spearlet.api.callbacks.FIRST_DELAY_S", 0.05)
     callbacks = Callbacks(["127.0.0.1"], timeout_s=1.0)
     started = time.monotonic()
     try:

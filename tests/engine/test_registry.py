@@ -13,8 +13,8 @@ import pytest
 
 from spearlet.config import Settings
 from spearlet.core.errors import InvalidArgument
-from spearlet.core.invoker import InvocationType, InvokeRequest
 from spearlet.core.models import ArtifactSpec, Mode, Status
+from spearlet.engine.invoker import InvocationType, InvokeRequest
 from spearlet.node import Node
 from spearlet.runtimes.wasm import WasmRuntime
 from tests.artifacts.conftest import FileServer, serve
@@ -63,7 +63,7 @@ async def test_work_queued_or_running_keeps_the_artifact_it_was_accepted_with(
     node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code = open_path(tmp_path / "code")
-    monkeypatch.setattr("spearlet.core.tasks.UNUSED_GRACE_S", 0.0)
+    monkeypatch.setattr("spearlet.engine.registry.UNUSED_GRACE_S", 0.0)
     await node.tasks.register(
         "v", ArtifactSpec("process", str(script(code / "v1.sh", "#!/bin/sh\nsleep 1; echo v1\n")))
     )
@@ -161,7 +161,7 @@ async def test_deleting_or_replacing_a_task_frees_what_only_it_used(
     assert len(cached(node)) == 2
     await node.tasks.register("shared", ArtifactSpec("wasm", str(code / "m1.wat")))  # replaced by other code
     assert len(wasm._modules) == 2 and len(cached(node)) == 4  # calls that found the old one may still start
-    monkeypatch.setattr("spearlet.core.tasks.UNUSED_GRACE_S", 0.0)  # ... for a while
+    monkeypatch.setattr("spearlet.engine.registry.UNUSED_GRACE_S", 0.0)  # ... for a while
     await node.tasks.collect()
     assert list(wasm._modules) == [hashlib.sha256(wat(1).encode()).hexdigest()]
     assert len(cached(node)) == 2

@@ -17,17 +17,18 @@ from dataclasses import dataclass, field
 
 from spearlet.config import Settings
 from spearlet.core.background import Background
+from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import ResourceExhausted, StoreFault
 from spearlet.core.lifecycle import Event, Lifecycle
 from spearlet.core.models import ExecutionRecord, Status, Task, now_ms
 from spearlet.core.values import classify_output
-from spearlet.runtimes.base import Invocation, Limits, Outcome, Runtime, StopRequest
+from spearlet.runtimes.base import Invocation, Limits, NodeLimits, Outcome, Runtime, StopRequest
 from spearlet.store.base import Store
 
 log = logging.getLogger(__name__)
 
 # Failures that another attempt cannot fix.
-NOT_RETRYABLE = frozenset({"INVALID_INPUT", "SPAWN_FAILED", "ARTIFACT_UNAVAILABLE", "OUTPUT_TOO_LARGE"})
+NOT_RETRYABLE = frozenset({ErrorCode.SPAWN_FAILED, ErrorCode.ARTIFACT_UNAVAILABLE, ErrorCode.OUTPUT_TOO_LARGE})
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 10.0
 HELD_RETRY_S = 0.5  # how often ends held for a store that took no writes are tried again
@@ -36,6 +37,19 @@ HELD_RETRY_S = 0.5  # how often ends held for a store that took no writes are tr
 def backoff_s(attempt: int) -> float:
     """Exponential backoff with full jitter before attempt number `attempt + 1`."""
     return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
+
+
+def node_limits(settings: Settings) -> NodeLimits:
+    """The node's limits for one call, as runtimes take them."""
+    return NodeLimits(
+        memory_limit_mb=settings.memory_limit_mb,
+        cpu_limit_s=settings.cpu_limit_s,
+        output_limit_bytes=settings.output_limit_bytes,
+        log_limit_bytes=settings.log_limit_bytes,
+        file_limit_mb=settings.file_limit_mb,
+        open_files=settings.open_files,
+        max_processes=settings.max_processes,
+    )
 
 
 @dataclass(slots=True)
@@ -52,6 +66,7 @@ class Scheduler:
         self.store = store
         self.runtimes = runtimes
         self.lifecycle = lifecycle
+        self.limits = node_limits(settings)
         self._queues: dict[str, deque[_Job]] = {}
         self._ring: deque[str] = deque()  # tasks with queued work, in service order
         self._pending: dict[str, _Job] = {}
@@ -79,8 +94,9 @@ class Scheduler:
 
     def task_limit(self, task: Task) -> int:
         """Calls of this task at once: its `max_concurrency`, and no more than its `max_instances`."""
-        limit = task.int_setting("max_concurrency", self.settings.max_concurrency)
-        return max(1, min(limit, task.int_setting("max_instances", limit)))
+        own = task.settings
+        limit = self.settings.max_concurrency if own.max_concurrency is None else own.max_concurrency
+        return max(1, min(limit, limit if own.max_instances is None else own.max_instances))
 
     def recent_duration_ms(self, task_id: str, function_name: str) -> float | None:
         """Mean of the last completed durations of this task and function, or None without history."""
@@ -192,7 +208,9 @@ class Scheduler:
             job.runner = asyncio.get_running_loop().create_task(self._run(job))
 
     async def _finish_unstarted(self, job: _Job, reason: str) -> None:
-        job.record.end(Status.CANCELLED, "CANCELLED", f"cancelled before it started{': ' + reason if reason else ''}")
+        job.record.end(
+            Status.CANCELLED, ErrorCode.CANCELLED, f"cancelled before it started{': ' + reason if reason else ''}"
+        )
         await self._finalize(job.record)
 
     async def _run(self, job: _Job) -> None:
@@ -203,7 +221,7 @@ class Scheduler:
             raise
         except Exception as exc:  # a bug, not a function failure: still end the record
             log.exception("execution %s failed inside the node", record.execution_id)
-            record.end(Status.FAILED, "INTERNAL", f"internal error: {exc}")
+            record.end(Status.FAILED, ErrorCode.INTERNAL, f"internal error: {exc}")
             await self._finalize(record)
         finally:
             self._running.pop(record.execution_id, None)
@@ -217,7 +235,7 @@ class Scheduler:
     async def _attempts(self, job: _Job) -> None:
         record, task = job.record, job.task
         runtime = self.runtimes[task.artifact_type]
-        limits = Limits.for_task(self.settings, task, record.timeout_ms)
+        limits = Limits.for_task(self.limits, task, record.timeout_ms)
         record.node = self.settings.node_id
         while True:
             record.status = Status.RUNNING
@@ -253,7 +271,7 @@ class Scheduler:
             except TimeoutError:
                 continue
             record.status = Status.CANCELLED
-            record.error_code = "CANCELLED"
+            record.error_code = ErrorCode.CANCELLED
             record.error_message = f"cancelled between attempts{': ' + job.stop.reason if job.stop.reason else ''}"
             break
         record.completed_at = now_ms()

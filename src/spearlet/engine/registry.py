@@ -22,18 +22,13 @@ from spearlet.core.background import Background
 from spearlet.core.errors import InvalidArgument, NotFound
 from spearlet.core.ids import check_task_name
 from spearlet.core.models import ArtifactSpec, Task, now_ms
+from spearlet.core.queries import TaskPage
+from spearlet.core.task_settings import TaskSettings
 from spearlet.core.values import check_string_map
 from spearlet.runtimes.base import Runtime
-from spearlet.store.base import Store, TaskPage
+from spearlet.store.base import Store
 
 ALIASES = {"binary": "process"}
-# Settings a task may carry in its metadata (README, "Task settings"); `env.NAME` keys set variables.
-INT_SETTINGS = frozenset(
-    {
-        "timeout_ms", "max_retries", "min_instances", "max_instances", "max_concurrency", "idle_timeout_s",
-        "max_calls_per_instance", "memory_limit_mb", "cpu_limit_s", "cache_ttl_s", "file_limit_mb", "max_processes",
-    }
-)  # fmt: skip
 MAX_PAGE = 1000
 UNUSED_GRACE_S = 60.0
 log = logging.getLogger(__name__)
@@ -89,13 +84,8 @@ class TaskRegistry:
         check_task_name(name)
         runtime = self.runtime_name(spec.artifact_type or "process")
         check_string_map(spec.metadata, "artifact_spec.metadata", self.max_metadata_bytes, "max_metadata_bytes")
-        for key, value in spec.metadata.items():
-            if key in INT_SETTINGS:
-                try:
-                    if int(value) < 0:
-                        raise ValueError
-                except ValueError:
-                    raise InvalidArgument(f"metadata {key!r} must be a non-negative integer, got {value!r}") from None
+        # Its settings, parsed once: a mistake is refused before anything is fetched.
+        settings = TaskSettings.parse(spec.metadata, self.runtimes[runtime].owned_settings)
         artifact = None
         try:
             async with self._fetching():
@@ -115,6 +105,7 @@ class TaskRegistry:
                     digest=artifact.digest,
                     created_at=now,
                     updated_at=now,
+                    parsed=settings,
                 )
                 await self.runtimes[runtime].prepare(task)
                 old = await self.store.get_task(name)

@@ -1,0 +1,1 @@
+"""What drives an invocation: the invoker, the task registry, the scheduler (ARCHITECTURE.md)."""
