@@ -26,7 +26,7 @@ from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
 
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
-from spearlet.api.grpc.convert import tidy_numbers
+from spearlet.api.grpc.values import tidy_numbers
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "spearlet" / "examples"
 

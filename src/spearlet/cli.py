@@ -28,7 +28,7 @@ from rich.table import Table
 from spearlet import __version__
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
-from spearlet.api.grpc.convert import message_json, tidy_numbers
+from spearlet.api.grpc.values import message_json, tidy_numbers
 from spearlet.config import Settings
 from spearlet.core.errors import StartError
 

@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException
 from spearlet import __version__
 from spearlet.api.auth import DENIED, HEADER, TokenCheck
 from spearlet.api.grpc import spearlet_pb2 as pb
-from spearlet.api.grpc.convert import message_json
+from spearlet.api.grpc.values import message_json
 from spearlet.api.service import FunctionApi
 from spearlet.api.views import record_json
 from spearlet.core.errors import SpearletError
