@@ -27,6 +27,7 @@ import grpc
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 from spearlet.client.errors import (
+    ClientError,
     ExecutionNotFound,
     FunctionFailed,
     NotFound,
@@ -195,12 +196,18 @@ class Client:
             client.map("hello", ({"name": n} for n in names), max_in_flight=4)
         """
         check_bound(max_in_flight)
-        window: collections.deque[grpc.Future] = collections.deque()
+        window: collections.deque[grpc.Future | Future[pb.InvokeFunctionResponse]] = collections.deque()
         try:
             for params in inputs:
                 if len(window) >= max_in_flight:
                     yield self._value_of(self._answer(window.popleft()))
-                request = invoke_request(task, function, params, options, Mode.SYNC, self.timeout)
+                try:
+                    request = invoke_request(task, function, params, options, Mode.SYNC, self.timeout)
+                except (ClientError, TypeError) as exc:  # raised in its turn, as Executor.map does
+                    refused: Future[pb.InvokeFunctionResponse] = Future()
+                    refused.set_exception(exc)
+                    window.append(refused)
+                    continue
                 window.append(self._functions.InvokeFunction.future(request, metadata=self._metadata))
             while window:
                 yield self._value_of(self._answer(window.popleft()))
@@ -209,7 +216,7 @@ class Client:
                 pending.cancel()
 
     @staticmethod
-    def _answer(future: grpc.Future) -> pb.InvokeFunctionResponse:
+    def _answer(future: grpc.Future | Future[pb.InvokeFunctionResponse]) -> pb.InvokeFunctionResponse:
         try:
             response: pb.InvokeFunctionResponse = future.result()
         except grpc.RpcError as exc:
