@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import psutil
 import redis
 from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
@@ -391,3 +392,13 @@ def make_certificates(directory: Path, host: str = "127.0.0.1") -> Certificates:
         )
     )
     return files
+
+
+def metric(node: NodeProcess, name: str, **labels: str) -> float:
+    """A counter of the node's /metrics (0 when it has no such series yet)."""
+    text = httpx.get(f"{node.http_url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
+            return float(match.group(2))
+    return 0.0

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import httpx
 import pytest
 
 from spearlet.client import Client
@@ -60,16 +58,6 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
     node = start_node(tmp_path_factory.mktemp("guarded"), *tls, env=env)
     yield Guarded(node, certs, node.grpc_target)
     assert node.stop() == 0, "\n".join(node.output)
-
-
-def metric(node: NodeProcess, name: str, **labels: str) -> float:
-    """A counter of the node's /metrics (0 when it has no such series yet)."""
-    text = httpx.get(f"{node.http_url}/metrics", timeout=10).text
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
-        if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
-            return float(match.group(2))
-    return 0.0
 
 
 def max_overlap(spans: list[tuple[float, float]]) -> int:

@@ -28,8 +28,8 @@ from spearlet.client import (
     Unauthenticated,
     Unavailable,
 )
-from tests.client.conftest import TOKEN, Guarded, max_overlap, metric, timed_inputs
-from tests.helpers import NodeProcess, open_path, script
+from tests.client.conftest import TOKEN, Guarded, max_overlap, timed_inputs
+from tests.helpers import NodeProcess, metric, open_path, script
 
 pytestmark = pytest.mark.timeout(60)
 
