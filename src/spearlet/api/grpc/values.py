@@ -48,16 +48,20 @@ def tidy_numbers(value: Any) -> Any:
     return value
 
 
-def pack_value(name: str, value: Any) -> any_pb2.Any:
-    """A parameter's plain value as the node reads it back (`unpack_value`): bytes as BytesValue,
-    anything else as a Value. NaN, infinity and what JSON cannot hold are refused naming the parameter.
+def pack_value(name: str, value: Any, packed: any_pb2.Any | None = None) -> any_pb2.Any:
+    """A parameter's plain value as the node reads it back (`unpack_value`), into `packed` (or a new
+    Any): bytes as BytesValue, anything else as a Value. NaN, infinity and what JSON cannot hold are
+    refused naming the parameter.
 
     >>> unpack_value("n", pack_value("n", {"a": [1, 2.5]}), True)
     {'a': [1, 2.5]}
     """
-    packed = any_pb2.Any()
+    packed = any_pb2.Any() if packed is None else packed
     if isinstance(value, bytes):
         packed.Pack(wrappers_pb2.BytesValue(value=value))
+        return packed
+    if isinstance(value, str):  # the common case, without json_format's walk (a third of the cost)
+        packed.Pack(struct_pb2.Value(string_value=value))
         return packed
     _check_finite(name, value)
     try:
