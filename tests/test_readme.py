@@ -4,6 +4,7 @@ README itself), and the code points at it rather than at documents outside the r
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -85,3 +86,26 @@ def test_sources_and_tests_cite_no_design_document_outside_the_repository() -> N
         if p.suffix in (".py", ".proto", ".toml", ".md", ".sh", ".pyi") and outside in p.read_text(errors="replace")
     ]
     assert citing == [], "point at README sections instead"
+
+
+def python_blocks(heading: str) -> list[str]:
+    section = README.read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+@pytest.mark.parametrize(
+    ("heading", "index", "expected"),
+    [
+        ("Worked example: Python", 0, ["{'greeting': 'Hello, Ada!'}", "{'slept': 1", "NONZERO_EXIT ['something"]),
+        ("Python client", 1, ["{'greeting': 'Hello, Ada!'}", "{'slept': 1", "0\n1\n2\n", "[{'greeting': 'Hello, a!'}"]),
+    ],
+)
+def test_the_python_client_examples_run_as_written(
+    node: NodeProcess, heading: str, index: int, expected: list[str]
+) -> None:
+    code = python_blocks(heading)[index].replace('"127.0.0.1:50052"', repr(node.grpc_target))
+    env = {**os.environ, "SPEARLET_TARGET": node.grpc_target}
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert ran.returncode == 0, ran.stderr
+    for text in expected:
+        assert text in ran.stdout, ran.stdout
