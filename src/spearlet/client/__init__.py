@@ -16,7 +16,6 @@ from spearlet.client.aio import AsyncClient, AsyncExecution, AsyncStream
 from spearlet.client.errors import (
     AlreadyExists,
     ClientError,
-    DeadlineExceeded,
     ExecutionNotFound,
     FailedPrecondition,
     FunctionFailed,
@@ -39,7 +38,6 @@ __all__ = [
     "AsyncStream",
     "Client",
     "ClientError",
-    "DeadlineExceeded",
     "Event",
     "EventKind",
     "Execution",

@@ -88,10 +88,6 @@ class Unavailable(RequestError):
     """No node answers at the target (or TLS was not agreed)."""
 
 
-class DeadlineExceeded(RequestError):
-    """The call did not finish within its gRPC deadline."""
-
-
 _BY_CODE: dict[grpc.StatusCode, type[RequestError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
@@ -99,7 +95,6 @@ _BY_CODE: dict[grpc.StatusCode, type[RequestError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
 }
 
 
