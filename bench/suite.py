@@ -23,6 +23,7 @@ import grpc
 import psutil
 
 from bench import peers
+from bench.client_overhead import client_overhead
 from bench.common import (
     Server,
     cpu_per_call,
@@ -302,6 +303,7 @@ def main() -> None:
             node, echo, floor = _node(Path(tmp) / "data", SPEARLET_MAX_PENDING="1000000"), start_echo(), start_floor()
             try:
                 run = asyncio.run(spearlet_figures(node, echo, floor, args.quick))
+                run.update(client_overhead(node.target, 500 if args.quick else 2000))
             finally:
                 node.stop()
                 floor.stop()

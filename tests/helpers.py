@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import psutil
 import redis
 from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
 
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
-from spearlet.api.grpc.convert import tidy_numbers
+from spearlet.api.grpc.values import tidy_numbers
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "spearlet" / "examples"
 
@@ -395,3 +396,13 @@ def make_certificates(directory: Path, host: str = "127.0.0.1") -> Certificates:
         )
     )
     return files
+
+
+def metric(node: NodeProcess, name: str, **labels: str) -> float:
+    """A counter of the node's /metrics (0 when it has no such series yet)."""
+    text = httpx.get(f"{node.http_url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
+            return float(match.group(2))
+    return 0.0

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import NodeProcess, script, start_node
+from tests.helpers import NodeProcess, metric, script, start_node
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -95,6 +95,19 @@ def test_async_then_status_wait_then_executions(node: NodeProcess) -> None:
     assert final["result"]["status"] == "EXECUTION_STATUS_COMPLETED"
     listed = cli(node, "executions", "--task", "sleep", "--status", "completed")
     assert execution_id in [e["execution_id"] for e in listed["executions"]]
+
+
+def test_wait_follows_the_watch_stream_and_queries_the_status_once(node: NodeProcess) -> None:
+    accepted = cli(node, "invoke", "sleep", "-p", "seconds=2", "--async")
+    queries = metric(node, "spearlet_status_queries_total", transport="grpc")
+    final = cli(node, "status", accepted["execution_id"], "--wait")
+    assert final["result"]["status"] == "EXECUTION_STATUS_COMPLETED"
+    assert metric(node, "spearlet_status_queries_total", transport="grpc") == queries + 1  # the end, with logs
+
+
+def test_a_parameter_given_twice_is_refused(node: NodeProcess) -> None:
+    refused = cli(node, "invoke", "echo", "-p", "n=1", "-p", "n=2", expect=2)
+    assert "parameter 'n' is given more than once" in refused.stderr
 
 
 def test_async_wait_follows_to_the_end(node: NodeProcess) -> None:

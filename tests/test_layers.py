@@ -33,7 +33,9 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "cluster": ("core", "config", "engine", "store.base", "store.redis"),
     "observability": ("core", "observability", "engine", "runtimes.pool"),
     "api": ("core", "api", "engine", "observability"),
-    "cli": ("core", "config", "api", "observability", "node"),
+    # The Python client speaks the wire only: the stubs and the value rules it shares with the node.
+    "client": ("core", "client", "api.grpc.spearlet_pb2", "api.grpc.spearlet_pb2_grpc", "api.grpc.values"),
+    "cli": ("core", "config", "api", "observability", "node", "client"),
     "node": (EVERYTHING,),
     "__main__": ("cli",),
     "examples": (),
@@ -58,6 +60,12 @@ def family(module: str) -> str:
     return module.split(".")[1].split("_")[0] if module.count(".") else module
 
 
+def is_module(name: str) -> bool:
+    """Whether `name` (spearlet.x.y) is a module or package of the source tree."""
+    path = PACKAGE.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
 def imports(path: Path) -> set[str]:
     """The modules of the package that `path` imports, relative to `spearlet` ("" for the package
     itself, which holds only its version). The package imports absolutely: a relative import is
@@ -69,7 +77,12 @@ def imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.level:
             found.add("relative " + "." * node.level + (node.module or ""))
         elif isinstance(node, ast.ImportFrom) and under(node.module or "", "spearlet"):
-            found.add(node.module or "")
+            # `from spearlet.api.grpc import spearlet_pb2` imports that module, not the whole package.
+            modules = [f"{node.module}.{alias.name}" for alias in node.names]
+            if all(map(is_module, modules)):
+                found.update(modules)
+            else:
+                found.add(node.module or "")
     return {name.removeprefix("spearlet").lstrip(".") if under(name, "spearlet") else name for name in found}
 
 

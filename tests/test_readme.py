@@ -4,6 +4,7 @@ README itself), and the code points at it rather than at documents outside the r
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -96,3 +97,26 @@ def test_the_architecture_map_names_only_files_that_exist() -> None:
     paths += [f"{p}/" for p in paths] + [p.name + "/" * p.is_dir() for p in README.parent.iterdir()]
     missing = [name for name in sorted(named) if not any(p == name or p.endswith("/" + name) for p in paths)]
     assert len(named) > 40 and missing == []
+
+
+def python_blocks(heading: str) -> list[str]:
+    section = README.read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+@pytest.mark.parametrize(
+    ("heading", "index", "expected"),
+    [
+        ("Worked example: Python", 0, ["{'greeting': 'Hello, Ada!'}", "{'slept': 1", "NONZERO_EXIT ['something"]),
+        ("Python client", 1, ["{'greeting': 'Hello, Ada!'}", "{'slept': 1", "0\n1\n2\n", "[{'greeting': 'Hello, a!'}"]),
+    ],
+)
+def test_the_python_client_examples_run_as_written(
+    node: NodeProcess, heading: str, index: int, expected: list[str]
+) -> None:
+    code = python_blocks(heading)[index].replace('"127.0.0.1:50052"', repr(node.grpc_target))
+    env = {**os.environ, "SPEARLET_TARGET": node.grpc_target}
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert ran.returncode == 0, ran.stderr
+    for text in expected:
+        assert text in ran.stdout, ran.stdout

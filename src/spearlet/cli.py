@@ -9,17 +9,15 @@ task or execution included, or no node answering).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, cast
+from typing import Annotated, Any
 
-import grpc
 import typer
 import uvloop
-from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 from rich.console import Console
 from rich.markup import escape
@@ -27,10 +25,12 @@ from rich.table import Table
 
 from spearlet import __version__
 from spearlet.api.grpc import spearlet_pb2 as pb
-from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
-from spearlet.api.grpc.convert import message_json, tidy_numbers
+from spearlet.api.grpc.values import message_json
+from spearlet.client import Client, Event, EventKind, Execution, Options, RequestError, TaskNotFound, Unavailable
+from spearlet.client.messages import DEFAULT_TARGET, result_value
 from spearlet.config import Settings
 from spearlet.core.errors import StartError
+from spearlet.core.models import Mode, Status
 
 app = typer.Typer(help="spearlet: a function-execution node for SPEAR.", no_args_is_help=True)
 task_app = typer.Typer(help="Register, list, show and remove tasks.", no_args_is_help=True)
@@ -41,7 +41,6 @@ err_console = Console(stderr=True)
 
 Target = Annotated[str, typer.Option("--target", envvar="SPEARLET_TARGET", help="node gRPC address")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON even on a terminal")]
-DEFAULT_TARGET = "127.0.0.1:50052"
 STATUS = {v.number: v.name.removeprefix("EXECUTION_STATUS_") for v in pb.ExecutionStatus.DESCRIPTOR.values}
 
 
@@ -76,18 +75,6 @@ def client_options(
     """spearlet: a function-execution node for SPEAR."""
     _client["token"] = token
     _client["tls_ca"] = tls_ca
-
-
-def _auth() -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {_client['token']}")] if _client["token"] else []
-
-
-def _channel(target: str) -> grpc.Channel:
-    """A channel to the node: TLS trusting --tls-ca when given, else plaintext."""
-    ca: Path | None = _client["tls_ca"]
-    if ca is None:
-        return grpc.insecure_channel(target)
-    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca.read_bytes()))
 
 
 def main() -> None:
@@ -166,26 +153,25 @@ def serve(
 # --- client helpers ----------------------------------------------------------------------------
 
 
-def _call(target: str, method: str, request: Message, service: str = "FunctionService", not_found: str = "") -> Any:
-    """The response of a unary call; a refused request exits 2 with the reason (`not_found`, when
-    given, says it better than the node for a NOT_FOUND)."""
-    stub_class = getattr(pb_grpc, f"{service}Stub")
-    with _channel(target) as channel:
-        stub = stub_class(channel)
-        try:
-            return getattr(stub, method)(request, metadata=_auth())
-        except grpc.RpcError as exc:
-            _refused(exc, target, not_found)
+def _connect(target: str) -> Client:
+    """The client of every command: the node at `target`, with --token and --tls-ca as given."""
+    return Client(target, token=_client["token"], tls_ca=_client["tls_ca"])
 
 
-def _refused(exc: grpc.RpcError, target: str, not_found: str = "") -> NoReturn:
-    code, detail = exc.code(), exc.details()
-    if code is grpc.StatusCode.UNAVAILABLE:
-        detail = f"no node answers at {target} ({detail}); start one with `spearlet serve`"
-    elif code is grpc.StatusCode.NOT_FOUND and not_found:
-        detail = not_found
-    err_console.print(f"[red]{code.name}[/red]: {escape(detail)}", highlight=False)
-    raise typer.Exit(2) from exc
+@contextlib.contextmanager
+def _refusals(target: str, unknown_task: str = "") -> Iterator[None]:
+    """A refused request exits 2 with the reason (`unknown_task`, when given, says it better than
+    the node for an unknown task)."""
+    try:
+        yield
+    except RequestError as exc:
+        detail = exc.details
+        if isinstance(exc, Unavailable):
+            detail = f"no node answers at {target} ({detail}); start one with `spearlet serve`"
+        elif isinstance(exc, TaskNotFound) and unknown_task:
+            detail = unknown_task
+        err_console.print(f"[red]{exc.code.name}[/red]: {escape(detail)}", highlight=False)
+        raise typer.Exit(2) from exc
 
 
 def _emit(message: Message, as_json: bool, pretty: Any) -> None:
@@ -199,31 +185,24 @@ def _unknown_task(task: str) -> str:
     return f"task {task!r} not found: register it with `spearlet task add {task} PATH` (`spearlet task ls` lists them)"
 
 
-def parse_param(text: str) -> pb.FunctionParameter:
-    """`name=value`: a value that parses as JSON is sent as a Value, anything else as a string."""
-    name, sep, raw = text.partition("=")
-    if not sep or not name:
-        raise typer.BadParameter(f"{text!r}: expected name=value")
-    packed = any_pb2.Any()
-    try:
-        packed.Pack(json_format.ParseDict(json.loads(raw), struct_pb2.Value()))
-    except (ValueError, json_format.ParseError):
-        packed.Pack(wrappers_pb2.StringValue(value=raw))
-    return pb.FunctionParameter(name=name, value=packed)
+def parse_params(texts: list[str]) -> dict[str, Any]:
+    """`name=value` each: a value that parses as JSON is sent as that value, anything else as a string."""
+    params: dict[str, Any] = {}
+    for text in texts:
+        name, sep, raw = text.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{text!r}: expected name=value")
+        if name in params:
+            raise typer.BadParameter(f"parameter {name!r} is given more than once")
+        try:
+            params[name] = json.loads(raw)
+        except ValueError:
+            params[name] = raw
+    return params
 
 
-def _plain_result(result: pb.ExecutionResult) -> Any:
-    return _plain_any(result.result) if result.HasField("result") else None
-
-
-def _plain_any(packed: any_pb2.Any) -> Any:
-    value = struct_pb2.Value()
-    if packed.Unpack(value):
-        return tidy_numbers(json_format.MessageToDict(value))
-    for wrapper in (wrappers_pb2.StringValue(), wrappers_pb2.BytesValue()):
-        if packed.Unpack(wrapper):
-            return wrapper.value
-    return packed.type_url
+def _readable(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, indent=2, default=repr)
 
 
 def _show_result(execution_id: str, result: pb.ExecutionResult, logs: list[str] | None = None) -> None:
@@ -232,9 +211,9 @@ def _show_result(execution_id: str, result: pb.ExecutionResult, logs: list[str] 
     colour = {"COMPLETED": "green", "PENDING": "yellow", "RUNNING": "yellow"}.get(status, "red")
     table.add_row("execution", execution_id)
     table.add_row("status", f"[{colour}]{status}[/{colour}]")
-    value = _plain_result(result)
+    value = result_value(result)
     if value is not None:
-        table.add_row("result", value if isinstance(value, str) else json.dumps(value, indent=2, default=repr))
+        table.add_row("result", _readable(value))
     if result.error_code:
         table.add_row("error", f"{result.error_code}: {result.error_message}")
     if result.execution_time_ms or result.memory_used_bytes:
@@ -264,21 +243,18 @@ def invoke(
     as_json: JsonFlag = False,
 ) -> None:
     """Invoke a function of a registered task and print its result."""
-    request = pb.InvokeFunctionRequest(
-        invocation_type=pb.INVOCATION_TYPE_EXISTING_TASK,
-        task_id=task,
-        function_name=function,
-        parameters=[parse_param(p) for p in param or []],
-        execution_mode=pb.EXECUTION_MODE_ASYNC if run_async else pb.EXECUTION_MODE_SYNC,
-        context=pb.ExecutionContext(timeout_ms=timeout, max_retries=retries, execution_id=execution_id),
-    )
-    if stream:
-        _print_stream(_stream(target, "FunctionService", "StreamFunction", request, _unknown_task(task)), as_json)
-        return
-    response: pb.InvokeFunctionResponse = _call(target, "InvokeFunction", request, not_found=_unknown_task(task))
-    if run_async and wait:
-        _follow(target, response.execution_id, as_json)
-        return
+    params = parse_params(param or [])
+    options = Options(timeout=timeout / 1000 if timeout else None, retries=retries, execution_id=execution_id)
+    with _connect(target) as client, _refusals(target, _unknown_task(task)):
+        if stream:
+            with client.stream(task, function, params, options=options) as streamed:
+                _print_stream(streamed.events(), as_json)
+            return
+        mode = Mode.ASYNC if run_async else Mode.SYNC
+        response = client.call(task, function, params, options=options, mode=mode)
+        if run_async and wait:
+            _follow(client.execution(response.execution_id), as_json)
+            return
     if run_async and not (as_json or not sys.stdout.isatty()):
         console.print(f"execution [bold]{response.execution_id}[/bold] accepted")
         console.print(f"status endpoint: {response.status_endpoint}")
@@ -290,58 +266,35 @@ def invoke(
         raise typer.Exit(1)
 
 
-def _stream(
-    target: str, service: str, method: str, request: Message, not_found: str = ""
-) -> Iterator[pb.StreamExecutionResult]:
-    """The messages of a server-streaming call; Ctrl-C closes it (a StreamFunction then cancels)."""
-    with _channel(target) as channel:
-        stub = getattr(pb_grpc, f"{service}Stub")(channel)
-        try:
-            yield from getattr(stub, method)(request, metadata=_auth())
-        except grpc.RpcError as exc:
-            _refused(exc, target, not_found)
-
-
-def _print_stream(messages: Iterator[pb.StreamExecutionResult], as_json: bool) -> None:
+def _print_stream(events: Iterator[Event], as_json: bool) -> None:
     """Chunks as they come (one JSON object per line for scripts), then the outcome."""
-    final: pb.StreamExecutionResult | None = None
-    for message in messages:
-        final = message
+    final: Event | None = None
+    for event in events:
+        final = event
         if as_json or not sys.stdout.isatty():
-            print(json.dumps(message_json(message)), flush=True)
+            print(json.dumps(message_json(event.message)), flush=True)
             continue
-        if message.HasField("chunk_data"):
-            value = _plain_any(message.chunk_data)
-            text = value if isinstance(value, str) else json.dumps(value)
-            console.print(text.rstrip("\n"), markup=False, highlight=False)
-        elif not message.is_final:
-            console.print(f"[dim]{message.execution_id}: {STATUS.get(message.status)}[/dim]")
+        if event.message.HasField("chunk_data"):
+            console.print(_readable(event.value).rstrip("\n"), markup=False, highlight=False)
+        elif event.kind is not EventKind.FINAL:
+            console.print(f"[dim]{event.execution_id}: {event.status.name}[/dim]")
     if final is None:
         raise typer.Exit(2)
-    if final.is_final and not (as_json or not sys.stdout.isatty()):
-        status = STATUS.get(final.status, "?")
+    if final.kind is EventKind.FINAL and not (as_json or not sys.stdout.isatty()):
         detail = f": {final.error_message}" if final.error_message else ""
-        console.print(f"[{'green' if status == 'COMPLETED' else 'red'}]{status}[/]{detail}")
-    if final.status != pb.EXECUTION_STATUS_COMPLETED:
+        colour = "green" if final.status is Status.COMPLETED else "red"
+        console.print(f"[{colour}]{final.status.name}[/]{detail}")
+    if final.status is not Status.COMPLETED:
         raise typer.Exit(1)
 
 
-def _follow(target: str, execution_id: str, as_json: bool) -> None:
-    """Poll until the execution ends, with a live status line on a terminal."""
-    request = pb.GetExecutionStatusRequest(execution_id=execution_id, include_result=True, include_logs=True)
-    delay = 0.05
-    with console.status(f"{execution_id}: PENDING") as line:
-        while True:
-            response: pb.GetExecutionStatusResponse = _call(target, "GetExecutionStatus", request)
-            if not response.found:
-                _not_found(response.message)
-            status = STATUS.get(response.result.status, "?")
-            line.update(f"{execution_id}: {status}")
-            if response.result.status >= pb.EXECUTION_STATUS_COMPLETED:
-                break
-            time.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
-    _emit(response, as_json, lambda: _show_result(execution_id, response.result, list(response.logs)))
+def _follow(execution: Execution, as_json: bool) -> None:
+    """Wait on the watch stream for the end (a live status line on a terminal), then show it whole."""
+    with console.status(f"{execution.id}: ...") as line:
+        for event in execution.events():
+            line.update(f"{execution.id}: {event.status.name}")
+    response = execution.query(logs=True)
+    _emit(response, as_json, lambda: _show_result(execution.id, response.result, list(response.logs)))
     if response.result.status != pb.EXECUTION_STATUS_COMPLETED:
         raise typer.Exit(1)
 
@@ -350,32 +303,24 @@ def _follow(target: str, execution_id: str, as_json: bool) -> None:
 def status(
     execution_id: Annotated[str, typer.Argument()],
     logs: Annotated[bool, typer.Option("--logs", help="include the function's log")] = False,
-    follow: Annotated[bool, typer.Option("--wait", help="poll until it ends")] = False,
+    follow: Annotated[bool, typer.Option("--wait", help="wait until it ends")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="follow it live: each status change and chunk")] = False,
     target: Target = DEFAULT_TARGET,
     as_json: JsonFlag = False,
 ) -> None:
     """Show an execution's status and result."""
-    if watch:
-        request_ = pb.WatchExecutionRequest(execution_id=execution_id)
-        _print_stream(_stream(target, "WatchService", "WatchExecution", request_), as_json)
-        return
-    if follow:
-        _follow(target, execution_id, as_json)
-        return
-    request = pb.GetExecutionStatusRequest(execution_id=execution_id, include_result=True, include_logs=logs)
-    response: pb.GetExecutionStatusResponse = _call(target, "GetExecutionStatus", request)
-    if not response.found:
-        _not_found(response.message)
+    with _connect(target) as client, _refusals(target):
+        execution = client.execution(execution_id)
+        if watch:
+            _print_stream(execution.events(), as_json)
+            return
+        if follow:
+            _follow(execution, as_json)
+            return
+        response = execution.query(logs=logs)
     _emit(response, as_json, lambda: _show_result(execution_id, response.result, list(response.logs)))
     if response.result.status > pb.EXECUTION_STATUS_COMPLETED:  # it ended, and not well
         raise typer.Exit(1)
-
-
-def _not_found(message: str) -> NoReturn:
-    """An unknown task or execution, which the node answers without an error: a refused request."""
-    err_console.print(f"[red]NOT_FOUND[/red]: {escape(message)}", highlight=False)
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -387,13 +332,8 @@ def cancel(
     as_json: JsonFlag = False,
 ) -> None:
     """Cancel a pending or running execution."""
-    response = _call(
-        target,
-        "CancelExecution",
-        pb.CancelExecutionRequest(execution_id=execution_id, reason=reason, force=force),
-    )
-    if response.final_status == pb.EXECUTION_STATUS_UNKNOWN:  # no such execution
-        _not_found(response.message)
+    with _connect(target) as client, _refusals(target):
+        response = client.execution(execution_id).cancel(reason, force)
     _emit(response, as_json, lambda: console.print(f"{response.message} ({STATUS.get(response.final_status)})"))
     if not response.success:
         raise typer.Exit(1)
@@ -409,16 +349,11 @@ def executions(
     as_json: JsonFlag = False,
 ) -> None:
     """List executions, newest first."""
-    wanted = 0
-    if status_filter:
-        names = {name: number for number, name in STATUS.items()}
-        if status_filter.upper() not in names:
-            raise typer.BadParameter(f"unknown status {status_filter!r}: use one of {', '.join(names)}")
-        wanted = names[status_filter.upper()]
-    request = pb.ListExecutionsRequest(
-        task_id=task, limit=limit, start_after=start_after, status_filter=cast(pb.ExecutionStatus, wanted)
-    )
-    response: pb.ListExecutionsResponse = _call(target, "ListExecutions", request)
+    with _connect(target) as client, _refusals(target):
+        try:
+            response = client.executions.page(task, status_filter or None, limit, start_after)
+        except ValueError as exc:  # an unknown status name
+            raise typer.BadParameter(str(exc), param_hint="--status") from None
 
     def pretty() -> None:
         table = Table("execution", "task", "function", "status", "time ms", "error")
@@ -445,8 +380,8 @@ def stats(
     as_json: JsonFlag = False,
 ) -> None:
     """The node's figures (GetStats): failed counts FAILED and TIMEOUT, a cancel counts in neither."""
-    request = pb.GetStatsRequest(include_task_stats=True, include_execution_stats=True, time_range_hours=hours)
-    response: pb.GetStatsResponse = _call(target, "GetStats", request)
+    with _connect(target) as client, _refusals(target):
+        response = client.stats(hours)
 
     def pretty() -> None:
         e, busiest = response.execution_stats, response.task_stats.most_active_tasks
@@ -464,6 +399,8 @@ def stats(
 
 # --- tasks -------------------------------------------------------------------------------------
 
+_OWN_OPTIONS = {"description", "checksum", "replace"}
+
 
 def _metadata(pairs: list[str] | None) -> dict[str, str]:
     out = {}
@@ -471,6 +408,8 @@ def _metadata(pairs: list[str] | None) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"{pair!r}: expected key=value")
+        if key in _OWN_OPTIONS:
+            raise typer.BadParameter(f"{pair!r}: {key} is not a task setting; use --{key}")
         out[key] = value
     return out
 
@@ -488,12 +427,11 @@ def task_add(
     as_json: JsonFlag = False,
 ) -> None:
     """Register a task without invoking it."""
-    path = Path(location)
-    if "://" not in location and path.exists():
-        location = str(path.resolve())  # the node resolves relative paths from its own directory
-    spec = pb.ArtifactSpec(artifact_type=artifact_type, location=location, checksum=checksum, metadata=_metadata(meta))
-    request = pb.RegisterTaskRequest(task_name=name, task_description=description, artifact_spec=spec, replace=replace)
-    response: pb.RegisterTaskResponse = _call(target, "RegisterTask", request, service="TaskService")
+    settings = _metadata(meta)
+    with _connect(target) as client, _refusals(target):
+        response = client.tasks.register(
+            name, location, artifact_type, description=description, checksum=checksum, replace=replace, **settings
+        )
     verb = "registered" if response.created else "replaced"
     _emit(response, as_json, lambda: console.print(f"task [bold]{response.task.task_id}[/bold] {verb}"))
 
@@ -507,9 +445,8 @@ def task_ls(
     as_json: JsonFlag = False,
 ) -> None:
     """List tasks."""
-    response: pb.ListTasksResponse = _call(
-        target, "ListTasks", pb.ListTasksRequest(prefix=prefix, limit=limit, start_after=start_after)
-    )
+    with _connect(target) as client, _refusals(target):
+        response = client.tasks.page(prefix, limit, start_after)
 
     def pretty() -> None:
         table = Table("task", "type", "executions", "last status", "location")
@@ -531,11 +468,8 @@ def task_show(
     as_json: JsonFlag = False,
 ) -> None:
     """Show a task and its recent executions."""
-    response: pb.GetTaskResponse = _call(
-        target, "GetTask", pb.GetTaskRequest(task_id=task_id, include_executions=True, execution_limit=limit)
-    )
-    if not response.found:
-        _not_found(response.message)
+    with _connect(target) as client, _refusals(target):
+        response = client.tasks.get(task_id, executions=limit)
 
     def pretty() -> None:
         console.print(message_json(response.task))
@@ -556,8 +490,8 @@ def task_rm(
     as_json: JsonFlag = False,
 ) -> None:
     """Remove a task."""
-    request = pb.DeleteTaskRequest(task_id=task_id, force=force, cleanup_executions=cleanup)
-    response: pb.DeleteTaskResponse = _call(target, "DeleteTask", request)
+    with _connect(target) as client, _refusals(target):
+        response = client.tasks.delete(task_id, force, cleanup)
     _emit(
         response,
         as_json,

@@ -32,7 +32,7 @@ from starlette.types import Message as AsgiMessage
 from spearlet import __version__
 from spearlet.api.auth import DENIED, HEADER, TokenCheck
 from spearlet.api.grpc import spearlet_pb2 as pb
-from spearlet.api.grpc.convert import message_json
+from spearlet.api.grpc.values import message_json
 from spearlet.api.service import FunctionApi
 from spearlet.api.views import record_json
 from spearlet.core.codes import ErrorCode
