@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2
 
 from spearlet.api.grpc.server import build_server
 from spearlet.api.http.app import create_app
+from spearlet.api.http.dashboard import Dashboard
 from spearlet.api.service import FunctionApi
 from spearlet.artifacts import ArtifactFetcher
 from spearlet.callbacks import Callbacks
@@ -136,6 +137,7 @@ class Node:
         self.callbacks = Callbacks(settings.callback_allow)
         self.lifecycle.subscribe(self.metrics.on_event)
         self.lifecycle.subscribe(self.callbacks.on_event)
+        self.dashboard = Dashboard.attach(self.lifecycle, self.scheduler, {"python": python.pool}, self.cluster)
         self.invoker.checks.append(self.callbacks.check)
         self.grpc_port = 0
         self.http_port = 0
@@ -175,7 +177,7 @@ class Node:
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         sock = socket.create_server((s.host, s.http_port), family=_family(s.host), reuse_port=False)
         self.http_port = sock.getsockname()[1]
-        app = create_app(self.api, self.metrics, token=token)
+        app = create_app(self.api, self.metrics, token=token, dashboard=self.dashboard)
         config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
         self._http = _EmbeddedUvicorn(config)
         self._http_task = asyncio.get_running_loop().create_task(self._http.serve(sockets=[sock]))

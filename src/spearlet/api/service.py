@@ -8,6 +8,7 @@ SpearletError subclasses; each transport maps them to its own codes.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import AsyncGenerator
 
 import psutil
@@ -18,6 +19,7 @@ from spearlet.core.errors import AlreadyExists, InvalidArgument
 from spearlet.core.invoker import Invoker
 from spearlet.core.lifecycle import Event, Update
 from spearlet.core.models import Status
+from spearlet.store.base import ExecutionPage
 
 
 class FunctionApi:
@@ -107,15 +109,26 @@ class FunctionApi:
         )
         return pb.RegisterTaskResponse(task=convert.task_info(task), created=not exists)
 
-    async def list_executions(self, request: pb.ListExecutionsRequest) -> pb.ListExecutionsResponse:
-        page = await self.invoker.list_executions(
-            request.task_id, convert.status_from(request.status_filter), request.limit, request.start_after
-        )
+    async def list_executions(self, request: pb.ListExecutionsRequest, since_ms: int = 0) -> pb.ListExecutionsResponse:
+        page = await self.execution_page(request, since_ms)
         return pb.ListExecutionsResponse(
             executions=[convert.execution_info(r) for r in page.executions],
             has_more=page.has_more,
             next_start_after=page.next_start_after,
         )
+
+    async def execution_page(self, request: pb.ListExecutionsRequest, since_ms: int = 0) -> ExecutionPage:
+        """A page of ListExecutions as records; with `since_ms` (HTTP only), of those created at or
+        after it. Newest first, so the page ends at the first one created before it."""
+        page = await self.invoker.list_executions(
+            request.task_id, convert.status_from(request.status_filter), request.limit, request.start_after
+        )
+        if not since_ms:
+            return page
+        kept = list(itertools.takewhile(lambda r: r.created_at >= since_ms, page.executions))
+        if len(kept) == len(page.executions):
+            return page
+        return ExecutionPage(kept, False, "")
 
     async def health(self, request: pb.GetHealthRequest) -> pb.GetHealthResponse:
         h = await self.invoker.health()
