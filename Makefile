@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup sandbox-tools run test lint proto bench clean
+.PHONY: setup sandbox-tools browser run test lint proto bench screenshots clean
 
 $(BIN)/spearlet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,7 +11,7 @@ $(BIN)/spearlet: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-setup: $(BIN)/spearlet sandbox-tools
+setup: $(BIN)/spearlet sandbox-tools browser
 
 # Functions run in a bubblewrap sandbox (README, Security). Installed here when missing, if this is
 # root on a system with apt-get; otherwise said, and a node started without it says so and runs
@@ -24,6 +24,19 @@ sandbox-tools:
 	      { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; }; \
 	  else \
 	    echo "bubblewrap (bwrap) is missing: install it (e.g. sudo apt-get install bubblewrap) to sandbox functions"; \
+	  fi; }
+
+# The dashboard's browser tests drive a real headless Chromium (Debian's `chromium`, through the
+# playwright package, which downloads no browser of its own). Installed here as bubblewrap is;
+# without one, those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (the dashboard's browser tests)"; \
+	    apt-get install -y -q chromium >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
+	  else \
+	    echo "chromium is missing: install it (e.g. sudo apt-get install chromium) to run the dashboard's browser tests"; \
 	  fi; }
 
 run: setup
@@ -41,6 +54,10 @@ test: lint
 bench: setup
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.suite
+
+# The README's dashboard pictures (docs/screenshots/), taken by the browser tests from a live node.
+screenshots: setup
+	SPEARLET_SCREENSHOTS=docs/screenshots $(BIN)/pytest --no-cov -q tests/api/http/test_dashboard_pages.py -k screenshots_are_taken
 
 proto: setup
 	$(BIN)/python scripts/gen_proto.py
