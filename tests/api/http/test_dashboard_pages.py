@@ -4,6 +4,7 @@ screenshots of each page (written to docs/screenshots/ by `make screenshots`).""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -254,11 +255,12 @@ async def test_the_overview_shows_health_node_and_charts_of_what_finished(page: 
 
     await expect(page.locator("#health [data-status]")).to_have_text("healthy", timeout=WAIT_MS)
     await expect(page.locator("#node")).to_contain_text("dash-node")
+    await expect(page.locator("#completed .value")).to_have_text(re.compile(r"^[1-9]"), timeout=WAIT_MS)
     await expect(page.locator("#node-name")).to_have_text("dash-node")
     charts = page.locator("figure.chart svg")
     await expect(charts).to_have_count(4)
     rate = await charts.first.get_attribute("aria-label")
-    assert rate is not None and re.search(r"completed [1-9][\d.]* /min", rate), rate
+    assert rate is not None and re.search(r"completed [\d.]+ /min \(peak [1-9][\d.]* /min\)", rate), rate
     await expect(page.locator("#cluster-title")).to_have_text("Single node")
 
 
@@ -283,6 +285,7 @@ async def test_the_keyboard_reaches_and_opens_executions(page: Page, api: httpx.
     await expect(page.locator("h1")).to_be_focused()
 
 
+@pytest.mark.timeout(120)  # `make screenshots` first makes a minute of traffic for the charts
 async def test_each_page_renders_dark_and_screenshots_are_taken(
     browser: Browser, node: NodeProcess, api: httpx.AsyncClient, tmp_path: Path
 ) -> None:
@@ -291,6 +294,13 @@ async def test_each_page_renders_dark_and_screenshots_are_taken(
     saving = os.environ.get("SPEARLET_SCREENSHOTS")
     target = Path(saving or tmp_path)
     target.mkdir(parents=True, exist_ok=True)
+    if saving:  # a minute of varied traffic, for charts worth a picture
+        for i in range(80):
+            await invoke(api, "greet", parameters={"name": f"n{i}"})
+            if i % 9 == 0:
+                await invoke(api, "fail")
+            await invoke(api, "sleep", "ASYNC", parameters={"seconds": (i % 7) / 10})
+            await asyncio.sleep(0.4 if i % 40 < 20 else 0.1)
     for name in ("Ada", "Bo", "Cy"):
         await invoke(api, "greet", parameters={"name": name})
     await invoke(api, "fail")
@@ -306,6 +316,7 @@ async def test_each_page_renders_dark_and_screenshots_are_taken(
     try:
         for scheme in ("light", "dark") if saving else ("dark",):
             async with opened(browser, node.http_url, color_scheme=scheme) as shot:
+                await shot.add_init_script("sessionStorage.setItem('spearlet.window', '300')")  # 5-minute charts
                 for name, (path, ready) in pages.items():
                     await shot.goto(path)
                     await expect(shot.locator(ready).first).to_be_visible(timeout=WAIT_MS)

@@ -22,7 +22,8 @@ function label(value) {
 
 /**
  * figure: {title, unit, times: [ms], series: [{name, cls, values: [number|null]}], format(v)}
- * Returns a <figure> whose caption and aria-label carry the latest value of each series.
+ * Returns a <figure> whose caption carries the latest value of each series, its aria-label the
+ * latest and the peak.
  */
 export function lineChart({ title, unit, times, series, format = label }) {
   const max = niceMax(Math.max(0, ...series.flatMap((x) => x.values.filter((v) => v !== null))));
@@ -59,11 +60,12 @@ export function lineChart({ title, unit, times, series, format = label }) {
     }
     svg.append(s("path", { class: `line ${line.cls}`, d }));
   }
+  const shown = (v) => (v === undefined ? "—" : `${format(v)}${unit ? ` ${unit}` : ""}`);
   const latest = series.map((line) => {
-    const last = [...line.values].reverse().find((v) => v !== null && v !== undefined);
-    return { line, text: last === undefined ? "—" : `${format(last)}${unit ? ` ${unit}` : ""}` };
+    const values = line.values.filter((v) => v !== null && v !== undefined);
+    return { line, text: shown(values.at(-1)), peak: shown(values.length ? Math.max(...values) : undefined) };
   });
-  const summary = `${title}: ${latest.map((l) => `${l.line.name} ${l.text}`).join(", ")}`;
+  const summary = `${title}: ${latest.map((l) => `${l.line.name} ${l.text} (peak ${l.peak})`).join(", ")}`;
   svg.setAttribute("aria-label", summary);
   const legend = h("span", { class: "legend" },
     latest.map((l) => h("span", { class: l.line.cls }, `${l.line.name} `, h("b", {}, l.text))));

@@ -14,6 +14,7 @@ const STATUSES = ["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIM
 const SINCE = [["", "Any time"], ["300", "Last 5 minutes"], ["900", "Last 15 minutes"], ["3600", "Last hour"], ["86400", "Last 24 hours"]];
 const SIZES = ["25", "50", "100", "200"];
 const RELOAD_GAP_MS = 2000; // at most one reload this often when the stream says the page fell behind
+const APPLY_GAP_MS = 400;
 
 function option(value, text, selected) {
   return h("option", { value, selected: value === selected }, text);
@@ -117,37 +118,63 @@ export function mount(main, _params, query) {
     (!filters.status || view.status === filters.status) &&
     (!sinceMs || view.created_at_ms >= sinceMs);
 
+  // Changes are applied at most every APPLY_GAP_MS: under a flood, a few repaints a second
+  // rather than one per message (the latest state of each execution is all that is shown).
+  const waiting = new Map();
+  let applyTimer = null;
+  let lastApply = 0;
+  const later = (views) => {
+    for (const view of views) {
+      waiting.delete(view.execution_id);
+      waiting.set(view.execution_id, view);
+    }
+    if (applyTimer) return;
+    applyTimer = setTimeout(() => {
+      applyTimer = null;
+      lastApply = Date.now();
+      const batch = [...waiting.values()];
+      waiting.clear();
+      if (!stopped) apply(batch);
+    }, Math.max(0, APPLY_GAP_MS - (Date.now() - lastApply)));
+  };
+
   let lastReload = 0;
   const unsubscribe = subscribe((views) => {
-    if (views === null) {
-      // The stream lost changes (or just connected): read the page again, not too often.
-      const now = Date.now();
-      if (now - lastReload > RELOAD_GAP_MS) {
-        lastReload = now;
-        load();
-      }
+    if (views !== null) {
+      later(views);
       return;
     }
+    // The stream lost changes (or just connected): read the page again, not too often.
+    const now = Date.now();
+    if (now - lastReload > RELOAD_GAP_MS) {
+      lastReload = now;
+      load();
+    }
+  });
+
+  const apply = (views) => {
     const size = Number(filters.size);
+    const incoming = [];
     for (const view of views) {
       if (table.update(view) || !matches(view)) continue;
-      if (cursors.length === 1) {
-        if (table.insert(view, size) && table.rows.size >= size) hasMore = true;
-      } else if (view.created_at_ms > table.newestCreated()) {
-        newer.add(view.execution_id);
-      }
+      if (cursors.length === 1) incoming.push(view);
+      else if (view.created_at_ms > table.newestCreated()) newer.add(view.execution_id);
     }
+    const before = table.rows.size;
+    const added = table.insert(incoming, size);
+    if (added > size - before) hasMore = true; // some rows left this page for the next one
     if (newer.size) {
       notice.hidden = false;
       notice.replaceChildren(`${count(newer.size)} newer executions since this page was loaded.`,
         h("button", { type: "button", onclick: () => { cursors.splice(0, cursors.length, ""); load(); } }, "Show the newest"));
     }
     paint();
-  });
+  };
 
   load();
   return () => {
     stopped = true;
+    clearTimeout(applyTimer);
     unsubscribe();
   };
 }

@@ -68,18 +68,20 @@ function showCards(cards, health, stats) {
   const info = d.system_info || {};
   cards.replaceChildren(
     card("Health", badge(health.status), health.message, "health"),
-    card("Node", info.node || "—", `up ${uptime(health.uptime_seconds)} · sandbox ${info.sandbox || "—"}`, "node"),
+    // The sandbox's first words ("bubblewrap", "off"); the whole sentence on hover.
+    card("Node", info.node || "—", h("span", { title: info.sandbox || "" },
+      `up ${uptime(health.uptime_seconds)} · sandbox ${(info.sandbox || "—").split(" (")[0]} · ${count(d.active_tasks)} tasks · ` +
+      `${bytes(d.total_memory_used)} with its functions`), "node"),
     card("Running", count(d.running_executions), "executions on this node now", "running"),
     card("Queue", count(d.pending_executions), "accepted, waiting for a slot", "queue"),
-    card("Completed", stats ? count(stats.completed_executions) : "…", "retained records", "completed"),
+    card("Completed", stats ? count(stats.completed_executions) : "…", `of ${count(d.total_executions)} records kept`, "completed"),
     card("Failed", stats ? count(stats.failed_executions) : "…", stats
       ? `timeouts included · success ${Number(stats.success_rate_percent).toFixed(1)}%` : "", "failed"),
-    card("Tasks", count(d.active_tasks), `${count(d.total_executions)} executions stored`, "tasks"),
-    card("Memory", bytes(d.total_memory_used), "node and its functions", "memory"),
   );
 }
 
 function showCharts(charts, series) {
+  // The last step is the current one, still filling: its rate reads low until it ends.
   const points = series.points;
   const times = points.map((p) => p.t_ms);
   const perMinute = 60 / series.step_s;

@@ -3,7 +3,11 @@
 
 import { badge, duration, h, time } from "./dom.js";
 
-const COLUMNS = ["Execution", "Task", "Function", "Status", "Mode", "Created", "Duration", "Attempts", "Node"];
+// Each column's share of the width (the table's layout is fixed: see style.css).
+const COLUMNS = [
+  ["Execution", "24%"], ["Task", "9%"], ["Function", "8%"], ["Status", "10%"], ["Mode", "7%"],
+  ["Created", "16%"], ["Duration", "8%"], ["Attempts", "7%"], ["Node", "11%"],
+];
 
 function cells(view) {
   return [
@@ -26,9 +30,10 @@ export class ExecutionTable {
     this.empty = h("p", { class: "muted", hidden: true }, "No executions match.");
     this.element = h("div", {},
       h("div", { class: "table-wrap" },
-        h("table", { id: "executions" },
+        h("table", { id: "executions", class: "executions" },
           h("caption", { class: "visually-hidden" }, caption),
-          h("thead", {}, h("tr", {}, COLUMNS.map((c) => h("th", { scope: "col" }, c)))),
+          h("colgroup", {}, COLUMNS.map(([, width]) => h("col", { style: null, width }))),
+          h("thead", {}, h("tr", {}, COLUMNS.map(([name]) => h("th", { scope: "col" }, name)))),
           this.tbody)),
       this.empty);
   }
@@ -64,26 +69,36 @@ export class ExecutionTable {
     return true;
   }
 
-  /** A new execution at its place, newest first; the oldest beyond `limit` leave the page. */
-  insert(view, limit) {
-    const tr = this.row(view, true);
-    let before = null;
-    for (const other of this.tbody.children) {
-      if (Number(other.view.created_at_ms) <= Number(view.created_at_ms)) {
-        before = other;
-        break;
+  /** New executions at their places, newest first; the oldest beyond `limit` leave the page.
+   *  One pass for a whole batch: under a flood only the rows that stay on the page are built. */
+  insert(views, limit) {
+    if (!views.length) return 0;
+    const flood = views.length > 10; // no highlight for each of a flood: it would only flicker
+    const incoming = [...views].sort((a, b) => Number(b.created_at_ms) - Number(a.created_at_ms)).slice(0, limit);
+    const shown = [...this.tbody.children];
+    const kept = [];
+    let added = 0;
+    while (kept.length < limit && (incoming.length || shown.length)) {
+      const takeNew = incoming.length && (!shown.length || Number(incoming[0].created_at_ms) >= Number(shown[0].view.created_at_ms));
+      if (takeNew) {
+        kept.push(this.row(incoming.shift(), !flood));
+        added += 1;
+      } else {
+        kept.push(shown.shift());
       }
     }
-    if (!before && this.rows.size >= limit) return false; // older than everything on a full page
-    this.tbody.insertBefore(tr, before);
-    this.rows.set(view.execution_id, tr);
-    while (this.rows.size > limit) {
-      const last = this.tbody.lastElementChild;
-      this.rows.delete(last.dataset.id);
-      last.remove();
+    if (!added) return 0;
+    // Only what changed moves: rows that stay keep their layout and paint.
+    const staying = new Set(kept);
+    for (const tr of [...this.tbody.children]) if (!staying.has(tr)) tr.remove();
+    let cursor = this.tbody.firstElementChild;
+    for (const tr of kept) {
+      if (tr === cursor) cursor = cursor.nextElementSibling;
+      else this.tbody.insertBefore(tr, cursor);
     }
+    this.rows = new Map(kept.map((tr) => [tr.dataset.id, tr]));
     this.empty.hidden = true;
-    return true;
+    return added;
   }
 
   newestCreated() {

@@ -49,9 +49,7 @@ export function mount(main, [taskId]) {
   const stopRefresh = every(REFRESH_MS, refresh);
   const unsubscribe = subscribe((views) => {
     if (views === null) return; // the next refresh reads the list again
-    for (const view of views) {
-      if (view.task_id === taskId && !table.update(view)) table.insert(view, RECENT);
-    }
+    table.insert(views.filter((view) => view.task_id === taskId && !table.update(view)), RECENT);
   });
   return () => {
     stopRefresh();
