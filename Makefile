@@ -13,31 +13,28 @@ $(BIN)/spearlet: pyproject.toml
 
 setup: $(BIN)/spearlet sandbox-tools browser
 
-# Functions run in a bubblewrap sandbox (README, Security). Installed here when missing, if this is
-# root on a system with apt-get; otherwise said, and a node started without it says so and runs
-# functions unsandboxed (or refuses to start, with sandbox = "required").
-sandbox-tools:
-	@command -v bwrap >/dev/null 2>&1 || { \
+# $(call system-package,COMMAND,PACKAGE,WHAT IT IS FOR): install PACKAGE with apt-get when COMMAND
+# is missing, if this is root on a system with apt-get; otherwise say what to install.
+define system-package
+	@command -v $(1) >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing bubblewrap (the function sandbox)"; \
-	    apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
-	      { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; }; \
+	    echo "installing $(2) ($(3))"; \
+	    apt-get install -y -q $(2) >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q $(2) >/dev/null; }; \
 	  else \
-	    echo "bubblewrap (bwrap) is missing: install it (e.g. sudo apt-get install bubblewrap) to sandbox functions"; \
+	    echo "$(1) is missing: install it (e.g. sudo apt-get install $(2)) for $(3)"; \
 	  fi; }
+endef
+
+# Functions run in a bubblewrap sandbox (README, Security). Without it, a node says so at start and
+# runs functions unsandboxed (or refuses to start, with sandbox = "required").
+sandbox-tools:
+	$(call system-package,bwrap,bubblewrap,the function sandbox)
 
 # The dashboard's browser tests drive a real headless Chromium (Debian's `chromium`, through the
-# playwright package, which downloads no browser of its own). Installed here as bubblewrap is;
-# without one, those tests skip and say why.
+# playwright package, which downloads no browser of its own); without one, they skip and say why.
 browser:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing chromium (the dashboard's browser tests)"; \
-	    apt-get install -y -q chromium >/dev/null 2>&1 || \
-	      { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
-	  else \
-	    echo "chromium is missing: install it (e.g. sudo apt-get install chromium) to run the dashboard's browser tests"; \
-	  fi; }
+	$(call system-package,chromium,chromium,the dashboard's browser tests)
 
 run: setup
 	$(BIN)/spearlet serve
