@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup sandbox-tools run test lint proto bench clean
+.PHONY: setup sandbox-tools browser run test lint proto bench screenshots clean
 
 $(BIN)/spearlet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,20 +11,30 @@ $(BIN)/spearlet: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-setup: $(BIN)/spearlet sandbox-tools
+setup: $(BIN)/spearlet sandbox-tools browser
 
-# Functions run in a bubblewrap sandbox (README, Security). Installed here when missing, if this is
-# root on a system with apt-get; otherwise said, and a node started without it says so and runs
-# functions unsandboxed (or refuses to start, with sandbox = "required").
-sandbox-tools:
-	@command -v bwrap >/dev/null 2>&1 || { \
+# $(call system-package,COMMAND,PACKAGE,WHAT IT IS FOR): install PACKAGE with apt-get when COMMAND
+# is missing, if this is root on a system with apt-get; otherwise say what to install.
+define system-package
+	@command -v $(1) >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing bubblewrap (the function sandbox)"; \
-	    apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
-	      { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; }; \
+	    echo "installing $(2) ($(3))"; \
+	    apt-get install -y -q $(2) >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q $(2) >/dev/null; }; \
 	  else \
-	    echo "bubblewrap (bwrap) is missing: install it (e.g. sudo apt-get install bubblewrap) to sandbox functions"; \
+	    echo "$(1) is missing: install it (e.g. sudo apt-get install $(2)) for $(3)"; \
 	  fi; }
+endef
+
+# Functions run in a bubblewrap sandbox (README, Security). Without it, a node says so at start and
+# runs functions unsandboxed (or refuses to start, with sandbox = "required").
+sandbox-tools:
+	$(call system-package,bwrap,bubblewrap,the function sandbox)
+
+# The dashboard's browser tests drive a real headless Chromium (Debian's `chromium`, through the
+# playwright package, which downloads no browser of its own); without one, they skip and say why.
+browser:
+	$(call system-package,chromium,chromium,the dashboard's browser tests)
 
 run: setup
 	$(BIN)/spearlet serve
@@ -41,6 +51,10 @@ test: lint
 bench: setup
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.suite
+
+# The README's dashboard pictures (docs/screenshots/), taken by the browser tests from a live node.
+screenshots: setup
+	SPEARLET_SCREENSHOTS=docs/screenshots $(BIN)/pytest --no-cov -q tests/api/http/test_dashboard_pages.py -k screenshots_are_taken
 
 proto: setup
 	$(BIN)/python scripts/gen_proto.py

@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from spearlet.api.grpc import spearlet_pb2 as pb
@@ -81,5 +82,7 @@ def test_an_installed_wheel_serves_each_bundled_task(tmp_path: Path) -> None:
                 assert unpack(response.result.result) == result, task
             else:
                 assert response.result.error_code == "NONZERO_EXIT", task
+        for page in ("/", "/ui/js/main.js", "/ui/style.css"):  # the dashboard ships in the wheel
+            assert httpx.get(node.http_url + page, timeout=30).status_code == 200, page
     finally:
         assert node.stop() == 0, "\n".join(node.output)

@@ -129,6 +129,20 @@ class Cluster:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._background.wait(), 2.0)
 
+    async def peers(self) -> list[dict[str, Any]]:
+        """The nodes that joined the cluster and are not yet known lost: whether each one's
+        heartbeat is live, and how many sync or streaming calls it runs (async work is in the stream)."""
+        names = sorted(await self.redis.smembers(NODES))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(f"{P}node:{name}")
+                pipe.scard(f"{P}node-running:{name}")
+            answers = await pipe.execute()
+        return [
+            {"node_id": name, "alive": bool(alive), "running_here": int(running), "self": name == self.node}
+            for name, alive, running in zip(names, answers[::2], answers[1::2], strict=True)
+        ]
+
     # Accepting and finishing work
 
     async def enqueue(self, record: ExecutionRecord) -> None:

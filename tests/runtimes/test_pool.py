@@ -640,3 +640,28 @@ async def test_close_stops_every_instance_and_cancels_waiters() -> None:
     assert pool.instances("one") == [] and pool.instances("two") == []
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(waiting, 1.0)
+
+
+# What the dashboard shows of each task's pool
+
+
+async def test_states_count_each_task_s_instances_idle_ones_warm_hits_and_waiters_apart() -> None:
+    pool, _ = make_pool()
+    busy_task, other = make_task("busy", max_instances=2, min_instances=1), make_task("other")
+    held = await acquire_n(pool, busy_task, 2)
+    waiting = asyncio.ensure_future(pool.acquire(busy_task))
+    assert await blocked(waiting)
+    second = await pool.acquire(other)
+    pool.release(other, second, elapsed_ms=1, healthy=True)
+    await pool.acquire(other)  # warm
+
+    states = {s.task_id: s for s in pool.states()}
+
+    assert states["busy"].instances == 2 and states["busy"].idle == 0 and states["busy"].waiting == 1
+    assert states["busy"].warm_hits == 0 and states["busy"].started == 2
+    assert (states["busy"].min_instances, states["busy"].max_instances) == (1, 2)
+    assert states["other"].instances == 1 and states["other"].warm_hits == 1 and states["other"].started == 1
+    pool.release(busy_task, held[0], elapsed_ms=1, healthy=True)
+    await waiting
+    assert {s.task_id: s for s in pool.states()}["busy"].warm_hits == 1
+    await pool.close()

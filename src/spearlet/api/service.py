@@ -8,6 +8,7 @@ SpearletError subclasses; each transport maps them to its own codes.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import AsyncGenerator, Iterable, Iterator
 from typing import TypeVar
 
@@ -19,6 +20,7 @@ from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.core.errors import AlreadyExists, InvalidArgument, ResourceExhausted
 from spearlet.core.lifecycle import Event, Update
 from spearlet.core.models import ExecutionRecord, Status
+from spearlet.core.queries import ExecutionPage
 from spearlet.engine.invoker import Invoker
 from spearlet.engine.management import Management
 from spearlet.engine.registry import TaskRegistry
@@ -167,15 +169,26 @@ class FunctionApi:
         )
         return pb.RegisterTaskResponse(task=convert.task_info(task), created=not exists)
 
-    async def list_executions(self, request: pb.ListExecutionsRequest) -> pb.ListExecutionsResponse:
-        page = await self.management.list_executions(
-            request.task_id, convert.status_from(request.status_filter), request.limit, request.start_after
-        )
+    async def list_executions(self, request: pb.ListExecutionsRequest, since_ms: int = 0) -> pb.ListExecutionsResponse:
+        page = await self.execution_page(request, since_ms)
         return pb.ListExecutionsResponse(
             executions=[convert.execution_info(r) for r in page.executions],
             has_more=page.has_more,
             next_start_after=page.next_start_after,
         )
+
+    async def execution_page(self, request: pb.ListExecutionsRequest, since_ms: int = 0) -> ExecutionPage:
+        """A page of ListExecutions as records; with `since_ms` (HTTP only), of those created at or
+        after it. Newest first, so the page ends at the first one created before it."""
+        page = await self.management.list_executions(
+            request.task_id, convert.status_from(request.status_filter), request.limit, request.start_after
+        )
+        if not since_ms:
+            return page
+        kept = list(itertools.takewhile(lambda r: r.created_at >= since_ms, page.executions))
+        if len(kept) == len(page.executions):
+            return page
+        return ExecutionPage(kept, False, "")
 
     async def health(self, request: pb.GetHealthRequest) -> pb.GetHealthResponse:
         h = await self.management.health()

@@ -9,7 +9,9 @@ from spearlet.core.models import ExecutionRecord, OutputKind
 from spearlet.core.values import output_value
 
 
-def record_json(record: ExecutionRecord, include_result: bool = True, include_logs: bool = False) -> dict[str, Any]:
+def record_json(
+    record: ExecutionRecord, include_result: bool = True, include_logs: bool = False, include_params: bool = False
+) -> dict[str, Any]:
     """An execution record with plain values: the result as JSON (bytes as base64), times in ms."""
     body: dict[str, Any] = {
         "execution_id": record.execution_id,
@@ -30,11 +32,15 @@ def record_json(record: ExecutionRecord, include_result: bool = True, include_lo
         "error_message": record.error_message,
         "metrics": record.metrics,
     }
+    if include_params:
+        body["parameters"] = {name: _plain(value) for name, value in record.params.items()}
     if include_result and record.output_kind is not OutputKind.NONE:
-        value = output_value(record.output, record.output_kind)
-        body["result"] = (
-            {"bytes_base64": base64.b64encode(value).decode("ascii")} if isinstance(value, bytes) else value
-        )
+        body["result"] = _plain(output_value(record.output, record.output_kind))
     if include_logs:
         body["logs"] = record.logs.splitlines()
     return body
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON, bytes as `{"bytes_base64": ...}`."""
+    return {"bytes_base64": base64.b64encode(value).decode("ascii")} if isinstance(value, bytes) else value

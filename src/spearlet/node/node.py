@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2
 from spearlet.api.callbacks import Callbacks
 from spearlet.api.grpc.server import build_server
 from spearlet.api.http.app import create_app
+from spearlet.api.http.dashboard import Dashboard
 from spearlet.api.service import FunctionApi
 from spearlet.artifacts import ArtifactFetcher
 from spearlet.artifacts.cache import ArtifactCache, Permissions
@@ -157,6 +158,7 @@ class Node:
         self.callbacks = Callbacks(settings.callback_allow, settings.callback_timeout_s)
         self.lifecycle.subscribe(self.metrics.on_event)
         self.lifecycle.subscribe(self.callbacks.on_event)
+        self.dashboard = Dashboard.attach(self.lifecycle, lambda: self.scheduler.pending_count, pools, self.cluster)
         self.invoker.checks.append(self.callbacks.check)
         self.tasks.on_delete.extend([self.metrics.forget_task, self.scheduler.forget_task])
         self.grpc_port = 0
@@ -204,7 +206,7 @@ class Node:
             raise StartError(str(exc)) from None
         await self._grpc.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        app = create_app(self.api, self.metrics, token=token)
+        app = create_app(self.api, self.metrics, token=token, dashboard=self.dashboard)
         config = uvicorn.Config(
             app,
             log_level="warning",

@@ -82,6 +82,23 @@ class _TaskInstances:
     starting: int = 0
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
     turn: itertools.count[int] = field(default_factory=itertools.count)
+    warm_hits: int = 0
+    started: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolState:
+    """One task's instances as the dashboard shows them (GET /api/v1/pools)."""
+
+    task_id: str
+    instances: int
+    idle: int
+    starting: int
+    waiting: int
+    warm_hits: int
+    started: int
+    min_instances: int
+    max_instances: int
 
 
 Starter = Callable[[Task, str], Awaitable[Instance]]
@@ -105,6 +122,24 @@ class Pool:
         group = self._tasks.get(task_id)
         return list(group.instances) if group else []
 
+    def states(self) -> list[PoolState]:
+        """Each task's instances now, and its calls served warm since its group was made (a
+        replaced task starts over)."""
+        return [
+            PoolState(
+                task_id=task_id,
+                instances=len(group.instances),
+                idle=sum(1 for i in group.instances if not i.busy),
+                starting=group.starting,
+                waiting=len(group.waiters),
+                warm_hits=group.warm_hits,
+                started=group.started,
+                min_instances=group.settings.min_instances,
+                max_instances=group.settings.max_instances,
+            )
+            for task_id, group in self._tasks.items()
+        ]
+
     def _group(self, task: Task) -> _TaskInstances:
         group = self._tasks.get(task.task_id)
         if group is None:
@@ -120,6 +155,7 @@ class Pool:
                 chosen = self._choose(group, idle)
                 chosen.busy = True
                 self.warm_hits += 1
+                group.warm_hits += 1
                 return chosen
             if len(group.instances) + group.starting < group.settings.max_instances:
                 instance = await self._spawn(task, group)
@@ -155,6 +191,7 @@ class Pool:
         finally:
             group.starting -= 1
         self.started += 1
+        group.started += 1
         group.instances.append(instance)
         return instance
 

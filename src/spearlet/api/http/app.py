@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -33,6 +33,7 @@ from spearlet import __version__
 from spearlet.api.auth import DENIED, HEADER, TokenCheck
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc.values import message_json
+from spearlet.api.http import dashboard as ui
 from spearlet.api.service import FunctionApi
 from spearlet.api.views import record_json
 from spearlet.core.codes import ErrorCode
@@ -230,7 +231,11 @@ async def _no_body() -> AsgiMessage:
 
 
 def create_app(
-    api: FunctionApi, metrics: Metrics | None = None, max_request_bytes: int = 8 << 20, token: str = ""
+    api: FunctionApi,
+    metrics: Metrics | None = None,
+    max_request_bytes: int = 8 << 20,
+    token: str = "",
+    dashboard: ui.Dashboard | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="spearlet",
@@ -279,7 +284,8 @@ def create_app(
 
     @app.middleware("http")
     async def require_token(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if check is not None and not check.allows(request.headers.get(HEADER)):
+        public = dashboard is not None and ui.is_page(request.url.path)
+        if check is not None and not public and not check.allows(request.headers.get(HEADER)):
             response = error(401, ErrorCode.UNAUTHENTICATED, DENIED)
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
@@ -317,23 +323,37 @@ def create_app(
 
     @app.get("/api/v1/executions", tags=["executions"])
     async def list_executions(
-        task_id: str = "", status: str = "", limit: int = 100, start_after: str = ""
+        task_id: str = "",
+        status: str = "",
+        limit: int = 100,
+        start_after: str = "",
+        since_ms: int = Query(0, ge=0),
+        view: Literal["info", "record"] = "info",
     ) -> dict[str, Any]:
-        """ListExecutions, newest first. `status`: PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT."""
+        """ListExecutions, newest first. `status`: PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT.
+        `since_ms`: only those created at or after it (ms since the epoch). `view=record`: each as
+        the record of /api/v1/executions/{id} (plain values, times in ms), without its result."""
         request = parse(
             {"task_id": task_id, "limit": limit, "start_after": start_after, "status_filter": _status(status)},
             pb.ListExecutionsRequest(),
         )
-        return message_json(await api.list_executions(request))
+        if view == "info":
+            return message_json(await api.list_executions(request, since_ms))
+        page = await api.execution_page(request, since_ms)
+        records = [record_json(r, include_result=False) for r in page.executions]
+        return {"executions": records, "has_more": page.has_more, "next_start_after": page.next_start_after}
 
     @app.get("/api/v1/executions/{execution_id}", tags=["executions"], response_model=None)
-    async def get_execution(execution_id: str, include_logs: bool = False) -> dict[str, Any] | JSONResponse:
-        """The whole record with plain values: status, times, attempts, node, result or error."""
+    async def get_execution(
+        execution_id: str, include_logs: bool = False, include_params: bool = False
+    ) -> dict[str, Any] | JSONResponse:
+        """The whole record with plain values: status, times, attempts, node, result or error;
+        its parameters too with `include_params` (bytes as `{"bytes_base64": ...}`, as results)."""
         count_status_query()
         record = await api.record(execution_id)
         if record is None:
             return error(404, ErrorCode.NOT_FOUND, f"execution {execution_id!r} not found")
-        return record_json(record, include_logs=include_logs)
+        return record_json(record, include_logs=include_logs, include_params=include_params)
 
     @app.get("/api/v1/executions/{execution_id}/status", tags=["executions"], response_model=None)
     async def execution_status(
@@ -419,6 +439,8 @@ def create_app(
         )
         return message_json(await api.stats(request))
 
+    if dashboard is not None:
+        ui.mount(app, api, dashboard)
     return app
 
 
