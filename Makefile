@@ -36,7 +36,8 @@ sandbox-tools:
 browser:
 	$(call system-package,chromium,chromium,the dashboard's browser tests)
 
-run: setup
+# A node needs no browser: only the sandbox's bubblewrap.
+run: $(BIN)/spearlet sandbox-tools
 	$(BIN)/spearlet serve
 
 lint: setup
