@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import time
+import uuid
 from pathlib import Path
 
 import grpc
@@ -49,7 +50,7 @@ def test_kill_9_with_pending_and_running_work_finishes_everything_after_restart(
     data = open_tmp / "data"
     marker = tmp_path / "work.sh"
     script(marker, "#!/bin/sh\nsleep 0.3\necho '{\"done\": true}'\n")
-    long = tmp_path / "long.sh"
+    long = tmp_path / f"long-{uuid.uuid4().hex[:8]}.sh"  # its processes are found by name, machine-wide
     script(long, "#!/bin/sh\nsleep 601\n")  # sleep: a grandchild, which the parent-death signal misses
     node = start_node(data, "--tasks", "none", env={"SPEARLET_SANDBOX": sandbox})
     register(node.grpc_target, "work", marker, max_concurrency="1")
