@@ -58,11 +58,16 @@ START_TIMEOUT_S = 60.0
 
 
 def start(
-    cmd: list[str], env: dict[str, str] | None = None, *, http: bool = False, timeout: float = START_TIMEOUT_S
+    cmd: list[str],
+    env: dict[str, str] | None = None,
+    *,
+    grpc: bool = True,
+    http: bool = False,
+    timeout: float = START_TIMEOUT_S,
 ) -> Server:
-    """Start a server process and wait for its `gRPC host:port` line, and for its `HTTP host:port`
-    line too when `http` (a node prints both; the echo and floor servers only the first). Raises,
-    naming the command, if the lines do not come within `timeout` seconds or the process exits."""
+    """Start a server process and wait for the lines it prints when ready: `gRPC host:port` if
+    `grpc`, `HTTP url` if `http` (a node prints both; the echo and floor servers one). Raises,
+    naming the command, if they do not come within `timeout` seconds or the process exits."""
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})}
     )  # fmt: skip
@@ -73,14 +78,14 @@ def start(
     threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
     deadline = time.monotonic() + timeout
     target = http_url = ""
-    while not target or (http and not http_url):
+    while (grpc and not target) or (http and not http_url):
         try:
             line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             proc.kill()
             proc.wait()
-            wanted = "gRPC and HTTP lines" if http else "gRPC line"
-            raise TimeoutError(f"{cmd} printed no {wanted} within {timeout:g} s (killed)") from None
+            wanted = " and ".join(name for name, wait in (("gRPC", grpc), ("HTTP", http)) if wait)
+            raise TimeoutError(f"{cmd} printed no {wanted} line within {timeout:g} s (killed)") from None
         if not line:
             raise RuntimeError(f"{cmd} exited before it was ready: exit status {proc.wait()}")
         if m := re.search(r"gRPC\s+(\S+)", line):
@@ -139,6 +144,10 @@ def start_echo() -> Server:
 
 def start_floor() -> Server:
     return start([sys.executable, str(ROOT / "bench" / "floor_server.py")])
+
+
+def start_http_floor() -> Server:
+    return start([sys.executable, str(ROOT / "bench" / "http_floor.py")], grpc=False, http=True)
 
 
 def invoke_request(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import shutil
 import statistics
 import tempfile
 import time
@@ -36,6 +37,7 @@ from bench.common import (
     percentile,
     start_echo,
     start_floor,
+    start_http_floor,
     start_node,
     start_redis,
     table,
@@ -44,6 +46,7 @@ from bench.common import (
     wait_until,
     write_results,
 )  # fmt: skip
+from bench.http_door import http_figures
 from bench.sandbox_cost import sandbox_cost
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
@@ -299,6 +302,19 @@ def growth(quick: bool) -> dict[str, float]:
     return f
 
 
+def _http_door(node: Server, seconds: float) -> dict[str, float]:
+    """The HTTP rows, in turns with a bare FastAPI app (bench/http_door.py); none without wrk."""
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (make bench installs it): the HTTP rows are left out")
+        return {}
+    floor = start_http_floor()
+    try:
+        with time_limit("the HTTP door figures", int(8 * seconds) + 300):
+            return http_figures(node, floor, seconds)
+    finally:
+        floor.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
@@ -313,6 +329,7 @@ def main() -> None:
                 run = asyncio.run(bounded(spearlet_figures(node, echo, floor, args.quick), "the node figures", 1800))
                 with time_limit("the client-overhead figures", 600):
                     run.update(client_overhead(node.target, 500 if args.quick else 2000))
+                run.update(_http_door(node, 3.0 if args.quick else 8.0))
             finally:
                 node.stop()
                 floor.stop()
@@ -352,6 +369,13 @@ def main() -> None:
     ratios["accept_p99_large_over_1k_records"] = (
         figures[f"accept_p99_ms_{big}_records"] / figures["accept_p99_ms_1000_records"]
     )
+    if "http_sync_noop_requests_per_s_c16" in figures:
+        ratios["http_invoke_over_floor"] = (
+            figures["http_sync_noop_requests_per_s_c16"] / figures["http_floor_invoke_requests_per_s_c16"]
+        )
+        ratios["http_status_over_floor"] = (
+            figures["http_status_requests_per_s_c16"] / figures["http_floor_status_requests_per_s_c16"]
+        )
     figures["ratios"] = ratios
     rows = [(k, f"{v:,.2f}") for k, v in figures.items() if isinstance(v, float | int)]
     rows += [(f"ratio: {k}", f"{v:.2f}") for k, v in ratios.items()]

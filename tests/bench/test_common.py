@@ -40,7 +40,7 @@ def test_a_server_started_with_http_is_ready_only_once_both_lines_came(tmp_path:
 
 def test_a_server_that_never_prints_its_http_line_fails_the_start_naming_the_command(tmp_path: Path) -> None:
     command = _script(tmp_path / "silent", GRPC_ONLY)
-    with pytest.raises(TimeoutError, match=r"printed no gRPC and HTTP lines within 0\.5 s") as raised:
+    with pytest.raises(TimeoutError, match=r"printed no gRPC and HTTP line within 0\.5 s") as raised:
         start(command, http=True, timeout=0.5)
     assert command[1] in str(raised.value)
 
