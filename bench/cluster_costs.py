@@ -69,7 +69,7 @@ class _Monitor:
 
     def __init__(self, url: str) -> None:
         self.client = redis.Redis.from_url(url)
-        self.sent = 0
+        self.sent: dict[str, int] = {}
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -77,16 +77,17 @@ class _Monitor:
             raise RuntimeError("MONITOR did not start")
 
     def _run(self) -> None:
-        with self.client.monitor() as monitor:
+        with self.client.monitor() as monitor:  # type: ignore[no-untyped-call]
             self.ready.set()
             try:
                 for command in monitor.listen():
                     if command.get("client_type") != "lua":
-                        self.sent += 1
+                        name = str(command.get("command", "")).split(" ", 1)[0].lower()
+                        self.sent[name] = self.sent.get(name, 0) + 1
             except (redis.ConnectionError, ValueError, AttributeError):
                 pass  # closed by stop()
 
-    def stop(self) -> int:
+    def stop(self) -> dict[str, int]:
         self.client.connection_pool.disconnect()
         self.thread.join(5)
         return self.sent
@@ -114,9 +115,10 @@ def round_trips(url: str, executions: int) -> dict[str, Any]:
     # The bench's own: its INFO, its MONITOR, its polling of the stream's length.
     ours = {"info", "monitor", "xlen", "client", "hello", "ping"}
     deltas = {k: after[k] - before.get(k, 0) for k in after if k not in ours and after[k] > before.get(k, 0)}
-    polled = after.get("xlen", 0) - before.get("xlen", 0)
+    sent = {k: v for k, v in sent.items() if k not in ours}
     return {
-        "round_trips_per_execution": (sent - polled) / executions,
+        "round_trips_per_execution": sum(sent.values()) / executions,
+        "round_trips_by_name": dict(sorted(sent.items(), key=lambda kv: -kv[1])),
         "commands_per_execution_incl_scripts": sum(deltas.values()) / executions,
         "commands_by_name": dict(sorted(deltas.items(), key=lambda kv: -kv[1])),
     }
@@ -149,6 +151,7 @@ def main() -> None:
         server.terminate()
         server.wait(10)
     rows = [(k, f"{v:,.2f}") for k, v in figures.items() if isinstance(v, float | int)]
+    rows += [(f"round trips: {k}", str(v)) for k, v in figures["round_trips_by_name"].items()]
     rows += [(f"commands: {k}", str(v)) for k, v in figures["commands_by_name"].items()]
     print(table(rows))
     print(f"wrote {write_results('cluster_costs', figures)}")

@@ -65,7 +65,11 @@ class Cluster:
         self.tasks = tasks
         self.lifecycle = lifecycle
         self.lease_s = lease_s
-        self._entries: dict[str, str] = {}  # execution id -> stream entry id, for work read here
+        # Execution id -> stream entry id, for work read here: shared with the store, whose final
+        # write of such an execution acknowledges its entry in the same step (and drops it here).
+        store.dispatch, store.group = STREAM, GROUP  # a new async record is queued as it is stored
+        self._entries: dict[str, str] = store.entries
+        self._room = asyncio.Event()  # set as work ends here: the stream may be read again
         # Entries of work that ended here but whose end the store has not taken yet (it held no
         # writes, or the acknowledgement failed): still ours, renewed, acknowledged later.
         self._settling: dict[str, str] = {}
@@ -146,9 +150,9 @@ class Cluster:
     # Accepting and finishing work
 
     async def enqueue(self, record: ExecutionRecord) -> None:
-        """Hand an accepted async execution to the cluster (after its record is stored)."""
-        with self.store.reaching():
-            await self.redis.xadd(STREAM, {"id": record.execution_id})
+        """Hand an accepted async execution to the cluster: nothing left to do, as the script that
+        stored its record queued it on the stream in the same step (one round trip, and no record
+        stored but never queued)."""
 
     def run_here(self, record: ExecutionRecord) -> None:
         """A sync or streaming call runs on the node it reached; note it under our heartbeat."""
@@ -157,6 +161,7 @@ class Cluster:
     def on_event(self, event: Event, record: ExecutionRecord) -> None:
         if event is not Event.FINISHED:
             return
+        self._room.set()
         entry = self._entries.pop(record.execution_id, None)
         if entry is not None:
             if self.scheduler.held(record.execution_id) is not None:
@@ -197,6 +202,17 @@ class Cluster:
             return
         self._entries[execution_id] = entry
         self.scheduler.submit(record, task)
+
+    async def _start(self, taken: list[tuple[str, str]]) -> None:
+        """Run the work of entries just read from the stream: the store starts them all in one step."""
+        for entry, record in await self.store.start_entries(self.node, taken):
+            task = await self.tasks.find(record.task_id)  # read with it: no round trip of its own
+            if task is None:
+                await self._end(record.execution_id, ErrorCode.TASK_DELETED, "the task was deleted before it ran")
+                await self._ack(record.execution_id, entry)
+                continue
+            self._entries[record.execution_id] = entry
+            self.scheduler.submit(record, task)
 
     async def _end(self, execution_id: str, code: ErrorCode, message: str) -> None:
         record = await self.store.get_execution(execution_id)
@@ -248,16 +264,18 @@ class Cluster:
 
     async def _consume(self) -> None:
         while True:
+            self._room.clear()  # before counting: an end after the count wakes the wait
             room = self.settings.max_concurrency - self.scheduler.running_count - self.scheduler.pending_count
             if room <= 0:
-                await asyncio.sleep(0.02)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), 0.1)
                 continue
             try:
                 with self.store.reaching():
                     batches = await self.redis.xreadgroup(GROUP, self.node, {STREAM: ">"}, count=room, block=500)
-                for _, entries in batches or []:
-                    for entry, fields in entries:
-                        await self._take(entry, fields["id"], reclaimed=False)
+                taken = [(entry, fields["id"]) for _, entries in batches or [] for entry, fields in entries]
+                if taken:
+                    await self._start(taken)
             except StoreFault:
                 await asyncio.sleep(0.5)  # reported by the store; try again
             except ResponseError as exc:

@@ -27,7 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from spearlet.core.errors import StoreUnavailable
-from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task
+from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task, now_ms
 from spearlet.core.queries import ExecutionPage, Stats, TaskPage, TaskSummary
 from spearlet.core.values import dump_params, load_params
 from spearlet.store.base import PendingWrite, Store, pending_write, stats_of
@@ -57,7 +57,8 @@ _ENDED = """
 
 _CREATE = (
     """
--- KEYS: exec key, idempotency key ('' for none); ARGV 7-8: task_id, created_at
+-- KEYS: exec key, idempotency key ('' for none), dispatch stream ('' for none: the new record is
+-- queued there in the same step); ARGV 7-8: task_id, created_at
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGET', KEYS[1], 'j') end
 if KEYS[2] ~= '' then
   local other = redis.call('GET', KEYS[2])
@@ -74,6 +75,7 @@ redis.call('ZADD', 'spearlet:task-execs:' .. ARGV[7], seq, ARGV[3])
 redis.call('ZADD', 'spearlet:execs-by-time', ARGV[8], ARGV[3])
 if tonumber(ARGV[2]) <= 2 then
   redis.call('SADD', 'spearlet:unfinished', ARGV[3])
+  if KEYS[3] ~= '' then redis.call('XADD', KEYS[3], '*', 'id', ARGV[3]) end
 else  -- stored ended (an answer from the result cache)
 """
     + _ENDED
@@ -85,11 +87,17 @@ return false
 
 _TRANSITION = (
     """
--- KEYS: exec key; ARGV 7...: the statuses it may follow
+-- KEYS: exec key, dispatch stream ('' for none); ARGV 7: the stream entry of an execution that
+-- ended here ('' for none), acknowledged and deleted whether or not the change applies (its work is
+-- over); ARGV 8: consumer group; ARGV 9...: the statuses it may follow
+if ARGV[7] ~= '' then
+  redis.call('XACK', KEYS[2], ARGV[8], ARGV[7])
+  redis.call('XDEL', KEYS[2], ARGV[7])
+end
 local current = redis.call('HGET', KEYS[1], 's')
 if not current then return 0 end
 local ok = false
-for i = 7, #ARGV do if ARGV[i] == current then ok = true end end
+for i = 9, #ARGV do if ARGV[i] == current then ok = true end end
 if not ok then return 0 end
 redis.call('HSET', KEYS[1], 'j', ARGV[1], 's', ARGV[2])
 if tonumber(ARGV[2]) >= 3 then
@@ -101,6 +109,38 @@ end
 return 1
 """
 )
+
+
+_START = """
+-- Start the executions of stream entries this node just read, in one step.
+-- KEYS: dispatch stream; ARGV: group, node id, now (ms), then (entry id, execution id) pairs.
+-- Per pair: the entry of a record gone or ended is acknowledged and deleted ({entry}); a pending
+-- record becomes RUNNING here (one more attempt, this node, its start time) and is returned as it
+-- was stored, with its task ({entry, record, task}); a running one is returned unchanged.
+local out = {}
+for i = 4, #ARGV, 2 do
+  local entry, key = ARGV[i], 'spearlet:exec:' .. ARGV[i + 1]
+  local row = redis.call('HMGET', key, 'j', 's')
+  local status = tonumber(row[2])
+  if not row[1] or not status or status >= 3 then
+    redis.call('XACK', KEYS[1], ARGV[1], entry)
+    redis.call('XDEL', KEYS[1], entry)
+    out[#out + 1] = {entry}
+  else
+    local record = cjson.decode(row[1])
+    local task = redis.call('HGET', 'spearlet:tasks', record['task_id']) or ''
+    if status == 1 then
+      record['status'] = 2
+      record['attempts'] = record['attempts'] + 1
+      record['node'] = ARGV[2]
+      if record['started_at'] == 0 then record['started_at'] = tonumber(ARGV[3]) end
+      redis.call('HSET', key, 'j', cjson.encode(record), 's', 2)
+    end
+    out[#out + 1] = {entry, row[1], task}
+  end
+end
+return out
+"""
 
 
 def _without_password(url: str) -> str:
@@ -168,6 +208,18 @@ class RedisStore(Store):
         self.redis: Any = aioredis.Redis.from_pool(pool)
         self._create = self.redis.register_script(_CREATE)
         self._transition = self.redis.register_script(_TRANSITION)
+        self._start = self.redis.register_script(_START)
+        # Cluster mode (set by the cluster): the stream and consumer group of async work. A new
+        # async record is queued by the script that stores it; the final write of one started here
+        # acknowledges its entry (`entries`: execution id -> stream entry) in the same step.
+        self.dispatch = ""
+        self.group = ""
+        self.entries: dict[str, str] = {}
+        # Executions the start script marked RUNNING (id -> attempt): the scheduler's own RUNNING
+        # write of that attempt would repeat it.
+        self._started: dict[str, int] = {}
+        # Tasks read together with the executions that need them, for the lookup that follows.
+        self._task_hints: dict[str, str] = {}
         # Queued writes run one after another, and every other operation waits for them, so that
         # a read after a queued write sees it (Redis orders per connection, a pool does not).
         self._chain: asyncio.Task[Any] | None = None
@@ -237,7 +289,9 @@ class RedisStore(Store):
 
     @_reaches
     async def get_task(self, task_id: str) -> Task | None:
-        raw = await self.redis.hget(TASKS, task_id)
+        raw = self._task_hints.pop(task_id, None)
+        if raw is None:
+            raw = await self.redis.hget(TASKS, task_id)
         return Task(**json.loads(raw)) if raw is not None else None
 
     @_reaches
@@ -288,8 +342,9 @@ class RedisStore(Store):
 
     async def _insert(self, record: ExecutionRecord) -> ExecutionRecord | None:
         idem = f"{P}idem:{record.idempotency_key}" if record.idempotency_key else ""
+        queue = self.dispatch if record.mode is Mode.ASYNC else ""
         found = await self._create(
-            keys=[_exec_key(record.execution_id), idem],
+            keys=[_exec_key(record.execution_id), idem, queue],
             args=[record_json(record), int(record.status), record.execution_id, self.retention_ms, record.cache_key,
                   record.completed_at, record.task_id, record.created_at],
         )  # fmt: skip
@@ -307,11 +362,16 @@ class RedisStore(Store):
         allowed = [str(int(s)) for s in ALLOWED_FROM[record.status]]
         if not allowed:
             return False
+        entry = self.entries.get(record.execution_id, "") if record.done else ""
         changed = await self._transition(
-            keys=[_exec_key(record.execution_id)],
+            keys=[_exec_key(record.execution_id), self.dispatch],
             args=[text, int(record.status), record.execution_id, self.retention_ms, record.cache_key,
-                  record.completed_at, *allowed],
+                  record.completed_at, entry, self.group, *allowed],
         )  # fmt: skip
+        if entry:
+            self.entries.pop(record.execution_id, None)
+        if record.done:
+            self._started.pop(record.execution_id, None)
         return bool(changed)
 
     @_reaches
@@ -320,6 +380,8 @@ class RedisStore(Store):
         return await self._apply(record, record_json(record))
 
     def queue_transition(self, record: ExecutionRecord) -> None:
+        if record.status is Status.RUNNING and self._started.pop(record.execution_id, None) == record.attempts:
+            return  # the start script wrote this start already
         snapshot = dataclasses.replace(record, metrics=dict(record.metrics))
         text = record_json(snapshot)
 
@@ -327,6 +389,29 @@ class RedisStore(Store):
             await self._apply(snapshot, text)
 
         self._enqueue(write)
+
+    @_reaches
+    async def start_entries(self, node: str, taken: list[tuple[str, str]]) -> list[tuple[str, ExecutionRecord]]:
+        """Start the executions of stream entries (entry id, execution id) this node read: each
+        pending record becomes RUNNING on `node` (its attempt, its start time) with its task read
+        for the lookup that follows, in one step; entries of records gone or ended are acknowledged
+        there. Returns (entry id, record as stored before the start) to run."""
+        await self._drain()
+        rows = await self._start(
+            keys=[self.dispatch], args=[self.group, node, now_ms(), *(x for pair in taken for x in pair)]
+        )
+        out = []
+        for row in rows:
+            if len(row) < 3:
+                continue
+            entry, raw, task = row
+            record = record_from_json(raw)
+            if record.status is Status.PENDING:
+                self._started[record.execution_id] = record.attempts + 1
+            if task:
+                self._task_hints[record.task_id] = task
+            out.append((entry, record))
+        return out
 
     @_reaches
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
