@@ -37,7 +37,7 @@ from spearlet.core.lifecycle import Event, Lifecycle
 from spearlet.core.models import ExecutionRecord, Mode, Status
 from spearlet.engine.registry import TaskRegistry
 from spearlet.engine.scheduler import Scheduler
-from spearlet.store.redis import P, RedisStore
+from spearlet.store.redis import TASK_CHANGES, P, RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -205,14 +205,17 @@ class Cluster:
 
     async def _start(self, taken: list[tuple[str, str]]) -> None:
         """Run the work of entries just read from the stream: the store starts them all in one step."""
-        for entry, record in await self.store.start_entries(self.node, taken):
-            task = await self.tasks.find(record.task_id)  # read with it: no round trip of its own
-            if task is None:
-                await self._end(record.execution_id, ErrorCode.TASK_DELETED, "the task was deleted before it ran")
-                await self._ack(record.execution_id, entry)
-                continue
-            self._entries[record.execution_id] = entry
-            self.scheduler.submit(record, task)
+        try:
+            for entry, record in await self.store.start_entries(self.node, taken):
+                task = await self.tasks.find(record.task_id)  # read with it: no round trip of its own
+                if task is None:
+                    await self._end(record.execution_id, ErrorCode.TASK_DELETED, "the task was deleted before it ran")
+                    await self._ack(record.execution_id, entry)
+                    continue
+                self._entries[record.execution_id] = entry
+                self.scheduler.submit(record, task)
+        finally:
+            self.store.drop_task_hints()
 
     async def _end(self, execution_id: str, code: ErrorCode, message: str) -> None:
         record = await self.store.get_execution(execution_id)
@@ -244,19 +247,25 @@ class Cluster:
             pubsub = self.redis.pubsub()
             try:
                 with self.store.reaching():
-                    await pubsub.subscribe(CANCELS)
+                    await pubsub.subscribe(CANCELS, TASK_CHANGES)
+                self.store.watch_tasks(True)  # from now on every task change is heard
                 while True:
                     with self.store.reaching():  # a timeout, not a block: the connection may die quietly
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        order: dict[str, Any] = json.loads(message["data"])
-                        self.scheduler.request_stop(order["id"], bool(order.get("force")), str(order.get("reason", "")))
+                    if message is None or message.get("type") != "message":
+                        continue
+                    if message["channel"] == TASK_CHANGES:
+                        self.store.task_changed(message["data"])
+                        continue
+                    order: dict[str, Any] = json.loads(message["data"])
+                    self.scheduler.request_stop(order["id"], bool(order.get("force")), str(order.get("reason", "")))
             except StoreFault:
                 await asyncio.sleep(0.5)  # subscribe again once the store is back
             except Exception:
                 log.exception("listening for cancels failed")
                 await asyncio.sleep(0.5)
             finally:
+                self.store.watch_tasks(False)  # changes may go unheard until subscribed again
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pubsub.aclose(), 1.0)
 

@@ -42,6 +42,9 @@ TASKS = P + "tasks"
 EXECS = P + "execs"
 BY_TIME = P + "execs-by-time"
 UNFINISHED = P + "unfinished"
+TASK_CHANGES = P + "task-changed"  # channel: the id of each task put or deleted
+# How long a cached task serves without a word of its change: a bound, should a change be missed.
+TASK_CACHE_S = 2.0
 # redis-py's default; its default pool refuses an operation beyond them (200 concurrent accepts).
 MAX_CONNECTIONS = 100
 
@@ -218,8 +221,13 @@ class RedisStore(Store):
         # Executions the start script marked RUNNING (id -> attempt): the scheduler's own RUNNING
         # write of that attempt would repeat it.
         self._started: dict[str, int] = {}
-        # Tasks read together with the executions that need them, for the lookup that follows.
+        # Tasks read together with the executions that need them, for the lookups that follow.
         self._task_hints: dict[str, str] = {}
+        # Tasks as read (id -> (raw, when)), while someone listens to TASK_CHANGES for this store
+        # (`watch_tasks`): a change drops its task at once, so a read costs no round trip.
+        self._tasks: dict[str, tuple[str, float]] = {}
+        self._tasks_watched = False
+        self._task_changes = 0  # a read that a change overtook does not cache what it read
         # Queued writes run one after another, and every other operation waits for them, so that
         # a read after a queued write sees it (Redis orders per connection, a pool does not).
         self._chain: asyncio.Task[Any] | None = None
@@ -286,12 +294,37 @@ class RedisStore(Store):
         if old is not None:
             task.created_at = json.loads(old)["created_at"]
         await self.redis.hset(TASKS, task.task_id, json.dumps(dataclasses.asdict(task)))
+        self.task_changed(task.task_id)
+        await self.redis.publish(TASK_CHANGES, task.task_id)
+
+    def watch_tasks(self, watched: bool) -> None:
+        """Whether task changes are heard now (`task_changed` is called for each): tasks read are
+        cached only while they are."""
+        self._tasks_watched = watched
+        self.task_changed(None)
+
+    def task_changed(self, task_id: str | None) -> None:
+        """A task was put or deleted (None: any may have been): its cached copy is stale."""
+        self._task_changes += 1
+        if task_id is None:
+            self._tasks.clear()
+        else:
+            self._tasks.pop(task_id, None)
+
+    def drop_task_hints(self) -> None:
+        self._task_hints.clear()
 
     @_reaches
     async def get_task(self, task_id: str) -> Task | None:
-        raw = self._task_hints.pop(task_id, None)
+        raw = self._task_hints.get(task_id)
+        cached = self._tasks.get(task_id) if self._tasks_watched else None
+        if raw is None and cached is not None and time.monotonic() - cached[1] < TASK_CACHE_S:
+            raw = cached[0]
         if raw is None:
+            changes = self._task_changes
             raw = await self.redis.hget(TASKS, task_id)
+            if raw is not None and self._tasks_watched and changes == self._task_changes:
+                self._tasks[task_id] = (raw, time.monotonic())
         return Task(**json.loads(raw)) if raw is not None else None
 
     @_reaches
@@ -307,6 +340,8 @@ class RedisStore(Store):
     async def delete_task(self, task_id: str, cleanup_executions: bool) -> tuple[bool, int]:
         await self._drain()
         deleted = bool(await self.redis.hdel(TASKS, task_id))
+        self.task_changed(task_id)
+        await self.redis.publish(TASK_CHANGES, task_id)
         cleaned = 0
         if deleted and cleanup_executions:
             ids = await self.redis.zrange(f"{P}task-execs:{task_id}", 0, -1)
@@ -401,6 +436,7 @@ class RedisStore(Store):
             keys=[self.dispatch], args=[self.group, node, now_ms(), *(x for pair in taken for x in pair)]
         )
         out = []
+        self._task_hints.clear()
         for row in rows:
             if len(row) < 3:
                 continue
