@@ -67,8 +67,13 @@ class Cluster:
         self.lease_s = lease_s
         # Execution id -> stream entry id, for work read here: shared with the store, whose final
         # write of such an execution acknowledges its entry in the same step (and drops it here).
-        store.dispatch, store.group = STREAM, GROUP  # a new async record is queued as it is stored
+        store.dispatch, store.group, store.node = STREAM, GROUP, self.node  # queued as it is stored
         self._entries: dict[str, str] = store.entries
+        # The final write of work that ends here starts the next entries in the same step.
+        store.take_room, store.on_taken = self._take_room, self._taken
+        self._incoming = 0  # entries started that way, not yet handed to the scheduler
+        self._accepting: dict[str, tuple[str, ExecutionRecord]] = {}  # of those, ones not yet announced
+        self._closing = False
         self._room = asyncio.Event()  # set as work ends here: the stream may be read again
         # Entries of work that ended here but whose end the store has not taken yet (it held no
         # writes, or the acknowledgement failed): still ours, renewed, acknowledged later.
@@ -125,6 +130,7 @@ class Cluster:
             await self.redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
 
     async def close(self) -> None:
+        self._closing = True  # take nothing more: what this node takes now, it would not run
         for loop in self._loops:
             loop.cancel()
         # Bounded: a node must stop even if Redis stopped answering.
@@ -159,6 +165,11 @@ class Cluster:
         self._background.spawn(self._quietly(self.redis.sadd(self._local, record.execution_id)))
 
     def on_event(self, event: Event, record: ExecutionRecord) -> None:
+        if event is Event.ACCEPTED:
+            taken = self._accepting.pop(record.execution_id, None)
+            if taken is not None:
+                self._background.spawn(self._quietly(self._run_incoming(*taken)))
+            return
         if event is not Event.FINISHED:
             return
         self._room.set()
@@ -203,19 +214,57 @@ class Cluster:
         self._entries[execution_id] = entry
         self.scheduler.submit(record, task)
 
-    async def _start(self, taken: list[tuple[str, str]]) -> None:
-        """Run the work of entries just read from the stream: the store starts them all in one step."""
+    async def _take_some(self, room: int) -> bool:
+        """Read and start up to `room` entries (one step in the store) and run them; False when
+        the stream had none, after waiting (bounded) for a new one."""
         try:
-            for entry, record in await self.store.start_entries(self.node, taken):
-                task = await self.tasks.find(record.task_id)  # read with it: no round trip of its own
-                if task is None:
-                    await self._end(record.execution_id, ErrorCode.TASK_DELETED, "the task was deleted before it ran")
-                    await self._ack(record.execution_id, entry)
-                    continue
-                self._entries[record.execution_id] = entry
-                self.scheduler.submit(record, task)
+            with self.store.reaching():
+                started, read, newest = await self.store.take_entries(self.node, room)
+            await self._run_started(started)
         finally:
             self.store.drop_task_hints()
+        if read:
+            return True
+        # Wait without reading: a blocked read would take its count even once this node had filled
+        # up meanwhile (accepts and ends here start work too), holding back what others could run.
+        with self.store.reaching():
+            await self.redis.xread({STREAM: newest}, count=1, block=500)
+        return False
+
+    async def _run_started(self, started: list[tuple[str, ExecutionRecord]]) -> None:
+        for entry, record in started:
+            task = await self.tasks.find(record.task_id)  # read with it: no round trip of its own
+            if task is None:
+                await self._end(record.execution_id, ErrorCode.TASK_DELETED, "the task was deleted before it ran")
+                await self._ack(record.execution_id, entry)
+                continue
+            self._entries[record.execution_id] = entry
+            self.scheduler.submit(record, task)
+
+    def _room_here(self) -> int:
+        return (
+            self.settings.max_concurrency - self.scheduler.running_count - self.scheduler.pending_count - self._incoming
+        )
+
+    def _take_room(self, ending: bool) -> int:
+        """How many entries a write may start here (`ending`: an execution's end, its slot included)."""
+        return 0 if self._closing else max(0, self._room_here() + ending)
+
+    def _taken(self, started: list[tuple[str, ExecutionRecord]], created: str) -> None:
+        """Entries a write started here. The record it stored itself (`created`) runs once it is
+        announced accepted (right after that write returns), so its STARTED follows its ACCEPTED."""
+        for entry, record in started:
+            self._incoming += 1
+            if record.execution_id == created:
+                self._accepting[created] = (entry, record)
+            else:
+                self._background.spawn(self._quietly(self._run_incoming(entry, record)))
+
+    async def _run_incoming(self, entry: str, record: ExecutionRecord) -> None:
+        try:
+            await self._run_started([(entry, record)])
+        finally:
+            self._incoming -= 1
 
     async def _end(self, execution_id: str, code: ErrorCode, message: str) -> None:
         record = await self.store.get_execution(execution_id)
@@ -274,17 +323,13 @@ class Cluster:
     async def _consume(self) -> None:
         while True:
             self._room.clear()  # before counting: an end after the count wakes the wait
-            room = self.settings.max_concurrency - self.scheduler.running_count - self.scheduler.pending_count
+            room = self._room_here()
             if room <= 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), 0.1)
                 continue
             try:
-                with self.store.reaching():
-                    batches = await self.redis.xreadgroup(GROUP, self.node, {STREAM: ">"}, count=room, block=500)
-                taken = [(entry, fields["id"]) for _, entries in batches or [] for entry, fields in entries]
-                if taken:
-                    await self._start(taken)
+                await self._take_some(room)
             except StoreFault:
                 await asyncio.sleep(0.5)  # reported by the store; try again
             except ResponseError as exc:

@@ -58,16 +58,49 @@ _ENDED = """
   end
 """
 
+# Starting the execution of a stream entry this node read: start(stream, group, node, now ms,
+# entry id, execution id, out). The entry of a record gone or ended is acknowledged and deleted
+# ({entry} in out); a pending record becomes RUNNING here (one more attempt, this node, its start
+# time) and is returned as it was stored, with its task ({entry, record, task}); a running one is
+# returned unchanged.
+_START_ENTRY = """
+local function start(stream, group, node, now, entry, id, out)
+  local key = 'spearlet:exec:' .. id
+  local row = redis.call('HMGET', key, 'j', 's')
+  local status = tonumber(row[2])
+  if not row[1] or not status or status >= 3 then
+    redis.call('XACK', stream, group, entry)
+    redis.call('XDEL', stream, entry)
+    out[#out + 1] = {entry}
+    return
+  end
+  local record = cjson.decode(row[1])
+  local task = redis.call('HGET', 'spearlet:tasks', record['task_id']) or ''
+  if status == 1 then
+    record['status'] = 2
+    record['attempts'] = record['attempts'] + 1
+    record['node'] = node
+    if record['started_at'] == 0 then record['started_at'] = tonumber(now) end
+    redis.call('HSET', key, 'j', cjson.encode(record), 's', 2)
+  end
+  out[#out + 1] = {entry, row[1], task}
+end
+"""
+
 _CREATE = (
-    """
+    _START_ENTRY
+    + """
 -- KEYS: exec key, idempotency key ('' for none), dispatch stream ('' for none: the new record is
--- queued there in the same step); ARGV 7-8: task_id, created_at
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGET', KEYS[1], 'j') end
+-- queued there in the same step); ARGV 7-8: task_id, created_at; ARGV 9-12 (with a stream): group,
+-- node id, now (ms), how many entries the accepting node may start now (read and started here,
+-- the oldest first). Returns {the existing record's JSON, or '' once stored; started entries}.
+local started = {}
+if redis.call('EXISTS', KEYS[1]) == 1 then return {redis.call('HGET', KEYS[1], 'j'), started} end
 if KEYS[2] ~= '' then
   local other = redis.call('GET', KEYS[2])
   if other then
     local found = redis.call('HGET', 'spearlet:exec:' .. other, 'j')
-    if found then return found end
+    if found then return {found, started} end
   end
   redis.call('SET', KEYS[2], ARGV[3])
 end
@@ -78,30 +111,48 @@ redis.call('ZADD', 'spearlet:task-execs:' .. ARGV[7], seq, ARGV[3])
 redis.call('ZADD', 'spearlet:execs-by-time', ARGV[8], ARGV[3])
 if tonumber(ARGV[2]) <= 2 then
   redis.call('SADD', 'spearlet:unfinished', ARGV[3])
-  if KEYS[3] ~= '' then redis.call('XADD', KEYS[3], '*', 'id', ARGV[3]) end
+  if KEYS[3] ~= '' then
+    redis.call('XADD', KEYS[3], '*', 'id', ARGV[3])
+    if tonumber(ARGV[12]) > 0 then
+      local got = redis.call('XREADGROUP', 'GROUP', ARGV[9], ARGV[10], 'COUNT', ARGV[12], 'STREAMS', KEYS[3], '>')
+      if got then
+        for _, e in ipairs(got[1][2]) do start(KEYS[3], ARGV[9], ARGV[10], ARGV[11], e[1], e[2][2], started) end
+      end
+    end
+  end
 else  -- stored ended (an answer from the result cache)
 """
     + _ENDED
     + """
 end
-return false
+return {'', started}
 """
 )
 
 _TRANSITION = (
-    """
--- KEYS: exec key, dispatch stream ('' for none); ARGV 7: the stream entry of an execution that
+    _START_ENTRY
+    + """
+-- KEYS: exec key, dispatch stream ('' for none). ARGV 7: the stream entry of an execution that
 -- ended here ('' for none), acknowledged and deleted whether or not the change applies (its work is
--- over); ARGV 8: consumer group; ARGV 9...: the statuses it may follow
+-- over); ARGV 8-11: consumer group, node id, now (ms), how many more entries this node may start
+-- as this one ends (read and started here: the end of one execution takes the next);
+-- ARGV 12...: the statuses it may follow. Returns {changed (0 or 1), started entries}.
+local started = {}
 if ARGV[7] ~= '' then
   redis.call('XACK', KEYS[2], ARGV[8], ARGV[7])
   redis.call('XDEL', KEYS[2], ARGV[7])
+  if tonumber(ARGV[11]) > 0 then
+    local got = redis.call('XREADGROUP', 'GROUP', ARGV[8], ARGV[9], 'COUNT', ARGV[11], 'STREAMS', KEYS[2], '>')
+    if got then
+      for _, e in ipairs(got[1][2]) do start(KEYS[2], ARGV[8], ARGV[9], ARGV[10], e[1], e[2][2], started) end
+    end
+  end
 end
 local current = redis.call('HGET', KEYS[1], 's')
-if not current then return 0 end
+if not current then return {0, started} end
 local ok = false
-for i = 9, #ARGV do if ARGV[i] == current then ok = true end end
-if not ok then return 0 end
+for i = 12, #ARGV do if ARGV[i] == current then ok = true end end
+if not ok then return {0, started} end
 redis.call('HSET', KEYS[1], 'j', ARGV[1], 's', ARGV[2])
 if tonumber(ARGV[2]) >= 3 then
   redis.call('SREM', 'spearlet:unfinished', ARGV[3])
@@ -109,41 +160,27 @@ if tonumber(ARGV[2]) >= 3 then
     + _ENDED
     + """
 end
-return 1
+return {1, started}
 """
 )
 
-
-_START = """
--- Start the executions of stream entries this node just read, in one step.
--- KEYS: dispatch stream; ARGV: group, node id, now (ms), then (entry id, execution id) pairs.
--- Per pair: the entry of a record gone or ended is acknowledged and deleted ({entry}); a pending
--- record becomes RUNNING here (one more attempt, this node, its start time) and is returned as it
--- was stored, with its task ({entry, record, task}); a running one is returned unchanged.
+_TAKE = (
+    _START_ENTRY
+    + """
+-- Read and start up to ARGV[4] entries for this node, in one step (the oldest first).
+-- KEYS: dispatch stream; ARGV: group, node id, now (ms), count. Returns {entries (as start
+-- returns them), and when none was read, the newest entry's id ('0-0' for none), after which
+-- a new entry is to be awaited}.
 local out = {}
-for i = 4, #ARGV, 2 do
-  local entry, key = ARGV[i], 'spearlet:exec:' .. ARGV[i + 1]
-  local row = redis.call('HMGET', key, 'j', 's')
-  local status = tonumber(row[2])
-  if not row[1] or not status or status >= 3 then
-    redis.call('XACK', KEYS[1], ARGV[1], entry)
-    redis.call('XDEL', KEYS[1], entry)
-    out[#out + 1] = {entry}
-  else
-    local record = cjson.decode(row[1])
-    local task = redis.call('HGET', 'spearlet:tasks', record['task_id']) or ''
-    if status == 1 then
-      record['status'] = 2
-      record['attempts'] = record['attempts'] + 1
-      record['node'] = ARGV[2]
-      if record['started_at'] == 0 then record['started_at'] = tonumber(ARGV[3]) end
-      redis.call('HSET', key, 'j', cjson.encode(record), 's', 2)
-    end
-    out[#out + 1] = {entry, row[1], task}
-  end
+local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[4], 'STREAMS', KEYS[1], '>')
+if got then
+  for _, e in ipairs(got[1][2]) do start(KEYS[1], ARGV[1], ARGV[2], ARGV[3], e[1], e[2][2], out) end
+  return {out, ''}
 end
-return out
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+return {out, newest[1] and newest[1][1] or '0-0'}
 """
+)
 
 
 def _without_password(url: str) -> str:
@@ -211,13 +248,19 @@ class RedisStore(Store):
         self.redis: Any = aioredis.Redis.from_pool(pool)
         self._create = self.redis.register_script(_CREATE)
         self._transition = self.redis.register_script(_TRANSITION)
-        self._start = self.redis.register_script(_START)
+        self._take = self.redis.register_script(_TAKE)
         # Cluster mode (set by the cluster): the stream and consumer group of async work. A new
         # async record is queued by the script that stores it; the final write of one started here
         # acknowledges its entry (`entries`: execution id -> stream entry) in the same step.
         self.dispatch = ""
         self.group = ""
+        self.node = ""
         self.entries: dict[str, str] = {}
+        # The script that stores an async record (take_room(False)), and the final write of an
+        # execution started here (take_room(True): its own slot frees), read and start up to that
+        # many entries, handed to on_taken with the id of the record stored in the same step ('').
+        self.take_room: Callable[[bool], int] | None = None
+        self.on_taken: Callable[[list[tuple[str, ExecutionRecord]], str], None] | None = None
         # Executions the start script marked RUNNING (id -> attempt): the scheduler's own RUNNING
         # write of that attempt would repeat it.
         self._started: dict[str, int] = {}
@@ -308,8 +351,10 @@ class RedisStore(Store):
         self._task_changes += 1
         if task_id is None:
             self._tasks.clear()
+            self._task_hints.clear()
         else:
             self._tasks.pop(task_id, None)
+            self._task_hints.pop(task_id, None)
 
     def drop_task_hints(self) -> None:
         self._task_hints.clear()
@@ -378,11 +423,16 @@ class RedisStore(Store):
     async def _insert(self, record: ExecutionRecord) -> ExecutionRecord | None:
         idem = f"{P}idem:{record.idempotency_key}" if record.idempotency_key else ""
         queue = self.dispatch if record.mode is Mode.ASYNC else ""
-        found = await self._create(
+        take = self.take_room(False) if queue and self.take_room is not None else 0
+        found, started = await self._create(
             keys=[_exec_key(record.execution_id), idem, queue],
             args=[record_json(record), int(record.status), record.execution_id, self.retention_ms, record.cache_key,
-                  record.completed_at, record.task_id, record.created_at],
+                  record.completed_at, record.task_id, record.created_at, self.group, self.node, now_ms(), take],
         )  # fmt: skip
+        if started:
+            taken = self._started_rows(started)
+            if taken and self.on_taken is not None:
+                self.on_taken(taken, record.execution_id)
         return record_from_json(found) if found else None
 
     def queue_insert(self, record: ExecutionRecord) -> None:
@@ -398,15 +448,20 @@ class RedisStore(Store):
         if not allowed:
             return False
         entry = self.entries.get(record.execution_id, "") if record.done else ""
-        changed = await self._transition(
+        take = self.take_room(True) if entry and self.take_room is not None else 0
+        changed, started = await self._transition(
             keys=[_exec_key(record.execution_id), self.dispatch],
             args=[text, int(record.status), record.execution_id, self.retention_ms, record.cache_key,
-                  record.completed_at, entry, self.group, *allowed],
+                  record.completed_at, entry, self.group, self.node, now_ms(), take, *allowed],
         )  # fmt: skip
         if entry:
             self.entries.pop(record.execution_id, None)
         if record.done:
             self._started.pop(record.execution_id, None)
+        if started:
+            taken = self._started_rows(started)
+            if taken and self.on_taken is not None:
+                self.on_taken(taken, "")
         return bool(changed)
 
     @_reaches
@@ -426,20 +481,22 @@ class RedisStore(Store):
         self._enqueue(write)
 
     @_reaches
-    async def start_entries(self, node: str, taken: list[tuple[str, str]]) -> list[tuple[str, ExecutionRecord]]:
-        """Start the executions of stream entries (entry id, execution id) this node read: each
-        pending record becomes RUNNING on `node` (its attempt, its start time) with its task read
-        for the lookup that follows, in one step; entries of records gone or ended are acknowledged
-        there. Returns (entry id, record as stored before the start) to run."""
+    async def take_entries(self, node: str, count: int) -> tuple[list[tuple[str, ExecutionRecord]], int, str]:
+        """Read and start up to `count` entries of the stream for `node`, in one step: each
+        pending record becomes RUNNING there (its attempt, its start time) with its task read for
+        the lookup that follows; entries of records gone or ended are acknowledged. Returns (entry
+        id, record as stored before its start) to run, how many entries were read, and when none
+        was, the id of the newest entry (after which to wait for one)."""
         await self._drain()
-        rows = await self._start(
-            keys=[self.dispatch], args=[self.group, node, now_ms(), *(x for pair in taken for x in pair)]
-        )
-        out = []
+        rows, newest = await self._take(keys=[self.dispatch], args=[self.group, node, now_ms(), count])
         self._task_hints.clear()
+        return self._started_rows(rows), len(rows), newest
+
+    def _started_rows(self, rows: list[list[str]]) -> list[tuple[str, ExecutionRecord]]:
+        out = []
         for row in rows:
             if len(row) < 3:
-                continue
+                continue  # an entry of a record gone or ended: acknowledged by the script
             entry, raw, task = row
             record = record_from_json(raw)
             if record.status is Status.PENDING:
