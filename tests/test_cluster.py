@@ -142,6 +142,26 @@ def test_a_pending_execution_cancelled_from_any_node_never_runs(cluster: list[No
     assert not mark.exists()
 
 
+def test_a_task_replaced_or_deleted_through_one_node_is_what_the_others_use_next(
+    cluster: list[NodeProcess], tmp_path: Path
+) -> None:
+    tasks = pb_grpc.TaskServiceStub(grpc.insecure_channel(cluster[0].grpc_target))
+    other = cluster[1].stub()
+    for version in ("v1", "v2", "v3"):  # each call on the other node follows the change at once
+        path = script(tmp_path / f"{version}.sh", f"#!/bin/sh\necho {version}\n")
+        spec = pb.ArtifactSpec(artifact_type="process", location=str(path))
+        tasks.RegisterTask(pb.RegisterTaskRequest(task_name="versioned", artifact_spec=spec, replace=True))
+        sync = other.InvokeFunction(existing("versioned"))
+        assert sync.success and unpack(sync.result.result) == f"{version}\n"
+        accepted = other.InvokeFunction(existing("versioned", mode=pb.EXECUTION_MODE_ASYNC))
+        ran = wait_all_done(cluster[2], [accepted.execution_id])[accepted.execution_id]
+        assert unpack(ran.result) == f"{version}\n"
+    cluster[0].stub().DeleteTask(pb.DeleteTaskRequest(task_id="versioned", force=True))
+    with pytest.raises(grpc.RpcError) as refused:
+        other.InvokeFunction(existing("versioned"))
+    assert refused.value.code() is grpc.StatusCode.NOT_FOUND
+
+
 def test_idempotency_keys_hold_across_nodes(cluster: list[NodeProcess]) -> None:
     keyed = {"idempotency_key": "order-7"}
     a = cluster[0].stub().InvokeFunction(existing("hello", mode=pb.EXECUTION_MODE_ASYNC, invocation_metadata=keyed))
