@@ -342,6 +342,8 @@ def main() -> None:
                 echo.stop()
             own.append(run)
     figures: dict[str, Any] = {k: statistics.median(r[k] for r in own) for k in own[0]}
+    # Kept at once: a later part that fails (a timeout on a loaded machine) must not lose these.
+    write_results("suite", {"runs": runs, "quick": args.quick, "partial": True, **figures})
     figures.update(growth(args.quick))
     with time_limit("the sandbox-cost figures", 1200):
         figures.update(sandbox_cost(3 if args.quick else 10))
