@@ -43,6 +43,7 @@ EXECS = P + "execs"
 BY_TIME = P + "execs-by-time"
 UNFINISHED = P + "unfinished"
 TASK_CHANGES = P + "task-changed"  # channel: the id of each task put or deleted
+WORK = P + "work"  # channel: an async execution was queued that its accepting node did not start
 # How long a cached task serves without a word of its change: a bound, should a change be missed.
 TASK_CACHE_S = 2.0
 # redis-py's default; its default pool refuses an operation beyond them (200 concurrent accepts).
@@ -112,13 +113,17 @@ redis.call('ZADD', 'spearlet:execs-by-time', ARGV[8], ARGV[3])
 if tonumber(ARGV[2]) <= 2 then
   redis.call('SADD', 'spearlet:unfinished', ARGV[3])
   if KEYS[3] ~= '' then
-    redis.call('XADD', KEYS[3], '*', 'id', ARGV[3])
+    local queued, taken = redis.call('XADD', KEYS[3], '*', 'id', ARGV[3]), false
     if tonumber(ARGV[12]) > 0 then
       local got = redis.call('XREADGROUP', 'GROUP', ARGV[9], ARGV[10], 'COUNT', ARGV[12], 'STREAMS', KEYS[3], '>')
       if got then
-        for _, e in ipairs(got[1][2]) do start(KEYS[3], ARGV[9], ARGV[10], ARGV[11], e[1], e[2][2], started) end
+        for _, e in ipairs(got[1][2]) do
+          start(KEYS[3], ARGV[9], ARGV[10], ARGV[11], e[1], e[2][2], started)
+          taken = taken or e[1] == queued
+        end
       end
     end
+    if not taken then redis.call('PUBLISH', 'spearlet:work', '') end  -- left for a node with room
   end
 else  -- stored ended (an answer from the result cache)
 """
@@ -168,17 +173,14 @@ _TAKE = (
     _START_ENTRY
     + """
 -- Read and start up to ARGV[4] entries for this node, in one step (the oldest first).
--- KEYS: dispatch stream; ARGV: group, node id, now (ms), count. Returns {entries (as start
--- returns them), and when none was read, the newest entry's id ('0-0' for none), after which
--- a new entry is to be awaited}.
+-- KEYS: dispatch stream; ARGV: group, node id, now (ms), count. Returns the entries as start
+-- returns them.
 local out = {}
 local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[4], 'STREAMS', KEYS[1], '>')
 if got then
   for _, e in ipairs(got[1][2]) do start(KEYS[1], ARGV[1], ARGV[2], ARGV[3], e[1], e[2][2], out) end
-  return {out, ''}
 end
-local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-return {out, newest[1] and newest[1][1] or '0-0'}
+return out
 """
 )
 
@@ -481,16 +483,15 @@ class RedisStore(Store):
         self._enqueue(write)
 
     @_reaches
-    async def take_entries(self, node: str, count: int) -> tuple[list[tuple[str, ExecutionRecord]], int, str]:
+    async def take_entries(self, node: str, count: int) -> tuple[list[tuple[str, ExecutionRecord]], int]:
         """Read and start up to `count` entries of the stream for `node`, in one step: each
         pending record becomes RUNNING there (its attempt, its start time) with its task read for
         the lookup that follows; entries of records gone or ended are acknowledged. Returns (entry
-        id, record as stored before its start) to run, how many entries were read, and when none
-        was, the id of the newest entry (after which to wait for one)."""
+        id, record as stored before its start) to run, and how many entries were read."""
         await self._drain()
-        rows, newest = await self._take(keys=[self.dispatch], args=[self.group, node, now_ms(), count])
+        rows = await self._take(keys=[self.dispatch], args=[self.group, node, now_ms(), count])
         self._task_hints.clear()
-        return self._started_rows(rows), len(rows), newest
+        return self._started_rows(rows), len(rows)
 
     def _started_rows(self, rows: list[list[str]]) -> list[tuple[str, ExecutionRecord]]:
         out = []
