@@ -6,7 +6,8 @@
 
 Submits every call at once (spread over the nodes), then waits until the dispatch stream is empty
 (an entry is deleted once its execution's final record is written), watching Redis rather than
-asking a node, so that the watching costs the nodes nothing. Medians of `--runs`. Needs
+asking a node, so that the watching costs the nodes nothing. Medians of `--runs`; also the CPU time
+the node processes spend per execution (their workers' not included). Needs
 `redis-server` (the venv's). Prints a table and writes bench/results/cluster_scaling.json.
 """
 
@@ -19,6 +20,7 @@ import time
 from typing import Any
 
 import grpc
+import psutil
 import redis.asyncio as aioredis
 from google.protobuf import any_pb2, struct_pb2
 
@@ -35,6 +37,12 @@ WAIT = pb.InvokeFunctionRequest(
 )  # fmt: skip
 STREAM = "spearlet:dispatch"
 DRAIN_TIMEOUT_S = 120.0
+
+
+def _cpu_s(node: Server) -> float:
+    """CPU seconds the node process has used (its event loop and threads; not its workers)."""
+    times = psutil.Process(node.proc.pid).cpu_times()
+    return float(times.user + times.system)
 
 
 async def run(nodes: list[Server], url: str, executions: int) -> float:
@@ -75,12 +83,15 @@ def main() -> None:
             nodes = [start_node("--node-id", f"bench{i}", env=env) for i in range(count)]
             try:
                 asyncio.run(run(nodes, url, 50 * count))  # warm up workers
+                cpu_before = sum(_cpu_s(node) for node in nodes)
                 rate = statistics.median(asyncio.run(run(nodes, url, args.executions)) for _ in range(args.runs))
+                cpu_ms = (sum(_cpu_s(node) for node in nodes) - cpu_before) * 1000 / (args.runs * args.executions)
             finally:
                 for node in nodes:
                     node.stop()
             figures[f"completed_per_s_{count}_nodes"] = round(rate, 1)
             figures[f"per_node_over_ideal_{count}_nodes"] = round(rate / count / ideal, 2)
+            figures[f"node_cpu_ms_per_execution_{count}_nodes"] = round(cpu_ms, 2)
     finally:
         server.terminate()
         server.wait(10)
