@@ -115,8 +115,10 @@ if tonumber(ARGV[2]) <= 2 then
   if KEYS[3] ~= '' then
     local queued, taken = redis.call('XADD', KEYS[3], '*', 'id', ARGV[3]), false
     if tonumber(ARGV[12]) > 0 then
-      local got = redis.call('XREADGROUP', 'GROUP', ARGV[9], ARGV[10], 'COUNT', ARGV[12], 'STREAMS', KEYS[3], '>')
-      if got then
+      -- pcall: a script stops at an error with its writes kept (a Redis that came back empty has
+      -- no group until a node's reader makes it again): the record is stored and queued all the same.
+      local got = redis.pcall('XREADGROUP', 'GROUP', ARGV[9], ARGV[10], 'COUNT', ARGV[12], 'STREAMS', KEYS[3], '>')
+      if got and not got['err'] then
         for _, e in ipairs(got[1][2]) do
           start(KEYS[3], ARGV[9], ARGV[10], ARGV[11], e[1], e[2][2], started)
           taken = taken or e[1] == queued
@@ -144,11 +146,11 @@ _TRANSITION = (
 -- ARGV 12...: the statuses it may follow. Returns {changed (0 or 1), started entries}.
 local started = {}
 if ARGV[7] ~= '' then
-  redis.call('XACK', KEYS[2], ARGV[8], ARGV[7])
+  redis.pcall('XACK', KEYS[2], ARGV[8], ARGV[7])
   redis.call('XDEL', KEYS[2], ARGV[7])
   if tonumber(ARGV[11]) > 0 then
-    local got = redis.call('XREADGROUP', 'GROUP', ARGV[8], ARGV[9], 'COUNT', ARGV[11], 'STREAMS', KEYS[2], '>')
-    if got then
+    local got = redis.pcall('XREADGROUP', 'GROUP', ARGV[8], ARGV[9], 'COUNT', ARGV[11], 'STREAMS', KEYS[2], '>')
+    if got and not got['err'] then  -- pcall: as in the create script, the end is written regardless
       for _, e in ipairs(got[1][2]) do start(KEYS[2], ARGV[8], ARGV[9], ARGV[10], e[1], e[2][2], started) end
     end
   end
