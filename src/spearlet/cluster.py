@@ -73,6 +73,7 @@ class Cluster:
         # The final write of work that ends here starts the next entries in the same step.
         store.take_room, store.on_taken = self._take_room, self._taken
         self._incoming = 0  # entries started that way, not yet handed to the scheduler
+        self._reserved = 0  # room promised to writes that may start entries, until they answer
         self._accepting: dict[str, tuple[str, ExecutionRecord]] = {}  # of those, ones not yet announced
         self._closing = False
         self._room = asyncio.Event()  # set as work ends here: the stream may be read again
@@ -246,17 +247,21 @@ class Cluster:
             self.scheduler.submit(record, task)
 
     def _room_here(self) -> int:
-        return (
-            self.settings.max_concurrency - self.scheduler.running_count - self.scheduler.pending_count - self._incoming
-        )
+        busy = self.scheduler.running_count + self.scheduler.pending_count + self._incoming + self._reserved
+        return self.settings.max_concurrency - busy
 
     def _take_room(self, ending: bool) -> int:
-        """How many entries a write may start here (`ending`: an execution's end, its slot included)."""
-        return 0 if self._closing else max(0, self._room_here() + ending)
+        """How many entries a write may start here, reserved until its reply: an accept one (its
+        own entry, or an older one), an execution's end as many as there is room (its slot included)."""
+        room = 0 if self._closing else max(0, self._room_here() + ending)
+        take = room if ending else min(room, 1)
+        self._reserved += take
+        return take
 
-    def _taken(self, started: list[tuple[str, ExecutionRecord]], created: str) -> None:
+    def _taken(self, started: list[tuple[str, ExecutionRecord]], created: str, reserved: int) -> None:
         """Entries a write started here. The record it stored itself (`created`) runs once it is
         announced accepted (right after that write returns), so its STARTED follows its ACCEPTED."""
+        self._reserved -= reserved
         for entry, record in started:
             self._incoming += 1
             if record.execution_id == created:

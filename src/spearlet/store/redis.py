@@ -262,9 +262,10 @@ class RedisStore(Store):
         self.entries: dict[str, str] = {}
         # The script that stores an async record (take_room(False)), and the final write of an
         # execution started here (take_room(True): its own slot frees), read and start up to that
-        # many entries, handed to on_taken with the id of the record stored in the same step ('').
+        # many entries (reserved by take_room until the reply), handed to on_taken with the id of
+        # the record stored in the same step ('') and the count reserved, whatever the outcome.
         self.take_room: Callable[[bool], int] | None = None
-        self.on_taken: Callable[[list[tuple[str, ExecutionRecord]], str], None] | None = None
+        self.on_taken: Callable[[list[tuple[str, ExecutionRecord]], str, int], None] | None = None
         # Executions the start script marked RUNNING (id -> attempt): the scheduler's own RUNNING
         # write of that attempt would repeat it.
         self._started: dict[str, int] = {}
@@ -428,15 +429,18 @@ class RedisStore(Store):
         idem = f"{P}idem:{record.idempotency_key}" if record.idempotency_key else ""
         queue = self.dispatch if record.mode is Mode.ASYNC else ""
         take = self.take_room(False) if queue and self.take_room is not None else 0
-        found, started = await self._create(
-            keys=[_exec_key(record.execution_id), idem, queue],
-            args=[record_json(record), int(record.status), record.execution_id, self.retention_ms, record.cache_key,
-                  record.completed_at, record.task_id, record.created_at, self.group, self.node, now_ms(), take],
-        )  # fmt: skip
-        if started:
+        taken: list[tuple[str, ExecutionRecord]] = []
+        try:
+            found, started = await self._create(
+                keys=[_exec_key(record.execution_id), idem, queue],
+                args=[record_json(record), int(record.status), record.execution_id, self.retention_ms,
+                      record.cache_key, record.completed_at, record.task_id, record.created_at, self.group, self.node,
+                      now_ms(), take],
+            )  # fmt: skip
             taken = self._started_rows(started)
-            if taken and self.on_taken is not None:
-                self.on_taken(taken, record.execution_id)
+        finally:
+            if take and self.on_taken is not None:
+                self.on_taken(taken, record.execution_id, take)
         return record_from_json(found) if found else None
 
     def queue_insert(self, record: ExecutionRecord) -> None:
@@ -453,19 +457,21 @@ class RedisStore(Store):
             return False
         entry = self.entries.get(record.execution_id, "") if record.done else ""
         take = self.take_room(True) if entry and self.take_room is not None else 0
-        changed, started = await self._transition(
-            keys=[_exec_key(record.execution_id), self.dispatch],
-            args=[text, int(record.status), record.execution_id, self.retention_ms, record.cache_key,
-                  record.completed_at, entry, self.group, self.node, now_ms(), take, *allowed],
-        )  # fmt: skip
+        taken: list[tuple[str, ExecutionRecord]] = []
+        try:
+            changed, started = await self._transition(
+                keys=[_exec_key(record.execution_id), self.dispatch],
+                args=[text, int(record.status), record.execution_id, self.retention_ms, record.cache_key,
+                      record.completed_at, entry, self.group, self.node, now_ms(), take, *allowed],
+            )  # fmt: skip
+            taken = self._started_rows(started)
+        finally:
+            if take and self.on_taken is not None:
+                self.on_taken(taken, "", take)
         if entry:
             self.entries.pop(record.execution_id, None)
         if record.done:
             self._started.pop(record.execution_id, None)
-        if started:
-            taken = self._started_rows(started)
-            if taken and self.on_taken is not None:
-                self.on_taken(taken, "")
         return bool(changed)
 
     @_reaches
