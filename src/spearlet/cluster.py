@@ -37,7 +37,7 @@ from spearlet.core.lifecycle import Event, Lifecycle
 from spearlet.core.models import ExecutionRecord, Mode, Status
 from spearlet.engine.registry import TaskRegistry
 from spearlet.engine.scheduler import Scheduler
-from spearlet.store.redis import TASK_CHANGES, P, RedisStore
+from spearlet.store.redis import TASK_CHANGES, WORK, P, RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ STREAM = P + "dispatch"
 GROUP = "spearlet"
 CANCELS = P + "cancel"
 NODES = P + "nodes"
+WORK_POLL_S = 0.5  # an idle node reads the stream at least this often
 
 
 class Cluster:
@@ -72,9 +73,11 @@ class Cluster:
         # The final write of work that ends here starts the next entries in the same step.
         store.take_room, store.on_taken = self._take_room, self._taken
         self._incoming = 0  # entries started that way, not yet handed to the scheduler
+        self._reserved = 0  # room promised to writes that may start entries, until they answer
         self._accepting: dict[str, tuple[str, ExecutionRecord]] = {}  # of those, ones not yet announced
         self._closing = False
         self._room = asyncio.Event()  # set as work ends here: the stream may be read again
+        self._work = asyncio.Event()  # set on word of work queued that its accepting node left
         # Entries of work that ended here but whose end the store has not taken yet (it held no
         # writes, or the acknowledgement failed): still ours, renewed, acknowledged later.
         self._settling: dict[str, str] = {}
@@ -217,18 +220,20 @@ class Cluster:
     async def _take_some(self, room: int) -> bool:
         """Read and start up to `room` entries (one step in the store) and run them; False when
         the stream had none, after waiting (bounded) for a new one."""
+        self._work.clear()  # before reading: work queued after the read wakes the wait below
         try:
             with self.store.reaching():
-                started, read, newest = await self.store.take_entries(self.node, room)
+                started, read = await self.store.take_entries(self.node, room)
             await self._run_started(started)
         finally:
             self.store.drop_task_hints()
         if read:
             return True
-        # Wait without reading: a blocked read would take its count even once this node had filled
-        # up meanwhile (accepts and ends here start work too), holding back what others could run.
-        with self.store.reaching():
-            await self.redis.xread({STREAM: newest}, count=1, block=500)
+        # Wait for word of work no node took as it was queued (no round trip; a blocked read would
+        # also take its count even once this node had filled up meanwhile). Bounded: a word may be
+        # missed while the listener reconnects.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._work.wait(), WORK_POLL_S)
         return False
 
     async def _run_started(self, started: list[tuple[str, ExecutionRecord]]) -> None:
@@ -242,17 +247,21 @@ class Cluster:
             self.scheduler.submit(record, task)
 
     def _room_here(self) -> int:
-        return (
-            self.settings.max_concurrency - self.scheduler.running_count - self.scheduler.pending_count - self._incoming
-        )
+        busy = self.scheduler.running_count + self.scheduler.pending_count + self._incoming + self._reserved
+        return self.settings.max_concurrency - busy
 
     def _take_room(self, ending: bool) -> int:
-        """How many entries a write may start here (`ending`: an execution's end, its slot included)."""
-        return 0 if self._closing else max(0, self._room_here() + ending)
+        """How many entries a write may start here, reserved until its reply: an accept one (its
+        own entry, or an older one), an execution's end as many as there is room (its slot included)."""
+        room = 0 if self._closing else max(0, self._room_here() + ending)
+        take = room if ending else min(room, 1)
+        self._reserved += take
+        return take
 
-    def _taken(self, started: list[tuple[str, ExecutionRecord]], created: str) -> None:
+    def _taken(self, started: list[tuple[str, ExecutionRecord]], created: str, reserved: int) -> None:
         """Entries a write started here. The record it stored itself (`created`) runs once it is
         announced accepted (right after that write returns), so its STARTED follows its ACCEPTED."""
+        self._reserved -= reserved
         for entry, record in started:
             self._incoming += 1
             if record.execution_id == created:
@@ -296,12 +305,15 @@ class Cluster:
             pubsub = self.redis.pubsub()
             try:
                 with self.store.reaching():
-                    await pubsub.subscribe(CANCELS, TASK_CHANGES)
+                    await pubsub.subscribe(CANCELS, TASK_CHANGES, WORK)
                 self.store.watch_tasks(True)  # from now on every task change is heard
                 while True:
                     with self.store.reaching():  # a timeout, not a block: the connection may die quietly
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is None or message.get("type") != "message":
+                        continue
+                    if message["channel"] == WORK:
+                        self._work.set()
                         continue
                     if message["channel"] == TASK_CHANGES:
                         self.store.task_changed(message["data"])

@@ -43,6 +43,7 @@ EXECS = P + "execs"
 BY_TIME = P + "execs-by-time"
 UNFINISHED = P + "unfinished"
 TASK_CHANGES = P + "task-changed"  # channel: the id of each task put or deleted
+WORK = P + "work"  # channel: an async execution was queued that its accepting node did not start
 # How long a cached task serves without a word of its change: a bound, should a change be missed.
 TASK_CACHE_S = 2.0
 # redis-py's default; its default pool refuses an operation beyond them (200 concurrent accepts).
@@ -112,13 +113,19 @@ redis.call('ZADD', 'spearlet:execs-by-time', ARGV[8], ARGV[3])
 if tonumber(ARGV[2]) <= 2 then
   redis.call('SADD', 'spearlet:unfinished', ARGV[3])
   if KEYS[3] ~= '' then
-    redis.call('XADD', KEYS[3], '*', 'id', ARGV[3])
+    local queued, taken = redis.call('XADD', KEYS[3], '*', 'id', ARGV[3]), false
     if tonumber(ARGV[12]) > 0 then
-      local got = redis.call('XREADGROUP', 'GROUP', ARGV[9], ARGV[10], 'COUNT', ARGV[12], 'STREAMS', KEYS[3], '>')
-      if got then
-        for _, e in ipairs(got[1][2]) do start(KEYS[3], ARGV[9], ARGV[10], ARGV[11], e[1], e[2][2], started) end
+      -- pcall: a script stops at an error with its writes kept (a Redis that came back empty has
+      -- no group until a node's reader makes it again): the record is stored and queued all the same.
+      local got = redis.pcall('XREADGROUP', 'GROUP', ARGV[9], ARGV[10], 'COUNT', ARGV[12], 'STREAMS', KEYS[3], '>')
+      if got and not got['err'] then
+        for _, e in ipairs(got[1][2]) do
+          start(KEYS[3], ARGV[9], ARGV[10], ARGV[11], e[1], e[2][2], started)
+          taken = taken or e[1] == queued
+        end
       end
     end
+    if not taken then redis.call('PUBLISH', 'spearlet:work', '') end  -- left for a node with room
   end
 else  -- stored ended (an answer from the result cache)
 """
@@ -139,11 +146,11 @@ _TRANSITION = (
 -- ARGV 12...: the statuses it may follow. Returns {changed (0 or 1), started entries}.
 local started = {}
 if ARGV[7] ~= '' then
-  redis.call('XACK', KEYS[2], ARGV[8], ARGV[7])
+  redis.pcall('XACK', KEYS[2], ARGV[8], ARGV[7])
   redis.call('XDEL', KEYS[2], ARGV[7])
   if tonumber(ARGV[11]) > 0 then
-    local got = redis.call('XREADGROUP', 'GROUP', ARGV[8], ARGV[9], 'COUNT', ARGV[11], 'STREAMS', KEYS[2], '>')
-    if got then
+    local got = redis.pcall('XREADGROUP', 'GROUP', ARGV[8], ARGV[9], 'COUNT', ARGV[11], 'STREAMS', KEYS[2], '>')
+    if got and not got['err'] then  -- pcall: as in the create script, the end is written regardless
       for _, e in ipairs(got[1][2]) do start(KEYS[2], ARGV[8], ARGV[9], ARGV[10], e[1], e[2][2], started) end
     end
   end
@@ -168,17 +175,14 @@ _TAKE = (
     _START_ENTRY
     + """
 -- Read and start up to ARGV[4] entries for this node, in one step (the oldest first).
--- KEYS: dispatch stream; ARGV: group, node id, now (ms), count. Returns {entries (as start
--- returns them), and when none was read, the newest entry's id ('0-0' for none), after which
--- a new entry is to be awaited}.
+-- KEYS: dispatch stream; ARGV: group, node id, now (ms), count. Returns the entries as start
+-- returns them.
 local out = {}
 local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[4], 'STREAMS', KEYS[1], '>')
 if got then
   for _, e in ipairs(got[1][2]) do start(KEYS[1], ARGV[1], ARGV[2], ARGV[3], e[1], e[2][2], out) end
-  return {out, ''}
 end
-local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-return {out, newest[1] and newest[1][1] or '0-0'}
+return out
 """
 )
 
@@ -258,9 +262,10 @@ class RedisStore(Store):
         self.entries: dict[str, str] = {}
         # The script that stores an async record (take_room(False)), and the final write of an
         # execution started here (take_room(True): its own slot frees), read and start up to that
-        # many entries, handed to on_taken with the id of the record stored in the same step ('').
+        # many entries (reserved by take_room until the reply), handed to on_taken with the id of
+        # the record stored in the same step ('') and the count reserved, whatever the outcome.
         self.take_room: Callable[[bool], int] | None = None
-        self.on_taken: Callable[[list[tuple[str, ExecutionRecord]], str], None] | None = None
+        self.on_taken: Callable[[list[tuple[str, ExecutionRecord]], str, int], None] | None = None
         # Executions the start script marked RUNNING (id -> attempt): the scheduler's own RUNNING
         # write of that attempt would repeat it.
         self._started: dict[str, int] = {}
@@ -424,15 +429,18 @@ class RedisStore(Store):
         idem = f"{P}idem:{record.idempotency_key}" if record.idempotency_key else ""
         queue = self.dispatch if record.mode is Mode.ASYNC else ""
         take = self.take_room(False) if queue and self.take_room is not None else 0
-        found, started = await self._create(
-            keys=[_exec_key(record.execution_id), idem, queue],
-            args=[record_json(record), int(record.status), record.execution_id, self.retention_ms, record.cache_key,
-                  record.completed_at, record.task_id, record.created_at, self.group, self.node, now_ms(), take],
-        )  # fmt: skip
-        if started:
+        taken: list[tuple[str, ExecutionRecord]] = []
+        try:
+            found, started = await self._create(
+                keys=[_exec_key(record.execution_id), idem, queue],
+                args=[record_json(record), int(record.status), record.execution_id, self.retention_ms,
+                      record.cache_key, record.completed_at, record.task_id, record.created_at, self.group, self.node,
+                      now_ms(), take],
+            )  # fmt: skip
             taken = self._started_rows(started)
-            if taken and self.on_taken is not None:
-                self.on_taken(taken, record.execution_id)
+        finally:
+            if take and self.on_taken is not None:
+                self.on_taken(taken, record.execution_id, take)
         return record_from_json(found) if found else None
 
     def queue_insert(self, record: ExecutionRecord) -> None:
@@ -449,19 +457,21 @@ class RedisStore(Store):
             return False
         entry = self.entries.get(record.execution_id, "") if record.done else ""
         take = self.take_room(True) if entry and self.take_room is not None else 0
-        changed, started = await self._transition(
-            keys=[_exec_key(record.execution_id), self.dispatch],
-            args=[text, int(record.status), record.execution_id, self.retention_ms, record.cache_key,
-                  record.completed_at, entry, self.group, self.node, now_ms(), take, *allowed],
-        )  # fmt: skip
+        taken: list[tuple[str, ExecutionRecord]] = []
+        try:
+            changed, started = await self._transition(
+                keys=[_exec_key(record.execution_id), self.dispatch],
+                args=[text, int(record.status), record.execution_id, self.retention_ms, record.cache_key,
+                      record.completed_at, entry, self.group, self.node, now_ms(), take, *allowed],
+            )  # fmt: skip
+            taken = self._started_rows(started)
+        finally:
+            if take and self.on_taken is not None:
+                self.on_taken(taken, "", take)
         if entry:
             self.entries.pop(record.execution_id, None)
         if record.done:
             self._started.pop(record.execution_id, None)
-        if started:
-            taken = self._started_rows(started)
-            if taken and self.on_taken is not None:
-                self.on_taken(taken, "")
         return bool(changed)
 
     @_reaches
@@ -481,16 +491,15 @@ class RedisStore(Store):
         self._enqueue(write)
 
     @_reaches
-    async def take_entries(self, node: str, count: int) -> tuple[list[tuple[str, ExecutionRecord]], int, str]:
+    async def take_entries(self, node: str, count: int) -> tuple[list[tuple[str, ExecutionRecord]], int]:
         """Read and start up to `count` entries of the stream for `node`, in one step: each
         pending record becomes RUNNING there (its attempt, its start time) with its task read for
         the lookup that follows; entries of records gone or ended are acknowledged. Returns (entry
-        id, record as stored before its start) to run, how many entries were read, and when none
-        was, the id of the newest entry (after which to wait for one)."""
+        id, record as stored before its start) to run, and how many entries were read."""
         await self._drain()
-        rows, newest = await self._take(keys=[self.dispatch], args=[self.group, node, now_ms(), count])
+        rows = await self._take(keys=[self.dispatch], args=[self.group, node, now_ms(), count])
         self._task_hints.clear()
-        return self._started_rows(rows), len(rows), newest
+        return self._started_rows(rows), len(rows)
 
     def _started_rows(self, rows: list[list[str]]) -> list[tuple[str, ExecutionRecord]]:
         out = []
