@@ -23,7 +23,6 @@ from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 from spearlet.store.redis import P
 from tests.artifacts.conftest import serve
-from tests.e2e.test_async import processes_running
 from tests.helpers import (
     NodeProcess,
     RedisServer,
@@ -31,6 +30,7 @@ from tests.helpers import (
     existing,
     flush_redis,
     params,
+    processes_running,
     register,
     script,
     serve_refused,

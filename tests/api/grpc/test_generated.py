@@ -25,7 +25,10 @@ def test_regenerating_the_stubs_changes_nothing(tmp_path: Path) -> None:
     spec.loader.exec_module(gen)
     gen.generate(tmp_path)
     fresh = tmp_path / "spearlet" / "api" / "grpc"
-    names = ["spearlet_pb2.py", "spearlet_pb2.pyi", "spearlet_pb2_grpc.py"]
+    names = [
+        *("spearlet_pb2.py", "spearlet_pb2.pyi", "spearlet_pb2_grpc.py"),
+        *("spear_head_pb2.py", "spear_head_pb2.pyi", "spear_head_pb2_grpc.py"),
+    ]
     for name in names:
         assert (fresh / name).read_bytes() == (GENERATED / name).read_bytes(), (
             f"{name} is stale: run `make proto` and commit"
