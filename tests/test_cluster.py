@@ -20,6 +20,7 @@ import pytest
 
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
+from tests.api.grpc.spear_client import ASYNC, COMPLETED, RUNNING, TERMINATED, SpearClient
 from tests.artifacts.conftest import serve
 from tests.helpers import (
     NodeProcess,
@@ -367,3 +368,46 @@ def test_a_local_artifact_over_the_cluster_s_blob_limit_is_refused_pointing_to_h
         assert "http(s) location" in (refused.value.details() or "")
     finally:
         assert node.stop() == 0
+
+
+def test_spears_current_services_answer_and_terminate_from_any_node(cluster: list[NodeProcess]) -> None:
+    clients = [SpearClient(node.grpc_target) for node in cluster]
+    try:
+        invocation = str(uuid.uuid4())
+        sleep = ("application/json", b'{"seconds": 60}')
+        accepted = clients[0].invoke("sleep", input=sleep, mode=ASYNC, invocation_id=invocation)
+        second = clients[0].invoke("sleep", input=sleep, mode=ASYNC, invocation_id=invocation)
+        deadline = time.monotonic() + 10
+        while (execution := clients[2].get(accepted.execution_id)).status != RUNNING:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert execution.instance_id == f"own-{accepted.execution_id}" and execution.invocation_id == invocation
+        for client in clients:
+            listed = client.list(invocation_id=invocation).executions
+            assert [e.execution_id for e in listed] == [second.execution_id, accepted.execution_id]
+        runner = (
+            cluster[0]
+            .stub()
+            .GetExecutionStatus(pb.GetExecutionStatusRequest(execution_id=accepted.execution_id))
+            .result.metrics["node"]
+        )
+        other = next(i for i, n in enumerate(cluster) if not n.data_dir.name.endswith(runner))
+        ended = clients[other].terminate(accepted.execution_id, reason="from elsewhere")
+        assert ended.success and ended.final_status == TERMINATED
+        # The other one through its instance, from whichever node did not run it.
+        while (execution := clients[2].get(second.execution_id)).status != RUNNING:
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.05)
+        runner = (
+            cluster[0]
+            .stub()
+            .GetExecutionStatus(pb.GetExecutionStatusRequest(execution_id=second.execution_id))
+            .result.metrics["node"]
+        )
+        other = next(i for i, n in enumerate(cluster) if not n.data_dir.name.endswith(runner))
+        assert clients[other].destroy(execution.instance_id).success
+        assert clients[0].get(second.execution_id).status == TERMINATED
+        assert clients[1].invoke("echo", input=("application/json", b'{"n": 1}')).status == COMPLETED
+    finally:
+        for client in clients:
+            client.close()
