@@ -298,7 +298,7 @@ async def test_a_full_queue_is_resource_exhausted_and_a_missing_token_unauthenti
 # One execution, whatever the door
 
 
-def test_an_invoke_is_seen_by_status_listing_watch_http_and_metrics_of_the_seed_api(
+def test_an_invoke_is_seen_by_status_listing_watch_sse_http_and_metrics_of_the_seed_api(
     spear: SpearClient, node: NodeProcess
 ) -> None:
     before = metric(node, "spearlet_executions_total", task="echo", status="completed")
@@ -312,6 +312,9 @@ def test_an_invoke_is_seen_by_status_listing_watch_http_and_metrics_of_the_seed_
     watch = pb_grpc.WatchServiceStub(grpc.insecure_channel(node.grpc_target))
     updates = list(watch.WatchExecution(pb.WatchExecutionRequest(execution_id=answer.execution_id), timeout=20))
     assert updates[-1].is_final and updates[-1].status == pb.EXECUTION_STATUS_COMPLETED
+    sse = httpx.get(f"{node.http_url}/api/v1/executions/{answer.execution_id}/events", timeout=10).text
+    events = [json.loads(line[5:]) for line in sse.splitlines() if line.startswith("data:")]
+    assert events[-1]["is_final"] and events[-1]["status"] == "EXECUTION_STATUS_COMPLETED"
     http = httpx.get(f"{node.http_url}/api/v1/executions/{answer.execution_id}/status", timeout=10).json()
     assert http["result"]["status"] == "EXECUTION_STATUS_COMPLETED"
     assert metric(node, "spearlet_executions_total", task="echo", status="completed") == before + 1
