@@ -1,4 +1,4 @@
-"""Regenerate the committed gRPC stubs from src/spearlet/api/grpc/spearlet.proto.
+"""Regenerate the committed gRPC stubs from the .proto files of PROTOS (the node's API, the SMS client's).
 
 Usage: python scripts/gen_proto.py [OUT_DIR]   (default: the source tree itself)
 The test suite runs this into a temporary directory and fails if the output differs.
@@ -13,7 +13,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
-PROTO = "spearlet/api/grpc/spearlet.proto"
+PROTOS = ("spearlet/api/grpc/spearlet.proto", "spearlet/sms/sms.proto")
 
 
 def generate(out_dir: Path) -> None:
@@ -26,7 +26,7 @@ def generate(out_dir: Path) -> None:
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
-        PROTO,
+        *PROTOS,
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")

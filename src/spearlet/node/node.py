@@ -193,6 +193,7 @@ class Node:
                 f"{s.host}:{s.grpc_port}",
                 observe=self.metrics.observe_grpc,
                 token=token,
+                trusted_networks=s.trusted_networks,
                 min_ping_interval_ms=s.grpc_min_ping_interval_ms,
                 tls=tls,
             )
@@ -206,7 +207,9 @@ class Node:
             raise StartError(str(exc)) from None
         await self._grpc.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        app = create_app(self.api, self.metrics, token=token, dashboard=self.dashboard)
+        app = create_app(
+            self.api, self.metrics, token=token, dashboard=self.dashboard, trusted_networks=s.trusted_networks
+        )
         config = uvicorn.Config(
             app,
             log_level="warning",
@@ -309,6 +312,7 @@ def check_settings(settings: Settings) -> None:
     """Refuse, before anything starts, settings the node could not serve with: a non-loopback
     address without a token, a function user it cannot become (ValueError saying which)."""
     settings.check_exposure()
+    settings.sms_exposure()
     resolve_user(settings.run_as)
 
 
