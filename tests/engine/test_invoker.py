@@ -15,6 +15,7 @@ import pytest
 from spearlet.config import Settings
 from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import InvalidArgument, NotFound, ResourceExhausted, StoreUnavailable
+from spearlet.core.ids import execution_of_own_instance, own_instance_id
 from spearlet.core.lifecycle import Event
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status
 from spearlet.engine import invoker as invoker_module
@@ -142,6 +143,24 @@ async def test_a_sync_call_answers_with_its_final_record_stored(eng: Engine) -> 
     assert result.status_endpoint == "" and result.message == ""
     assert await eng.store.get_execution(result.record.execution_id) == result.record
     assert eng.runtime.calls[0].params == {"name": "Ann"}
+
+
+async def test_the_invocation_id_is_recorded_and_a_malformed_one_refused(eng: Engine) -> None:
+    result = await eng.invoker.invoke(eng.request(invocation_id="inv-42"))
+    stored = await eng.store.get_execution(result.record.execution_id)
+    assert stored is not None and stored.invocation_id == "inv-42"
+    with pytest.raises(InvalidArgument, match="invocation_id 'bad id' is invalid"):
+        await eng.invoker.invoke(eng.request(invocation_id="bad id"))
+
+
+async def test_a_run_once_execution_has_its_own_instance_named_before_started_is_published(eng: Engine) -> None:
+    seen: list[tuple[Event, str]] = []
+    eng.lifecycle.subscribe(lambda event, record: seen.append((event, record.instance_id)))
+    result = await eng.invoker.invoke(eng.request())
+    own = own_instance_id(result.record.execution_id)
+    assert (Event.STARTED, own) in seen and (Event.ACCEPTED, own) not in seen
+    assert result.record.instance_id == own and execution_of_own_instance(own) == result.record.execution_id
+    assert execution_of_own_instance("hello/1") == ""
 
 
 async def test_a_sync_call_past_max_sync_wait_hands_off_with_the_status_endpoint(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from spearlet.config import Settings
 from spearlet.core.background import Background
 from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import InvalidArgument, NotFound, StoreFault
-from spearlet.core.ids import check_client_execution_id, new_execution_id
+from spearlet.core.ids import check_client_execution_id, check_client_id, new_execution_id
 from spearlet.core.lifecycle import Event, Lifecycle, Update
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Task, now_ms
 from spearlet.core.values import check_string_map, dump_params
@@ -76,6 +76,7 @@ class InvokeRequest:
     metadata: dict[str, str] = field(default_factory=dict)
     create_if_not_exists: bool = False
     force_new_instance: bool = False
+    invocation_id: str = ""  # SPEAR's InvokeRequest groups executions under it
 
 
 @dataclass(slots=True)
@@ -360,6 +361,7 @@ class Invoker:
                 f"context.max_retries must be between 0 and {self.settings.max_retries_cap}, got {max_retries}"
             )
         execution_id = check_client_execution_id(req.execution_id) if req.execution_id else new_execution_id()
+        invocation_id = check_client_id(req.invocation_id, "invocation_id") if req.invocation_id else ""
         key = req.metadata.get(IDEMPOTENCY_KEY) or None
         record = ExecutionRecord(
             execution_id=execution_id,
@@ -374,6 +376,7 @@ class Invoker:
             idempotency_key=f"{task.task_id}:{key}" if key else None,
             force_new_instance=req.force_new_instance,
             created_at=now_ms(),
+            invocation_id=invocation_id,
         )
         for check in self.checks:
             check(record)

@@ -154,6 +154,21 @@ class Pool:
         group = self._tasks.get(task_id)
         return list(group.instances) if group else []
 
+    def find(self, instance_id: str) -> Instance | None:
+        """The live instance of that id, of whichever task."""
+        for group in self._tasks.values():
+            for instance in group.instances:
+                if instance.instance_id == instance_id and instance.alive:
+                    return instance
+        return None
+
+    def retire_if_idle(self, instance: Instance) -> None:
+        """Drop a dead instance now if no call holds it (a busy one goes when its call releases it)."""
+        for group in self._tasks.values():
+            if instance in group.instances and not instance.busy:
+                self._retire(group.task, group, instance)
+                self._wake(group)
+
     def states(self) -> list[PoolState]:
         """Each task's instances now, and its calls served warm since its group was made (a
         replaced task starts over)."""
