@@ -86,13 +86,15 @@ class Reporter:
         self.dropped = 0
         self.rejected = 0
         self.delivering = True  # False while the SMS does not take reports
+        self._sending = 0
         self._tasks: list[asyncio.Task[None]] = []
         # Told when a report is delivered after the SMS did not take them (the link's state).
         self.on_delivered: Callable[[], None] = lambda: None
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        """Reports not delivered yet (the one being sent included)."""
+        return self._queue.qsize() + self._sending
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -134,8 +136,9 @@ class Reporter:
         elif event is Event.FINISHED:
             self._put(self._execution(record, record.status))
             instance = record.instance_id or own_instance_id(record.execution_id)
-            live = self._live.pop(instance, None)
-            if live is not None and execution_of_own_instance(instance):
+            # A kept instance outlives its call: the pool tells its own changes.
+            live = self._live.pop(instance, None) if execution_of_own_instance(instance) else None
+            if live is not None:
                 live.status, live.current_execution_id = sms.INSTANCE_STATUS_TERMINATED, ""
                 self._put(self._instance(instance, live))
 
@@ -202,9 +205,11 @@ class Reporter:
     async def _send_all(self) -> None:
         while True:
             report = await self._queue.get()
+            self._sending = 1
             try:
                 await self._deliver(report)
             finally:
+                self._sending = 0
                 self._queue.task_done()
 
     async def _deliver(self, report: Report) -> None:
