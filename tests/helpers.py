@@ -406,3 +406,15 @@ def metric(node: NodeProcess, name: str, **labels: str) -> float:
         if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
             return float(match.group(2))
     return 0.0
+
+
+def processes_running(script_path: str) -> list[psutil.Process]:
+    """Live processes running the script (the node runs its own copy: match the file name)."""
+    name = Path(script_path).name
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        if p.info["status"] != psutil.STATUS_ZOMBIE and any(
+            part.endswith(f"/{name}") for part in p.info["cmdline"] or []
+        ):
+            found.append(p)
+    return found

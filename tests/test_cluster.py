@@ -17,11 +17,12 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+import redis
 
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
+from spearlet.store.redis import P
 from tests.artifacts.conftest import serve
-from tests.e2e.test_async import processes_running
 from tests.helpers import (
     NodeProcess,
     RedisServer,
@@ -29,6 +30,7 @@ from tests.helpers import (
     existing,
     flush_redis,
     params,
+    processes_running,
     register,
     script,
     serve_refused,
@@ -367,3 +369,24 @@ def test_a_local_artifact_over_the_cluster_s_blob_limit_is_refused_pointing_to_h
         assert "http(s) location" in (refused.value.details() or "")
     finally:
         assert node.stop() == 0
+
+
+def test_a_node_killed_and_restarted_within_its_lease_takes_its_id_back(tmp_path: Path, redis_url: str) -> None:
+    """Its heartbeat key still lives, but nobody renews it: the new run waits it out (at most one
+    lease) instead of taking it for a live twin, and serves under the same id."""
+    flush_redis(redis_url)
+    lease = {"SPEARLET_LEASE_S": "8"}  # longer than a restart takes
+    node = start_member(tmp_path / "n0", redis_url, "n0", env=lease)
+    node.proc.send_signal(signal.SIGKILL)
+    node.proc.wait(10)
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.pttl(f"{P}node:n0") > 0  # the dead run's heartbeat is still there
+    restarted = start_member(node.data_dir, redis_url, "n0", env=lease)
+    try:
+        assert "spearlet node 'n0' serving" in "\n".join(restarted.output)
+        done = wait_all_done(
+            restarted, [restarted.stub().InvokeFunction(existing("hello", mode=pb.EXECUTION_MODE_ASYNC)).execution_id]
+        )
+        assert [r.metrics["node"] for r in done.values()] == ["n0"]
+    finally:
+        restarted.stop()

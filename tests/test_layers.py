@@ -129,3 +129,25 @@ def test_the_rule_reads_imports_inside_functions_and_refuses_one_implementation_
     assert not allowed("engine.invoker", "api.service")
     assert not allowed("store.sqlite", "store.redis")
     assert allowed("runtimes.wasm", "runtimes.wasm_memory") and allowed("runtimes.python", "runtimes.base")
+
+
+def bench_imports(path: Path) -> list[str]:
+    """The modules of the benchmark suite (`bench`) that a test module imports."""
+    tree = ast.parse(path.read_text(), str(path))
+    names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level]
+    return [name for name in names if under(name, "bench")]
+
+
+def test_no_test_imports_the_benchmark_suite() -> None:
+    """The suite measures and the tests prove behaviour: a test leaning on a bench helper would
+    break, or silently change what it proves, whenever a benchmark is reworked."""
+    tests = Path(__file__).resolve().parent
+    found = {str(p.relative_to(tests)): bench_imports(p) for p in sorted(tests.rglob("*.py"))}
+    assert {path: names for path, names in found.items() if names} == {}
+
+
+def test_the_bench_check_sees_both_forms_of_import(tmp_path: Path) -> None:
+    source = tmp_path / "test_x.py"
+    source.write_text("import bench.common\n\ndef f():\n    from bench.echo_server import serve\n")
+    assert bench_imports(source) == ["bench.common", "bench.echo_server"]

@@ -20,7 +20,12 @@ from spearlet.config import Settings
 from spearlet.core.background import Background
 from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import InvalidArgument, NotFound, StoreFault
-from spearlet.core.ids import check_client_execution_id, check_client_id, new_execution_id
+from spearlet.core.ids import (
+    check_client_execution_id,
+    check_client_id,
+    execution_of_own_instance,
+    new_execution_id,
+)
 from spearlet.core.lifecycle import Event, Lifecycle, Update
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Task, now_ms
 from spearlet.core.values import check_string_map, dump_params
@@ -426,6 +431,25 @@ class Invoker:
         if final.status is Status.CANCELLED:
             return CancelResult(True, "cancelled", final.status)
         return CancelResult(False, f"execution finished first: {final.status.name}", final.status)
+
+    async def destroy_instance(self, instance_id: str, reason: str) -> CancelResult:
+        """Stop an instance: a Python worker of this node (its call in progress ends CANCELLED and
+        the pool starts a fresh one when a call needs it), or the own instance of a process or wasm
+        execution (that execution is cancelled, wherever in the cluster it runs). `status` is that
+        of the execution for an own instance, else UNKNOWN."""
+        if not instance_id:
+            raise InvalidArgument("instance_id is required")
+        execution_id = execution_of_own_instance(instance_id)
+        if execution_id:
+            record = await self.get(execution_id)
+            if record is None:
+                return CancelResult(False, f"instance {instance_id!r} not found", Status.UNKNOWN)
+            if record.done:
+                return CancelResult(False, f"instance {instance_id!r} has ended ({record.status.name})", record.status)
+            return await self.cancel(execution_id, reason or "its instance was destroyed", force=True)
+        if await self.scheduler.destroy_instance(instance_id, reason or "destroyed"):
+            return CancelResult(True, f"instance {instance_id!r} destroyed", Status.UNKNOWN)
+        return CancelResult(False, f"instance {instance_id!r} not found on this node", Status.UNKNOWN)
 
     async def _cancel_elsewhere(self, execution_id: str, force: bool, reason: str) -> CancelResult:
         assert self.dispatch is not None

@@ -12,6 +12,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from spearlet.api.grpc import spearlet_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[3]
+GENERATED = ROOT / "src" / "spearlet" / "api" / "grpc"
+SMS = ROOT / "src" / "spearlet" / "sms"
 # The seed-era contract's tables, copied as data: every message, field by number, name and type.
 CONTRACT_FILE = Path(__file__).with_name("spear_contract.md")
 FIRST_EXTENSION_NUMBER = 100
@@ -23,11 +25,19 @@ def test_regenerating_the_stubs_changes_nothing(tmp_path: Path) -> None:
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     gen.generate(tmp_path)
-    for package, stem in (("api/grpc", "spearlet"), ("sms", "sms")):
-        for name in (f"{stem}_pb2.py", f"{stem}_pb2.pyi", f"{stem}_pb2_grpc.py"):
-            fresh = tmp_path / "spearlet" / package / name
-            committed = ROOT / "src" / "spearlet" / package / name
-            assert fresh.read_bytes() == committed.read_bytes(), f"{name} is stale: run `make proto` and commit"
+    fresh = tmp_path / "spearlet" / "api" / "grpc"
+    names = [
+        *("spearlet_pb2.py", "spearlet_pb2.pyi", "spearlet_pb2_grpc.py"),
+        *("spear_head_pb2.py", "spear_head_pb2.pyi", "spear_head_pb2_grpc.py"),
+    ]
+    for name in ("sms_pb2.py", "sms_pb2.pyi", "sms_pb2_grpc.py"):
+        assert (tmp_path / "spearlet" / "sms" / name).read_bytes() == (SMS / name).read_bytes(), (
+            f"{name} is stale: run `make proto` and commit"
+        )
+    for name in names:
+        assert (fresh / name).read_bytes() == (GENERATED / name).read_bytes(), (
+            f"{name} is stale: run `make proto` and commit"
+        )
 
 
 def _table(section: str) -> dict[str, str]:
