@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import http.server
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -14,27 +13,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import message_factory
 from google.protobuf.message import Message
-from grpc_tools import protoc
+
+from tests.helpers import private_pool
 
 PROTO = Path(__file__).with_name("fake_sms.proto")
 
 
-def _load() -> descriptor_pool.DescriptorPool:
-    with tempfile.TemporaryDirectory() as out:
-        target = Path(out) / "fake_sms.pb"
-        include = Path(protoc.__file__).parent / "_proto"
-        args = ["protoc", f"-I{PROTO.parent}", f"-I{include}", f"--descriptor_set_out={target}", PROTO.name]
-        assert protoc.main(args) == 0, "fake_sms.proto does not compile"
-        files = descriptor_pb2.FileDescriptorSet.FromString(target.read_bytes())
-    pool = descriptor_pool.DescriptorPool()
-    for file in files.file:
-        pool.Add(file)
-    return pool
-
-
-POOL = _load()
+POOL = private_pool(PROTO)
 
 
 def message(name: str) -> type[Message]:
