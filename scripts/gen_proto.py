@@ -1,4 +1,4 @@
-"""Regenerate the committed gRPC stubs from the .proto files of src/spearlet/api/grpc/.
+"""Regenerate the committed gRPC stubs from the .proto files of src/spearlet/api/grpc/ and src/spearlet/sms/.
 
 Usage: python scripts/gen_proto.py [OUT_DIR]   (default: the source tree itself)
 The test suite runs this into a temporary directory and fails if the output differs.
@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 PROTO = "spearlet/api/grpc/spearlet.proto"
 HEAD_PROTO = "spearlet/api/grpc/spear_head.proto"
+# The calls a node makes to SPEAR's SMS: package `sms`, no clash, the default pool.
+SMS_PROTO = "spearlet/sms/sms.proto"
 _DEFAULT_POOL = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
 _OWN_POOL = """# A pool of its own (scripts/gen_proto.py): spearlet.proto holds the same names in the default pool.
 POOL = _descriptor_pool.DescriptorPool()
@@ -33,7 +35,7 @@ _POOL_STUB = "from google.protobuf import descriptor_pool as _descriptor_pool\nP
 def generate(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     include = Path(protoc.__file__).parent / "_proto"
-    for proto in (PROTO, HEAD_PROTO):
+    for proto in (PROTO, HEAD_PROTO, SMS_PROTO):
         args = [
             "protoc",
             f"-I{SRC}",

@@ -31,6 +31,8 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "engine": ("core", "config", "engine", "store.base", "runtimes.base", "artifacts"),
     # Cluster mode: the engine's dispatch over the Redis store, whose connection it shares.
     "cluster": ("core", "config", "engine", "store.base", "store.redis"),
+    # Joining a SPEAR cluster: above the engine (its TaskSource, the lifecycle and pool listeners).
+    "sms": ("core", "config", "engine", "runtimes.pool", "artifacts", "sms"),
     "observability": ("core", "observability", "engine", "runtimes.pool"),
     "api": ("core", "api", "engine", "observability"),
     # The Python client speaks the wire only: the stubs and the value rules it shares with the node.

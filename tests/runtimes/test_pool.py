@@ -704,3 +704,44 @@ async def test_states_count_each_task_s_instances_idle_ones_warm_hits_and_waiter
     await waiting
     assert {s.task_id: s for s in pool.states()}["busy"].warm_hits == 1
     await pool.close()
+
+
+# Listeners
+
+
+async def test_listeners_hear_start_busy_with_the_execution_idle_and_stop() -> None:
+    pool, _ = make_pool()
+    heard: list[tuple[str, str, str, str]] = []
+    pool.listeners.append(lambda event, task_id, instance_id, execution_id: heard.append(
+        (event.value, task_id, instance_id, execution_id)
+    ))  # fmt: skip
+    task = make_task("t", max_calls_per_instance=2)
+    first = await pool.acquire(task, execution_id="e1")
+    pool.release(task, first, 1.0, healthy=True)
+    again = await pool.acquire(task, execution_id="e2")
+    assert again is first
+    pool.release(task, again, 1.0, healthy=True)  # worn out: stopped, not idle
+    await settle()
+    instance = first.instance_id
+    assert heard == [
+        ("started", "t", instance, ""),
+        ("busy", "t", instance, "e1"),
+        ("idle", "t", instance, ""),
+        ("busy", "t", instance, "e2"),
+        ("stopped", "t", instance, ""),
+    ]
+    assert pool.live() == []
+
+
+async def test_a_broken_listener_does_not_break_a_call() -> None:
+    pool, _ = make_pool()
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("listener bug")
+
+    pool.listeners.append(broken)
+    task = make_task()
+    instance = await pool.acquire(task, execution_id="e1")
+    pool.release(task, instance, 1.0, healthy=True)
+    assert pool.live() == [instance]
+    await pool.close()

@@ -393,7 +393,7 @@ class PythonRuntime(Runtime):
     async def invoke(self, task: Task, invocation: Invocation, stop: StopRequest) -> Outcome:
         limits = invocation.limits
         try:
-            worker = await self.pool.acquire(task, invocation.force_new_instance)
+            worker = await self.pool.acquire(task, invocation.force_new_instance, invocation.execution_id)
         except WorkerStartFailed as exc:
             return Outcome(Status.FAILED, error_code=ErrorCode.INSTANCE_START_FAILED, error_message=str(exc))
         assert isinstance(worker, PythonWorker)

@@ -6,14 +6,14 @@ stubs is used, so the wire is what is tested."""
 from __future__ import annotations
 
 import functools
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
-from grpc_tools import protoc
+
+from tests.helpers import private_pool
 
 PROTO = Path(__file__).with_name("spear_head_client.proto")
 METHODS = {
@@ -31,23 +31,7 @@ SYNC, ASYNC = 1, 2
 @functools.cache
 def pool() -> descriptor_pool.DescriptorPool:
     """The client's descriptors, compiled from the tests' proto now."""
-    include = Path(protoc.__file__).parent / "_proto"
-    with tempfile.TemporaryDirectory(prefix="spear-client-") as out:
-        descriptors = Path(out) / "set.pb"
-        args = [
-            "protoc",
-            f"-I{PROTO.parent}",
-            f"-I{include}",
-            "--include_imports",
-            f"--descriptor_set_out={descriptors}",
-            PROTO.name,
-        ]
-        assert protoc.main(args) == 0, "protoc failed on the tests' proto"
-        files = descriptor_pb2.FileDescriptorSet.FromString(descriptors.read_bytes())
-    fresh = descriptor_pool.DescriptorPool()
-    for file in files.file:
-        fresh.Add(file)
-    return fresh
+    return private_pool(PROTO)
 
 
 def message(name: str, **fields: Any) -> Message:

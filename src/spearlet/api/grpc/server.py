@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -279,6 +279,7 @@ def build_server(
     address: str,
     observe: Observer = _ignore,
     token: str = "",
+    trusted_networks: Sequence[str] = (),
     max_message_bytes: int = 8 << 20,
     min_ping_interval_ms: int = 1000,
     tls: tuple[bytes, bytes] | None = None,
@@ -286,7 +287,7 @@ def build_server(
     """A grpc.aio server with every service added, bound to `address` (TLS only, with `tls`: the
     PEM certificate chain and private key); returns it and its port. OSError if it cannot bind."""
     server = grpc.aio.server(
-        interceptors=[GrpcTokenInterceptor(TokenCheck(token))] if token else None,
+        interceptors=[GrpcTokenInterceptor(TokenCheck(token, trusted_networks))] if token else None,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

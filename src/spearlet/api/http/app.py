@@ -14,7 +14,7 @@ import contextlib
 import http
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -236,6 +236,7 @@ def create_app(
     max_request_bytes: int = 8 << 20,
     token: str = "",
     dashboard: ui.Dashboard | None = None,
+    trusted_networks: Sequence[str] = (),
 ) -> FastAPI:
     app = FastAPI(
         title="spearlet",
@@ -280,12 +281,18 @@ def create_app(
         )
 
     app.add_middleware(BodyLimit, max_bytes=max_request_bytes)  # inside the token check (added later: outer)
-    check = TokenCheck(token) if token else None
+    check = TokenCheck(token, trusted_networks) if token else None
 
     @app.middleware("http")
     async def require_token(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         public = dashboard is not None and ui.is_page(request.url.path)
-        if check is not None and not public and not check.allows(request.headers.get(HEADER)):
+        client = request.client.host if request.client is not None else None
+        if (
+            check is not None
+            and not public
+            and not check.allows(request.headers.get(HEADER))
+            and not check.trusts(client)
+        ):
             response = error(401, ErrorCode.UNAUTHENTICATED, DENIED)
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
