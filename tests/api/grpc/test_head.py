@@ -318,6 +318,7 @@ def test_an_invoke_is_seen_by_status_listing_watch_sse_http_and_metrics_of_the_s
     http = httpx.get(f"{node.http_url}/api/v1/executions/{answer.execution_id}/status", timeout=10).json()
     assert http["result"]["status"] == "EXECUTION_STATUS_COMPLETED"
     assert metric(node, "spearlet_executions_total", task="echo", status="completed") == before + 1
+    assert metric(node, "spearlet_grpc_requests_total", method="InvocationService.Invoke", code="OK") >= 1
 
 
 def test_an_execution_of_the_seed_api_is_read_listed_and_terminated_through_the_new_services(
