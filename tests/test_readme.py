@@ -109,6 +109,11 @@ def python_blocks(heading: str) -> list[str]:
     [
         ("Worked example: Python", 0, ["{'greeting': 'Hello, Ada!'}", "{'slept': 1", "NONZERO_EXIT ['something"]),
         ("Python client", 1, ["{'greeting': 'Hello, Ada!'}", "{'slept': 1", "0\n1\n2\n", "[{'greeting': 'Hello, a!'}"]),
+        (
+            "SPEAR today: InvocationService, ExecutionService, InstanceService",
+            0,
+            ["EXECUTION_STATUS_COMPLETED {'greeting': 'Hello, Ada!'}\nTrue\nTrue\n"],
+        ),
     ],
 )
 def test_the_python_client_examples_run_as_written(

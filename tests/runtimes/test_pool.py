@@ -200,6 +200,45 @@ async def test_unhealthy_release_stops_and_drops_the_instance() -> None:
     assert starts.count == 2
 
 
+async def test_an_instance_is_found_by_its_id_across_tasks_while_it_lives() -> None:
+    pool, _ = make_pool()
+    one, other = make_task("one"), make_task("other")
+    a = await pool.acquire(one)
+    b = await pool.acquire(other)
+    assert pool.find(a.instance_id) is a and pool.find(b.instance_id) is b
+    assert pool.find("nope/1") is None
+    assert isinstance(b, FakeInstance)
+    b.is_alive = False
+    assert pool.find(b.instance_id) is None
+
+
+async def test_a_dead_idle_instance_is_retired_at_once_and_the_pool_tops_up_its_minimum() -> None:
+    pool, starts = make_pool()
+    task = make_task(min_instances=1)
+    instance = await pool.acquire(task)
+    pool.release(task, instance, elapsed_ms=1, healthy=True)
+    assert isinstance(instance, FakeInstance)
+    instance.is_alive = False
+    pool.retire_if_idle(instance)
+    await settle()
+    assert instance.stopped and instance not in pool.instances(task.task_id)
+    assert starts.count == 2 and len(pool.instances(task.task_id)) == 1
+
+
+async def test_a_busy_instance_is_not_retired_until_its_call_releases_it() -> None:
+    pool, _ = make_pool()
+    task = make_task()
+    instance = await pool.acquire(task)
+    assert isinstance(instance, FakeInstance)
+    instance.is_alive = False
+    pool.retire_if_idle(instance)
+    await settle()
+    assert not instance.stopped and instance in pool.instances(task.task_id)
+    pool.release(task, instance, elapsed_ms=1, healthy=False)
+    await settle()
+    assert instance.stopped and instance not in pool.instances(task.task_id)
+
+
 async def test_release_of_an_instance_that_died_during_the_call_drops_it() -> None:
     pool, _ = make_pool()
     task = make_task()

@@ -1,5 +1,5 @@
 """A client of SPEAR's current spearlet services generated in the tests: spear_head_client.proto
-(the tests' own copy, written from shared/SPEAR-HEAD.md) compiled with protoc at test time into a
+(the tests' own copy, written from the wire facts of SPEAR's current API at upstream b583009) compiled with protoc at test time into a
 descriptor pool of its own, and called over real gRPC by the methods' paths. Nothing of the node's
 stubs is used, so the wire is what is tested."""
 
@@ -23,7 +23,7 @@ METHODS = {
     "ListExecutions": ("ExecutionService", "ListExecutionsRequest", "ListExecutionsResponse"),
     "DestroyInstance": ("InstanceService", "DestroyInstanceRequest", "DestroyInstanceResponse"),
 }
-# ExecutionStatus and ExecutionMode by number (SPEAR-HEAD.md).
+# ExecutionStatus and ExecutionMode by number.
 PENDING, RUNNING, COMPLETED, FAILED, TERMINATED, TIMEOUT = 1, 2, 3, 4, 5, 6
 SYNC, ASYNC = 1, 2
 

@@ -98,7 +98,7 @@ def test_every_message_enum_and_method_of_the_node_is_the_one_spear_head_defines
     for name, service in theirs.services_by_name.items():
         methods = {m.name: (m.input_type.name, m.output_type.name) for m in ours.services_by_name[name].methods}
         assert methods == {m.name: (m.input_type.name, m.output_type.name) for m in service.methods}
-    # A few numbers spelled out, as SPEAR-HEAD.md has them.
+    # A few numbers spelled out, as upstream has them.
     invoke = ours.message_types_by_name["InvokeRequest"].fields_by_name
     assert (invoke["task_id"].number, invoke["mode"].number, invoke["metadata"].number) == (3, 10, 12)
     execution = ours.message_types_by_name["Execution"].fields_by_name
@@ -230,6 +230,9 @@ def test_the_requests_other_fields_are_recorded_in_its_metadata(spear: SpearClie
     [info] = [e for e in listed.executions if e.execution_id == answer.execution_id]
     assert info.metadata["spear.header.x-trace"] == "t1" and info.metadata["spear.session_id"] == "s-9"
     assert info.metadata["spear.endpoint_gateway"] == "true" and info.metadata["instance_id"] == answer.instance_id
+    assert info.metadata["invocation_id"] == answer.invocation_id
+    record = httpx.get(f"{node.http_url}/api/v1/executions/{answer.execution_id}", timeout=10).json()
+    assert (record["invocation_id"], record["instance_id"]) == (answer.invocation_id, answer.instance_id)
 
 
 def test_a_functions_failure_is_an_ok_answer_with_failed_or_timeout_and_the_error(spear: SpearClient) -> None:
@@ -295,7 +298,7 @@ async def test_a_full_queue_is_resource_exhausted_and_a_missing_token_unauthenti
 # One execution, whatever the door
 
 
-def test_an_invoke_is_seen_by_status_listing_watch_http_and_metrics_of_the_seed_api(
+def test_an_invoke_is_seen_by_status_listing_watch_sse_http_and_metrics_of_the_seed_api(
     spear: SpearClient, node: NodeProcess
 ) -> None:
     before = metric(node, "spearlet_executions_total", task="echo", status="completed")
@@ -309,6 +312,9 @@ def test_an_invoke_is_seen_by_status_listing_watch_http_and_metrics_of_the_seed_
     watch = pb_grpc.WatchServiceStub(grpc.insecure_channel(node.grpc_target))
     updates = list(watch.WatchExecution(pb.WatchExecutionRequest(execution_id=answer.execution_id), timeout=20))
     assert updates[-1].is_final and updates[-1].status == pb.EXECUTION_STATUS_COMPLETED
+    sse = httpx.get(f"{node.http_url}/api/v1/executions/{answer.execution_id}/events", timeout=10).text
+    events = [json.loads(line[5:]) for line in sse.splitlines() if line.startswith("data:")]
+    assert events[-1]["is_final"] and events[-1]["status"] == "EXECUTION_STATUS_COMPLETED"
     http = httpx.get(f"{node.http_url}/api/v1/executions/{answer.execution_id}/status", timeout=10).json()
     assert http["result"]["status"] == "EXECUTION_STATUS_COMPLETED"
     assert metric(node, "spearlet_executions_total", task="echo", status="completed") == before + 1

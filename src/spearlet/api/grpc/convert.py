@@ -134,6 +134,8 @@ def execution_info(record: ExecutionRecord) -> pb.ExecutionInfo:
         metadata["error_code"] = record.error_code
     if record.instance_id:
         metadata["instance_id"] = record.instance_id
+    if record.invocation_id:  # SPEAR's Invoke groups executions under it
+        metadata["invocation_id"] = record.invocation_id
     return pb.ExecutionInfo(
         execution_id=record.execution_id,
         task_id=record.task_id,
