@@ -184,14 +184,15 @@ async def test_an_unknown_task_comes_from_the_source_once_for_concurrent_first_c
         return await node.tasks.register(task_id, ArtifactSpec("process", str(echo)), for_caller=False)
 
     node.tasks.source = source
-    calls = [asyncio.create_task(node.tasks.find("from-sms")) for _ in range(5)]
+    assert await node.tasks.find("from-sms") is None and asked == []  # a look-up does not fetch
+    calls = [asyncio.create_task(node.tasks.resolve("from-sms")) for _ in range(5)]
     await asyncio.sleep(0.05)
     release.set()
     found = await asyncio.gather(*calls)
     assert asked == ["from-sms"]
     assert all(t is not None and t.task_id == "from-sms" for t in found)
     assert await node.tasks.find("from-sms") is not None and asked == ["from-sms"]  # now it is known
-    assert await node.tasks.find("nowhere") is None
+    assert await node.tasks.resolve("nowhere") is None
     result = await node.invoker.invoke(
         InvokeRequest(task_id="from-sms", invocation_type=InvocationType.EXISTING_TASK, mode=Mode.SYNC)
     )
@@ -209,8 +210,8 @@ async def test_a_failing_source_fails_each_waiting_call_and_is_asked_again_later
         raise Unavailable("the SMS is out of reach")
 
     node.tasks.source = source
-    results = await asyncio.gather(*(node.tasks.find("x") for _ in range(3)), return_exceptions=True)
+    results = await asyncio.gather(*(node.tasks.resolve("x") for _ in range(3)), return_exceptions=True)
     assert asked == 1 and all(isinstance(r, Unavailable) for r in results)
     with pytest.raises(Unavailable):
-        await node.tasks.find("x")
+        await node.tasks.resolve("x")
     assert asked == 2

@@ -3,7 +3,9 @@ an SMS that goes away and comes back, and the link's state in health and /metric
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import uuid
 
 import httpx
@@ -132,3 +134,21 @@ def test_the_advertised_ip_is_the_chosen_one_the_bind_address_or_the_route_to_th
     assert advertised_ip("::", "::1") == "::1"
     # An SMS that cannot be resolved: the default route's address (some address in any case).
     assert route_source("sms.invalid")
+
+
+async def test_an_sms_down_at_start_is_logged_once_and_joined_when_it_comes(
+    nodes: Nodes, fake_sms: FakeSms, caplog: pytest.LogCaptureFixture
+) -> None:
+    await fake_sms.stop()
+    caplog.set_level(logging.WARNING, logger="spearlet.sms.link")
+    node = await nodes.start()  # the SMS being away never stops the node from starting or serving
+    assert node.sms is not None
+    await asyncio.sleep(8 * HEARTBEAT_S)  # several tries with backoff
+    assert (await stub(node).InvokeFunction(existing("hello"))).success
+    outages = [r for r in caplog.records if "cannot be reached" in r.getMessage()]
+    assert len(outages) == 1 and not node.sms.connected
+    await fake_sms.start()
+    await fake_sms.wait_for(lambda: fake_sms.registrations, timeout=15)
+    await fake_sms.wait_for(lambda: node.sms.connected)
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+    assert len([r for r in caplog.records if "cannot be reached" in r.getMessage()]) == 1

@@ -10,6 +10,7 @@ import hashlib
 import grpc
 import pytest
 
+from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.node.node import bundled_tasks_file
 from spearlet.sms import sms_pb2 as sms
 from spearlet.sms.tasks import task_spec
@@ -143,3 +144,13 @@ def test_task_settings_come_from_spearlet_entries_and_unknown_types_are_refused(
         task_spec(sms.Task(task_id="t", executable=sms.TaskExecutable(uri="https://x/y")))
     with pytest.raises(Exception, match="names no executable uri"):
         task_spec(sms.Task(task_id="t", executable=sms.TaskExecutable(type=sms.EXECUTABLE_TYPE_WASM)))
+
+
+async def test_looking_a_task_up_does_not_fetch_it_only_a_call_does(nodes: Nodes, fake_sms: FakeSms) -> None:
+    serve_file(fake_sms, "f-look", "echo.sh")
+    fake_sms.add_task("task-look", "SCRIPT", "smsfile://f-look", name="echo.sh")
+    node = await nodes.start()
+    looked = await stub(node).GetTask(pb.GetTaskRequest(task_id="task-look"))
+    assert not looked.found and fake_sms.get_task_calls == []
+    assert (await stub(node).InvokeFunction(existing("task-look"))).success
+    assert (await stub(node).GetTask(pb.GetTaskRequest(task_id="task-look"))).found

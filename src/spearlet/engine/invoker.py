@@ -330,7 +330,7 @@ class Invoker:
         if req.invocation_type == InvocationType.EXISTING_TASK:
             if not req.task_id:
                 raise InvalidArgument("EXISTING_TASK needs task_id")
-            task = await self.tasks.find(req.task_id)
+            task = await self.tasks.resolve(req.task_id)
             if task is not None:
                 return task
             if req.create_if_not_exists and req.artifact is not None:

@@ -213,6 +213,13 @@ class TaskRegistry:
                 await self._localize(task)
                 if self._use_cache:
                     self._cache[task_id] = task
+        return task
+
+    async def resolve(self, task_id: str) -> Task | None:
+        """The task a call names: one this node has, else the source's (a SPEAR cluster's SMS
+        places tasks on nodes that do not have them). Only a call fetches: looking a task up
+        (GetTask, RegisterTask's check, recovery) never does."""
+        task = await self.find(task_id)
         if task is None and self.source is not None:
             task = await self._from_source(task_id)
         return task
