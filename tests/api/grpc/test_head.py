@@ -251,6 +251,8 @@ def test_request_errors_are_status_codes(spear: SpearClient) -> None:
     assert code is grpc.StatusCode.NOT_FOUND and "no-such-task" in details
     code, details = code_of(lambda: spear.invoke("echo", input=("application/json", b"{not json")))
     assert code is grpc.StatusCode.INVALID_ARGUMENT and "not JSON" in details
+    code, details = code_of(lambda: spear.invoke("echo", input=("application/json", b'{"x": NaN}')))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "NaN is not a JSON number" in details
     code, details = code_of(lambda: spear.invoke("echo", input=("application/json", b"[1]")))
     assert code is grpc.StatusCode.INVALID_ARGUMENT and "must be an object" in details
     code, details = code_of(lambda: spear.invoke("echo", mode=7))
