@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup sandbox-tools browser load-tool run test lint proto bench screenshots clean
+.PHONY: setup sandbox-tools browser curl load-tool run test lint proto bench screenshots clean
 
 $(BIN)/spearlet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,7 +11,7 @@ $(BIN)/spearlet: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-setup: $(BIN)/spearlet sandbox-tools browser
+setup: $(BIN)/spearlet sandbox-tools browser curl
 
 # $(call system-package,COMMAND,PACKAGE,WHAT IT IS FOR): install PACKAGE with apt-get when COMMAND
 # is missing, if this is root on a system with apt-get; otherwise say what to install.
@@ -35,6 +35,10 @@ sandbox-tools:
 # playwright package, which downloads no browser of its own); without one, they skip and say why.
 browser:
 	$(call system-package,chromium,chromium,the dashboard's browser tests)
+
+# The README's HTTP examples are run by a test with curl, as a reader would run them.
+curl:
+	$(call system-package,curl,curl,the README's HTTP examples test)
 
 # The suite measures the HTTP door with Debian's `wrk`; without it, those rows say so and are left out.
 load-tool:

@@ -23,13 +23,36 @@ import grpc
 import httpx
 import psutil
 import redis
-from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
+from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, json_format, struct_pb2, wrappers_pb2
+from grpc_tools import protoc
 
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
 from spearlet.api.grpc.values import tidy_numbers
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "spearlet" / "examples"
+
+
+def private_pool(proto: Path) -> descriptor_pool.DescriptorPool:
+    """The descriptors of a proto the tests hold, compiled with protoc now into a pool of their own
+    (its names may be the node's too: nothing of the node's generated code is shared)."""
+    include = Path(protoc.__file__).parent / "_proto"
+    with tempfile.TemporaryDirectory(prefix="test-proto-") as out:
+        descriptors = Path(out) / "set.pb"
+        args = [
+            "protoc",
+            f"-I{proto.parent}",
+            f"-I{include}",
+            "--include_imports",
+            f"--descriptor_set_out={descriptors}",
+            proto.name,
+        ]
+        assert protoc.main(args) == 0, f"protoc failed on {proto.name}"
+        files = descriptor_pb2.FileDescriptorSet.FromString(descriptors.read_bytes())
+    fresh = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        fresh.Add(file)
+    return fresh
 
 
 def script(path: Path, body: str) -> Path:
@@ -406,3 +429,15 @@ def metric(node: NodeProcess, name: str, **labels: str) -> float:
         if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
             return float(match.group(2))
     return 0.0
+
+
+def processes_running(script_path: str) -> list[psutil.Process]:
+    """Live processes running the script (the node runs its own copy: match the file name)."""
+    name = Path(script_path).name
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        if p.info["status"] != psutil.STATUS_ZOMBIE and any(
+            part.endswith(f"/{name}") for part in p.info["cmdline"] or []
+        ):
+            found.append(p)
+    return found

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -23,8 +24,9 @@ import redis
 
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
+from spearlet.store.redis import P
+from tests.api.grpc.spear_client import ASYNC, COMPLETED, RUNNING, TERMINATED, SpearClient
 from tests.artifacts.conftest import serve
-from tests.e2e.test_async import processes_running
 from tests.helpers import (
     NodeProcess,
     RedisServer,
@@ -32,6 +34,7 @@ from tests.helpers import (
     existing,
     flush_redis,
     params,
+    processes_running,
     register,
     script,
     serve_refused,
@@ -293,8 +296,6 @@ def test_nodes_without_an_id_get_one_each_and_a_live_node_s_id_is_refused(tmp_pa
 
 
 def test_a_redis_outage_refuses_new_work_and_every_execution_in_flight_then_ends(tmp_path: Path) -> None:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (Debian package redis-server)")
     redis = RedisServer(tmp_path / "redis")
     redis.start()
     nodes = [start_member(tmp_path / f"n{i}", redis.url, f"n{i}") for i in range(2)]
@@ -433,3 +434,59 @@ def test_a_local_artifact_over_the_cluster_s_blob_limit_is_refused_pointing_to_h
         assert "http(s) location" in (refused.value.details() or "")
     finally:
         assert node.stop() == 0
+
+
+def test_a_node_killed_and_restarted_within_its_lease_takes_its_id_back(tmp_path: Path, redis_url: str) -> None:
+    """Its heartbeat key still lives, but nobody renews it: the new run waits it out (at most one
+    lease) instead of taking it for a live twin, and serves under the same id."""
+    flush_redis(redis_url)
+    lease = {"SPEARLET_LEASE_S": "8"}  # longer than a restart takes
+    node = start_member(tmp_path / "n0", redis_url, "n0", env=lease)
+    node.proc.send_signal(signal.SIGKILL)
+    node.proc.wait(10)
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.pttl(f"{P}node:n0") > 0  # the dead run's heartbeat is still there
+    restarted = start_member(node.data_dir, redis_url, "n0", env=lease)
+    try:
+        assert "spearlet node 'n0' serving" in "\n".join(restarted.output)
+        done = wait_all_done(
+            restarted, [restarted.stub().InvokeFunction(existing("hello", mode=pb.EXECUTION_MODE_ASYNC)).execution_id]
+        )
+        assert [r.metrics["node"] for r in done.values()] == ["n0"]
+    finally:
+        restarted.stop()
+
+
+def running_elsewhere(cluster: list[NodeProcess], clients: list[SpearClient], execution_id: str) -> tuple[Any, int]:
+    """The execution once it runs, and the index of a node that does not run it."""
+    deadline = time.monotonic() + 10
+    while (execution := clients[2].get(execution_id)).status != RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    status = cluster[0].stub().GetExecutionStatus(pb.GetExecutionStatusRequest(execution_id=execution_id))
+    runner = status.result.metrics["node"]
+    return execution, next(i for i, n in enumerate(cluster) if not n.data_dir.name.endswith(runner))
+
+
+def test_spears_current_services_answer_and_terminate_from_any_node(cluster: list[NodeProcess]) -> None:
+    clients = [SpearClient(node.grpc_target) for node in cluster]
+    try:
+        invocation = str(uuid.uuid4())
+        sleep = ("application/json", b'{"seconds": 60}')
+        accepted = clients[0].invoke("sleep", input=sleep, mode=ASYNC, invocation_id=invocation)
+        second = clients[0].invoke("sleep", input=sleep, mode=ASYNC, invocation_id=invocation)
+        execution, other = running_elsewhere(cluster, clients, accepted.execution_id)
+        assert execution.instance_id == f"own-{accepted.execution_id}" and execution.invocation_id == invocation
+        for client in clients:
+            listed = client.list(invocation_id=invocation).executions
+            assert [e.execution_id for e in listed] == [second.execution_id, accepted.execution_id]
+        ended = clients[other].terminate(accepted.execution_id, reason="from elsewhere")
+        assert ended.success and ended.final_status == TERMINATED
+        # The other one through its instance, from a node that does not run it.
+        execution, other = running_elsewhere(cluster, clients, second.execution_id)
+        assert clients[other].destroy(execution.instance_id).success
+        assert clients[0].get(second.execution_id).status == TERMINATED
+        assert clients[1].invoke("echo", input=("application/json", b'{"n": 1}')).status == COMPLETED
+    finally:
+        for client in clients:
+            client.close()

@@ -154,3 +154,46 @@ def test_a_token_without_tls_beyond_loopback_is_warned_about(tmp_path: Path) -> 
 def test_tls_needs_both_certificate_and_key(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="tls_cert and tls_key go together"):
         Settings.load(tls_cert=tmp_path / "x.pem")
+
+
+def test_sms_settings_come_from_the_file_the_environment_and_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('sms_grpc_addr = "10.0.0.5:50051"\ntrusted_networks = ["10.0.0.5/32"]\n')
+    monkeypatch.setenv("SPEARLET_SMS_HTTP_ADDR", "10.0.0.5:8080")
+    settings = Settings.load(config, sms_heartbeat_s=2.5, advertise_address="10.0.0.9")
+    assert settings.sms_grpc_addr == "10.0.0.5:50051"
+    assert settings.sms_http_addr == "10.0.0.5:8080"
+    assert settings.trusted_networks == ["10.0.0.5/32"]
+    assert (settings.sms_heartbeat_s, settings.advertise_address) == (2.5, "10.0.0.9")
+    defaults = Settings()
+    assert (defaults.sms_grpc_addr, defaults.sms_heartbeat_s, defaults.trusted_networks) == ("", 30.0, [])
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "said"),
+    [
+        ("trusted_networks", ["10.0.0.0/33"], "is not a CIDR network"),
+        ("trusted_networks", ["sms.example"], "is not a CIDR network"),
+        ("sms_grpc_addr", "10.0.0.5", "expected HOST:PORT"),
+        ("sms_http_addr", "sms:http", "expected HOST:PORT"),
+        ("advertise_address", "my-host", "must be an IP address"),
+        ("sms_heartbeat_s", 0, "greater than 0"),
+    ],
+)
+def test_malformed_sms_settings_are_refused_naming_the_setting(setting: str, value: object, said: str) -> None:
+    with pytest.raises(ValidationError, match=said):
+        Settings(**{setting: value})
+
+
+def test_joining_an_sms_with_a_token_needs_the_sms_trusted_or_insecure() -> None:
+    base = {"token": "t0ken", "sms_grpc_addr": "10.0.0.5:50051"}
+    with pytest.raises(ValueError, match="add the SMS's address to trusted_networks"):
+        Settings(**base).sms_exposure()
+    with pytest.raises(ValueError, match="trusted_networks"):
+        Settings(**base, trusted_networks=["10.0.1.0/24"]).sms_exposure()
+    assert "trusted_networks covers it" in Settings(**base, trusted_networks=["10.0.0.0/24"]).sms_exposure()
+    assert "insecure" in Settings(**base, insecure=True).sms_exposure()
+    assert "no token" in Settings(sms_grpc_addr="10.0.0.5:50051").sms_exposure()
+    assert Settings().sms_exposure() == ""

@@ -31,6 +31,8 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "engine": ("core", "config", "engine", "store.base", "runtimes.base", "artifacts"),
     # Cluster mode: the engine's dispatch over the Redis store, whose connection it shares.
     "cluster": ("core", "config", "engine", "store.base", "store.redis"),
+    # Joining a SPEAR cluster: above the engine (its TaskSource, the lifecycle and pool listeners).
+    "sms": ("core", "config", "engine", "runtimes.pool", "artifacts", "sms"),
     "observability": ("core", "observability", "engine", "runtimes.pool"),
     "api": ("core", "api", "engine", "observability"),
     # The Python client speaks the wire only: the stubs and the value rules it shares with the node.
@@ -127,3 +129,30 @@ def test_the_rule_reads_imports_inside_functions_and_refuses_one_implementation_
     assert not allowed("engine.invoker", "api.service")
     assert not allowed("store.sqlite", "store.redis")
     assert allowed("runtimes.wasm", "runtimes.wasm_memory") and allowed("runtimes.python", "runtimes.base")
+
+
+def bench_imports(path: Path) -> list[str]:
+    """The modules of the benchmark suite (`bench`) that a test module imports."""
+    tree = ast.parse(path.read_text(), str(path))
+    names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level]
+    return [name for name in names if under(name, "bench")]
+
+
+def test_no_test_imports_the_benchmark_suite_but_the_suite_s_own_tests() -> None:
+    """The suite measures and the tests prove behaviour: a test leaning on a bench helper would
+    break, or silently change what it proves, whenever a benchmark is reworked. Only tests/bench/,
+    which proves the suite itself (its waits, its readiness checks), imports it."""
+    tests = Path(__file__).resolve().parent
+    found = {
+        str(p.relative_to(tests)): bench_imports(p)
+        for p in sorted(tests.rglob("*.py"))
+        if p.relative_to(tests).parts[0] != "bench"
+    }
+    assert {path: names for path, names in found.items() if names} == {}
+
+
+def test_the_bench_check_sees_both_forms_of_import(tmp_path: Path) -> None:
+    source = tmp_path / "test_x.py"
+    source.write_text("import bench.common\n\ndef f():\n    from bench.echo_server import serve\n")
+    assert bench_imports(source) == ["bench.common", "bench.echo_server"]

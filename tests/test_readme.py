@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import NodeProcess
+from tests.helpers import NodeProcess, open_path
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -109,6 +109,11 @@ def python_blocks(heading: str) -> list[str]:
     [
         ("Worked example: Python", 0, ["{'greeting': 'Hello, Ada!'}", "{'slept': 1", "NONZERO_EXIT ['something"]),
         ("Python client", 1, ["{'greeting': 'Hello, Ada!'}", "{'slept': 1", "0\n1\n2\n", "[{'greeting': 'Hello, a!'}"]),
+        (
+            "SPEAR today: InvocationService, ExecutionService, InstanceService",
+            0,
+            ["EXECUTION_STATUS_COMPLETED {'greeting': 'Hello, Ada!'}\nTrue\nTrue\n"],
+        ),
     ],
 )
 def test_the_python_client_examples_run_as_written(
@@ -120,3 +125,46 @@ def test_the_python_client_examples_run_as_written(
     assert ran.returncode == 0, ran.stderr
     for text in expected:
         assert text in ran.stdout, ran.stdout
+
+
+def curl_commands() -> list[str]:
+    """The `curl` commands of the HTTP worked example, in order, each a logical line (a quoted body
+    may span lines)."""
+    section = README.read_text().split("## Worked example: HTTP", 1)[1].split("\n## ", 1)[0]
+    commands: list[str] = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.S):
+        pending = ""
+        for line in block.splitlines():
+            pending = f"{pending}\n{line}" if pending else line
+            try:
+                shlex.split(pending, comments=True)
+            except ValueError:  # a quote still open: the command goes on
+                continue
+            if pending.startswith("curl "):
+                commands.append(pending)
+            pending = ""
+    return commands
+
+
+def test_the_http_examples_run_as_written(node: NodeProcess, tmp_path: Path) -> None:
+    """Each curl line of the README, against a node with the example tasks: the answer is a 2xx
+    (`-f`, each curl of a line), the `<id>` is the async call's, the task registered is a real script. Streams that a
+    reader stops by hand (the node-wide feed) must have said something before they are cut."""
+    script = open_path(tmp_path / "scripts") / "shout.sh"
+    script.write_text("#!/bin/sh\ntr a-z A-Z\n")
+    script.chmod(0o755)
+    commands = curl_commands()
+    assert len(commands) >= 15 and any("<id>" in c for c in commands)
+    execution_id = ""
+    for line in commands:
+        assert "<id>" not in line or execution_id, f"{line!r} comes before the call whose id it uses"
+        shell = line.replace("<id>", execution_id).replace("/abs/shout.sh", str(script))
+        shell = shell.replace("curl -s", "curl -f --max-time 5 -s")
+        env = {**os.environ, "H": node.http_url}
+        ran = subprocess.run(["bash", "-ec", shell], capture_output=True, text=True, timeout=30, env=env)
+        if ran.returncode == 28 and "-sN" in line:  # still streaming after 5 s: cut, as by hand
+            assert ran.stdout.startswith(("event:", "data:", ":")), f"{line!r} said nothing in 5 s"
+            continue
+        assert ran.returncode == 0, f"{line!r} exit {ran.returncode}: {ran.stderr or ran.stdout}"
+        if '"EXECUTION_MODE_ASYNC"' in line:
+            execution_id = json.loads(ran.stdout)["execution_id"]

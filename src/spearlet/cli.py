@@ -115,6 +115,21 @@ def serve(
         Path | None, typer.Option(help="PEM certificate (chain): serve gRPC and HTTPS with TLS", exists=True)
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert", exists=True)] = None,
+    trusted_network: Annotated[
+        list[str] | None,
+        typer.Option(help="CIDR whose calls need no token (repeatable; the SMS's address when joining SPEAR)"),
+    ] = None,
+    sms_grpc_addr: Annotated[
+        str | None, typer.Option(help="join the SPEAR cluster whose SMS serves gRPC at HOST:PORT")
+    ] = None,
+    sms_http_addr: Annotated[
+        str | None, typer.Option(help="the SMS's HTTP API at HOST:PORT (smsfile:// artifacts come from it)")
+    ] = None,
+    advertise_address: Annotated[
+        str | None,
+        typer.Option(help="the IP the SMS calls this node on [default: --host, or the default route's address]"),
+    ] = None,
+    sms_heartbeat_s: Annotated[float | None, typer.Option(help="seconds between heartbeats [default: 30]")] = None,
 ) -> None:
     """Run a node until SIGINT or SIGTERM. Every option is also a SPEARLET_* variable."""
     from spearlet.node import check_settings
@@ -136,6 +151,11 @@ def serve(
             insecure=insecure,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            trusted_networks=trusted_network,
+            sms_grpc_addr=sms_grpc_addr,
+            sms_http_addr=sms_http_addr,
+            advertise_address=advertise_address,
+            sms_heartbeat_s=sms_heartbeat_s,
         )
         check_settings(settings)
     except Exception as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,19 @@ class Settings(BaseSettings):
     lease_s: float = Field(5.0, gt=0)
     # Prefix for status endpoints, e.g. "https://spear.example.com"; empty gives relative paths.
     public_url: str = ""
+    # Calls from these networks (CIDRs, e.g. "10.0.0.5/32") need no token. SPEAR's SMS calls nodes
+    # without one, so a node that joins an SMS trusts the SMS's address: anyone who can send from
+    # those addresses (or spoof them on the path) may then call the node freely.
+    trusted_networks: list[str] = Field(default_factory=list)
+
+    # Joining a SPEAR cluster (README "Joining a SPEAR cluster"): the SMS's gRPC and HTTP addresses
+    # (HOST:PORT; empty gRPC: the node joins nothing), the IP the SMS should call the node back on
+    # (empty: the bind address when it is not a wildcard, else the address of the default route),
+    # and how often the node tells the SMS it lives (the SMS forgets nodes silent for 90 s).
+    sms_grpc_addr: str = ""
+    sms_http_addr: str = ""
+    advertise_address: str = ""
+    sms_heartbeat_s: float = Field(30.0, gt=0, le=85)
 
     # The shortest interval between keepalive pings the gRPC server accepts from a client, with or
     # without calls in flight; a client that pings faster is cut off ("too_many_pings").
@@ -129,6 +143,33 @@ class Settings(BaseSettings):
             raise ValueError(f"store must be 'sqlite', 'memory' or a redis:// URL, got {value!r}")
         return value
 
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_networks: {text!r} is not a CIDR network (e.g. 10.0.0.0/24)") from None
+        return value
+
+    @field_validator("sms_grpc_addr", "sms_http_addr")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value:
+            split_host_port(value)
+        return value
+
+    @field_validator("advertise_address")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        if value:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(f"advertise_address must be an IP address, got {value!r}") from None
+        return value
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -174,6 +215,26 @@ class Settings(BaseSettings):
             "or pass --insecure to serve an open node on the network"
         )
 
+    def sms_exposure(self) -> str:
+        """How the SMS, which calls nodes without a token, may call this node: a line for the
+        operator. ValueError when it could not (a token, and no trusted network covering the SMS,
+        nor `insecure`). Empty without an SMS."""
+        if not self.sms_grpc_addr:
+            return ""
+        host, _ = split_host_port(self.sms_grpc_addr)
+        if not self.access_token():
+            return f"the SMS at {self.sms_grpc_addr} calls this node freely: it has no token"
+        addresses = resolve_host(host)
+        networks = [ipaddress.ip_network(n, strict=False) for n in self.trusted_networks]
+        if addresses and all(any(a in n for n in networks) for a in addresses):
+            return f"the SMS at {self.sms_grpc_addr} calls this node without a token: trusted_networks covers it"
+        if self.insecure:
+            return f"the SMS at {self.sms_grpc_addr} is not in trusted_networks: insecure, but its calls need the token"
+        raise ValueError(
+            f"the SMS at {self.sms_grpc_addr} calls nodes without a token, and this node has one: add the SMS's "
+            "address to trusted_networks (--trusted-network CIDR), or pass --insecure to join anyway"
+        )
+
     def exposure_warning(self) -> str:
         """What to tell the operator of a node whose token would cross the network in clear."""
         if is_loopback(self.host) or self.tls_cert is not None or not self.access_token():
@@ -196,6 +257,28 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "spearlet.db"
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """("host", port) of "HOST:PORT" or "[IPv6]:PORT"; ValueError naming what is wrong."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
+def resolve_host(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses `host` names (itself when it is one); empty when it cannot be resolved."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return []
+    return sorted({ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}, key=str)
 
 
 def is_loopback(host: str) -> bool:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from spearlet.api.auth import TokenCheck, peer_address
 from spearlet.api.grpc import spearlet_pb2 as pb
 from tests.helpers import NodeProcess, existing, start_node
 
@@ -97,3 +98,49 @@ def test_a_non_loopback_address_without_a_token_is_refused_unless_insecure(tmp_p
     assert node.stop() == 0
     guarded = start_node(tmp_path / "data", "--host", "0.0.0.0", "--tasks", "none", env={"SPEARLET_TOKEN": TOKEN})
     assert guarded.stop() == 0
+
+
+def test_trusted_networks_cover_addresses_by_cidr_and_nothing_else() -> None:
+    check = TokenCheck("t", ["10.0.0.0/24", "::1/128"])
+    assert check.trusts("10.0.0.7")
+    assert check.trusts("::ffff:10.0.0.7")  # an IPv4 caller seen by a dual-stack listener
+    assert check.trusts("::1")
+    assert not check.trusts("10.0.1.7")
+    assert not check.trusts("")
+    assert not check.trusts(None)
+    assert not check.trusts("not-an-address")
+    assert not TokenCheck("t").trusts("127.0.0.1")
+
+
+def test_peer_address_reads_grpc_peers() -> None:
+    assert peer_address("ipv4:10.0.0.5:4321") == "10.0.0.5"
+    assert peer_address("ipv6:[::1]:4321") == "::1"
+    assert peer_address("unix:/tmp/socket") == ""
+
+
+@pytest.fixture(scope="module")
+def trusting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """A node with a token that trusts loopback callers (as a node trusts its SMS)."""
+    node = start_node(
+        tmp_path_factory.mktemp("trusting"),
+        env={"SPEARLET_TOKEN": TOKEN, "SPEARLET_TRUSTED_NETWORKS": '["127.0.0.0/8"]'},
+    )
+    yield node
+    assert node.stop() == 0
+
+
+def test_calls_from_a_trusted_network_need_no_token_on_either_transport(trusting: NodeProcess) -> None:
+    assert trusting.stub().InvokeFunction(existing("hello")).success
+    assert list(trusting.stub().StreamFunction(existing("hello")))
+    assert httpx.get(trusting.http_url + "/api/v1/tasks").status_code == 200
+
+
+def test_calls_from_outside_the_trusted_networks_still_need_the_token(tmp_path: Path) -> None:
+    node = start_node(tmp_path / "data", env={"SPEARLET_TOKEN": TOKEN, "SPEARLET_TRUSTED_NETWORKS": '["10.99.0.0/16"]'})
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            node.stub().InvokeFunction(existing("hello"))
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert httpx.get(node.http_url + "/api/v1/tasks").status_code == 401
+    finally:
+        assert node.stop() == 0

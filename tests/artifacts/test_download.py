@@ -3,6 +3,7 @@ not help map a network and never quote what was fetched; a failed one leaves not
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import socket
 import threading
@@ -114,4 +115,52 @@ async def test_a_closed_port_and_an_open_one_that_is_not_http_fail_alike(tmp_pat
         == messages[1]
         == "downloading 'http://127.0.0.1:PORT/tool.sh' failed: no HTTP response from the server"
     )
+    assert left_behind(tmp_path) == []
+
+
+@pytest.fixture
+def trickling() -> Iterator[int]:
+    """A server that answers 200 with a 1 MB Content-Length, then sends one byte every 50 ms:
+    never silent long enough for a read timeout, never done."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def trickle(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n")
+            while not stop.wait(0.05):
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return  # the client gave up: what the test waits for
+
+    def serve_forever() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=trickle, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve_forever, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+async def test_a_download_trickling_past_artifact_timeout_s_is_refused_and_leaves_nothing(
+    tmp_path: Path, trickling: int
+) -> None:
+    slow = ArtifactFetcher(ArtifactCache(tmp_path / "cache"), hosts=HostRules(["*"]), timeout_s=0.5)
+    url = f"http://127.0.0.1:{trickling}/tool.sh"
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(InvalidArgument) as caught:
+        await slow.fetch(url)
+    assert str(caught.value) == f"downloading {url!r} took longer than 0.5 s"
+    # The whole download's budget, not a per-read timeout that each trickled byte would reset.
+    assert asyncio.get_running_loop().time() - started < 5
     assert left_behind(tmp_path) == []

@@ -11,11 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from spearlet.api.grpc import spearlet_pb2 as pb
-from tests.helpers import NodeProcess, existing, params, register, script, shared_dir, start_node, unpack
+from tests.helpers import (
+    NodeProcess,
+    existing,
+    params,
+    processes_running,
+    register,
+    script,
+    shared_dir,
+    start_node,
+    unpack,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -54,18 +63,6 @@ def wait_done(stub: Any, execution_id: str, timeout: float = 30) -> pb.GetExecut
             return response
         assert time.monotonic() < deadline, f"{execution_id} still {response.result.status}"
         time.sleep(0.05)
-
-
-def processes_running(script_path: str) -> list[psutil.Process]:
-    """Live processes running the script (the node runs its own copy: match the file name)."""
-    name = Path(script_path).name
-    found = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        if p.info["status"] != psutil.STATUS_ZOMBIE and any(
-            part.endswith(f"/{name}") for part in p.info["cmdline"] or []
-        ):
-            found.append(p)
-    return found
 
 
 def test_async_answers_at_once_with_pending_endpoint_and_no_history_note(node: NodeProcess) -> None:

@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from spearlet.api.grpc import spearlet_pb2 as pb
-from tests.e2e.test_async import processes_running, wait_done
-from tests.helpers import existing, params, register, script, start_node
+from tests.e2e.test_async import wait_done
+from tests.helpers import existing, params, processes_running, register, script, start_node
 
 pytestmark = pytest.mark.timeout(120)
 

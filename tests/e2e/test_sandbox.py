@@ -64,6 +64,16 @@ for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit()):
                 found["files"][f"mem of {pid}"] = "opened"
     except OSError:
         pass
+# Attaching a debugger: to what it sees, and to the node's and the other function's pids.
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+found["ptrace"] = {}
+for pid in [p for p in found["pids"] if p not in (me, 1)] + [int(p) for p in os.environ["TRACE"].split(":")]:
+    if libc.ptrace(16, pid, None, None) == 0:  # PTRACE_ATTACH
+        found["ptrace"][str(pid)] = "attached"
+        libc.ptrace(17, pid, None, None)  # PTRACE_DETACH
+    else:
+        found["ptrace"][str(pid)] = os.strerror(ctypes.get_errno())
 for path in os.environ["LOOK_AT"].split(":"):
     try:
         with open(path, "rb") as f:
@@ -220,7 +230,13 @@ def test_a_function_learns_nothing_of_the_node_nor_of_another_function(guarded: 
     victim = unpack(guarded.invoke("victim").result.result)
     store = guarded.node.data_dir / "spearlet.db"
     look_at = [str(store), str(guarded.token_file), str(guarded.config_file), f"/proc/{guarded.node.proc.pid}/environ"]
-    guarded.register("snoop", script(code / "snoop.py", SNOOP), **{"env.LOOK_AT": ":".join(look_at)})
+    node = psutil.Process(guarded.node.proc.pid)
+    workers = [p.pid for p in node.children(recursive=True) if VICTIM_KEY in environ_of(p).get("API_KEY", "")]
+    assert workers, "the victim's worker is not found"
+    trace = ":".join(str(pid) for pid in (node.pid, *workers))
+    guarded.register(
+        "snoop", script(code / "snoop.py", SNOOP), **{"env.LOOK_AT": ":".join(look_at), "env.TRACE": trace}
+    )
     response = guarded.invoke("snoop")
     assert response.success, response.result.error_message
     found = unpack(response.result.result)
@@ -230,6 +246,7 @@ def test_a_function_learns_nothing_of_the_node_nor_of_another_function(guarded: 
     assert all(found["files"][path] in ("FileNotFoundError", "PermissionError", "") for path in look_at), found["files"]
     assert found["files"]["/tmp/victim-file"] is False and found["files"]["/dev/shm/victim-file"] is False
     assert not [k for k in found["files"] if k.startswith("mem of")]  # no other process's memory
+    assert len(found["ptrace"]) >= 2 and "attached" not in found["ptrace"].values(), found["ptrace"]
     # Its own processes only: the sandbox's init, itself; not the node nor the victim's worker.
     assert len(found["pids"]) <= 2, found["cmdlines"]
     assert not [c for c in found["cmdlines"] if "spearlet serve" in c or "python_worker" in c]

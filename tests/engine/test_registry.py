@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from spearlet.config import Settings
-from spearlet.core.errors import InvalidArgument
-from spearlet.core.models import ArtifactSpec, Mode, Status
+from spearlet.core.errors import InvalidArgument, Unavailable
+from spearlet.core.models import ArtifactSpec, Mode, Status, Task
 from spearlet.engine.invoker import InvocationType, InvokeRequest
 from spearlet.node import Node
 from spearlet.runtimes.wasm import WasmRuntime
@@ -167,3 +167,51 @@ async def test_deleting_or_replacing_a_task_frees_what_only_it_used(
     assert len(cached(node)) == 2
     await node.tasks.delete("shared", cleanup_executions=False)
     assert wasm._modules == {} and cached(node) == []
+
+
+async def test_an_unknown_task_comes_from_the_source_once_for_concurrent_first_calls(
+    node: Node, tmp_path: Path
+) -> None:
+    echo = script(tmp_path / "echo.sh", "#!/bin/sh\necho sourced\n")
+    asked: list[str] = []
+    release = asyncio.Event()
+
+    async def source(task_id: str) -> Task | None:
+        asked.append(task_id)
+        await release.wait()  # every first call is waiting by now
+        if task_id != "from-sms":
+            return None
+        return await node.tasks.register(task_id, ArtifactSpec("process", str(echo)), for_caller=False)
+
+    node.tasks.source = source
+    assert await node.tasks.find("from-sms") is None and asked == []  # a look-up does not fetch
+    calls = [asyncio.create_task(node.tasks.resolve("from-sms")) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    release.set()
+    found = await asyncio.gather(*calls)
+    assert asked == ["from-sms"]
+    assert all(t is not None and t.task_id == "from-sms" for t in found)
+    assert await node.tasks.find("from-sms") is not None and asked == ["from-sms"]  # now it is known
+    assert await node.tasks.resolve("nowhere") is None
+    result = await node.invoker.invoke(
+        InvokeRequest(task_id="from-sms", invocation_type=InvocationType.EXISTING_TASK, mode=Mode.SYNC)
+    )
+    record = result.record
+    assert record.status is Status.COMPLETED and b"sourced" in record.output
+
+
+async def test_a_failing_source_fails_each_waiting_call_and_is_asked_again_later(node: Node) -> None:
+    asked = 0
+
+    async def source(task_id: str) -> Task | None:
+        nonlocal asked
+        asked += 1
+        await asyncio.sleep(0.05)
+        raise Unavailable("the SMS is out of reach")
+
+    node.tasks.source = source
+    results = await asyncio.gather(*(node.tasks.resolve("x") for _ in range(3)), return_exceptions=True)
+    assert asked == 1 and all(isinstance(r, Unavailable) for r in results)
+    with pytest.raises(Unavailable):
+        await node.tasks.resolve("x")
+    assert asked == 2

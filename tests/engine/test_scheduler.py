@@ -574,7 +574,7 @@ async def test_close_cancels_running_work_leaving_the_record_running_and_no_proc
     running, running_waiter = await h.submit(running_task)
     queued, queued_waiter = await h.submit(queued_task)
     await wait_until(started.exists)
-    assert our_processes(sleep_arg)
+    await wait_until(lambda: bool(our_processes(sleep_arg)))  # the script has exec'd its sleep
 
     began = time.monotonic()
     await asyncio.wait_for(h.scheduler.close(), 10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import uuid
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,14 @@ async def test_an_explicit_node_id_wins_and_leaves_the_kept_one(tmp_path: Path) 
     finally:
         await explicit.stop()
     assert json.loads((data / "identity.json").read_text())["node_id"] == kept
+
+
+def test_the_sms_uuid_is_a_uuid_made_once_and_kept_beside_the_node_id(tmp_path: Path) -> None:
+    identity = NodeIdentity(tmp_path)
+    node_id = identity.node_id
+    made = identity.sms_uuid
+    assert str(uuid.UUID(made)) == made
+    again = NodeIdentity(tmp_path)
+    assert again.sms_uuid == made and again.node_id == node_id
+    (tmp_path / "other").mkdir()
+    assert NodeIdentity(tmp_path / "other").sms_uuid != made

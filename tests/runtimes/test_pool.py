@@ -200,6 +200,45 @@ async def test_unhealthy_release_stops_and_drops_the_instance() -> None:
     assert starts.count == 2
 
 
+async def test_an_instance_is_found_by_its_id_across_tasks_while_it_lives() -> None:
+    pool, _ = make_pool()
+    one, other = make_task("one"), make_task("other")
+    a = await pool.acquire(one)
+    b = await pool.acquire(other)
+    assert pool.find(a.instance_id) is a and pool.find(b.instance_id) is b
+    assert pool.find("nope/1") is None
+    assert isinstance(b, FakeInstance)
+    b.is_alive = False
+    assert pool.find(b.instance_id) is None
+
+
+async def test_a_dead_idle_instance_is_retired_at_once_and_the_pool_tops_up_its_minimum() -> None:
+    pool, starts = make_pool()
+    task = make_task(min_instances=1)
+    instance = await pool.acquire(task)
+    pool.release(task, instance, elapsed_ms=1, healthy=True)
+    assert isinstance(instance, FakeInstance)
+    instance.is_alive = False
+    pool.retire_if_idle(instance)
+    await settle()
+    assert instance.stopped and instance not in pool.instances(task.task_id)
+    assert starts.count == 2 and len(pool.instances(task.task_id)) == 1
+
+
+async def test_a_busy_instance_is_not_retired_until_its_call_releases_it() -> None:
+    pool, _ = make_pool()
+    task = make_task()
+    instance = await pool.acquire(task)
+    assert isinstance(instance, FakeInstance)
+    instance.is_alive = False
+    pool.retire_if_idle(instance)
+    await settle()
+    assert not instance.stopped and instance in pool.instances(task.task_id)
+    pool.release(task, instance, elapsed_ms=1, healthy=False)
+    await settle()
+    assert instance.stopped and instance not in pool.instances(task.task_id)
+
+
 async def test_release_of_an_instance_that_died_during_the_call_drops_it() -> None:
     pool, _ = make_pool()
     task = make_task()
@@ -664,4 +703,45 @@ async def test_states_count_each_task_s_instances_idle_ones_warm_hits_and_waiter
     pool.release(busy_task, held[0], elapsed_ms=1, healthy=True)
     await waiting
     assert {s.task_id: s for s in pool.states()}["busy"].warm_hits == 1
+    await pool.close()
+
+
+# Listeners
+
+
+async def test_listeners_hear_start_busy_with_the_execution_idle_and_stop() -> None:
+    pool, _ = make_pool()
+    heard: list[tuple[str, str, str, str]] = []
+    pool.listeners.append(lambda event, task_id, instance_id, execution_id: heard.append(
+        (event.value, task_id, instance_id, execution_id)
+    ))  # fmt: skip
+    task = make_task("t", max_calls_per_instance=2)
+    first = await pool.acquire(task, execution_id="e1")
+    pool.release(task, first, 1.0, healthy=True)
+    again = await pool.acquire(task, execution_id="e2")
+    assert again is first
+    pool.release(task, again, 1.0, healthy=True)  # worn out: stopped, not idle
+    await settle()
+    instance = first.instance_id
+    assert heard == [
+        ("started", "t", instance, ""),
+        ("busy", "t", instance, "e1"),
+        ("idle", "t", instance, ""),
+        ("busy", "t", instance, "e2"),
+        ("stopped", "t", instance, ""),
+    ]
+    assert pool.live() == []
+
+
+async def test_a_broken_listener_does_not_break_a_call() -> None:
+    pool, _ = make_pool()
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("listener bug")
+
+    pool.listeners.append(broken)
+    task = make_task()
+    instance = await pool.acquire(task, execution_id="e1")
+    pool.release(task, instance, 1.0, healthy=True)
+    assert pool.live() == [instance]
     await pool.close()

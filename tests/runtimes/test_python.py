@@ -19,6 +19,7 @@ from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.core.models import Status, Task
 from spearlet.runtimes.base import Invocation, Limits, NodeLimits, StopRequest
 from spearlet.runtimes.python import PythonOptions, PythonRuntime, WorkerGone, _Frames
+from tests.api.grpc.spear_client import SpearClient
 from tests.e2e.test_async import wait_done
 from tests.helpers import NodeProcess, existing, params, unpack
 from tests.helpers import register as register_task
@@ -340,3 +341,21 @@ async def test_a_call_that_prints_without_end_costs_the_node_only_its_log_tail(t
     assert outcome.logs.endswith("last") and len(outcome.logs) <= options.limits.log_limit_bytes
     assert int(outcome.metrics["log_truncated_bytes"]) > 29_000_000
     assert peak < 10_000_000, f"the node held {peak / 1e6:.0f} MB for a call's log"
+
+
+def test_destroying_an_idle_worker_stops_its_process_and_the_next_call_gets_a_fresh_one(
+    node: NodeProcess, module_file: Path
+) -> None:
+    register(node, "destroyable", module_file, entry="fns:handler", min_instances="1")
+    first = node.stub().InvokeFunction(existing("destroyable"))
+    [worker] = workers_of(node, "destroyable")
+    spear = SpearClient(node.grpc_target)
+    try:
+        destroyed = spear.destroy(first.instance_id, reason="idle test")
+        assert destroyed.success and first.instance_id in destroyed.message
+        assert_gone([worker])
+        after = node.stub().InvokeFunction(existing("destroyable"))
+        assert after.success and after.instance_id != first.instance_id
+        assert not spear.destroy(first.instance_id).success
+    finally:
+        spear.close()

@@ -8,6 +8,7 @@ import hashlib
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from spearlet.core.errors import InvalidArgument
@@ -242,3 +243,26 @@ async def test_a_module_that_needs_more_memory_to_compile_than_allowed_is_refuse
         assert (await runtime.invoke(medium, invocation(), StopRequest())).status is Status.COMPLETED
     finally:
         await runtime.close()
+
+
+async def test_a_module_that_takes_longer_to_compile_than_allowed_is_refused_and_its_compiler_killed(
+    tmp_path: Path,
+) -> None:
+    options = WasmOptions(cache_dir=tmp_path / "data" / "wasm-cache", compile_timeout_s=0.1)
+    runtime = WasmRuntime(options)
+    try:
+        task = make_task(tmp_path, "slow", sized_module(400))  # about 1 MB of WAT: well over 0.1 s
+        with pytest.raises(InvalidArgument, match=r"did not compile within 0.1 s \(wasm_compile_timeout_s\)"):
+            await runtime.prepare(task)
+        assert runtime._modules == {} and not list(options.cache_dir.glob("*"))
+        compilers = [p for p in psutil.Process().children(recursive=True) if "wasm_compile" in " ".join(p.cmdline())]
+        assert compilers == []
+    finally:
+        await runtime.close()
+    # The same module compiles within the default time.
+    patient = WasmRuntime(dataclasses.replace(options, compile_timeout_s=60))
+    try:
+        await patient.prepare(task)
+        assert (await patient.invoke(task, invocation(), StopRequest())).status is Status.COMPLETED
+    finally:
+        await patient.close()

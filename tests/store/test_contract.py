@@ -444,6 +444,36 @@ async def test_list_executions_filters_by_task_and_status(store: Store) -> None:
     assert await all_executions(store, "b", Status.FAILED) == []
 
 
+async def test_list_executions_filters_by_invocation_id_alone_or_with_a_task(store: Store) -> None:
+    first = await add(store, task_id="a", invocation_id="inv-1")
+    await add(store, task_id="a", invocation_id="inv-2")
+    second = await add(store, Status.COMPLETED, task_id="b", invocation_id="inv-1")
+    await add(store, task_id="a")
+
+    page = await store.list_executions("", Status.UNKNOWN, 10, "", invocation_id="inv-1")
+    assert [r.execution_id for r in page.executions] == [second.execution_id, first.execution_id]
+    assert page.executions[0].invocation_id == "inv-1"
+    page = await store.list_executions("a", Status.UNKNOWN, 10, "", invocation_id="inv-1")
+    assert [r.execution_id for r in page.executions] == [first.execution_id]
+    page = await store.list_executions("", Status.UNKNOWN, 1, "", invocation_id="inv-1")
+    assert page.has_more and page.next_start_after == second.execution_id
+    page = await store.list_executions("", Status.UNKNOWN, 1, page.next_start_after, invocation_id="inv-1")
+    assert [r.execution_id for r in page.executions] == [first.execution_id] and not page.has_more
+
+
+async def test_the_invocation_id_and_instance_id_are_stored_and_kept_through_transitions(store: Store) -> None:
+    record = make_record(invocation_id="inv-7", instance_id="own-x")
+    assert await store.create_execution(record) is None
+    record.status, record.instance_id = Status.RUNNING, "worker-1"
+    assert await store.transition(record)
+    got = await store.get_execution(record.execution_id)
+    assert got is not None and (got.invocation_id, got.instance_id) == ("inv-7", "worker-1")
+    queued = make_record(invocation_id="inv-8")
+    store.queue_insert(queued)
+    got = await store.get_execution(queued.execution_id)
+    assert got is not None and got.invocation_id == "inv-8"
+
+
 async def test_list_executions_pages_with_start_after(store: Store) -> None:
     ids = [(await add(store, task_id="t")).execution_id for _ in range(5)]
     await add(store, task_id="elsewhere")

@@ -218,6 +218,34 @@ async def test_a_store_from_before_the_result_cache_opens_and_gains_the_column(t
         await store.close()
 
 
+async def test_a_store_from_before_invocation_ids_keeps_its_records_readable_and_gains_the_column(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    first = SqliteStore(path)
+    await first.open()
+    old = await add(first, Status.COMPLETED, task_id="t")
+    await first.close()
+    with sqlite3.connect(path) as conn:  # as stores were written before issue 16
+        conn.execute("DROP INDEX executions_invocation")
+        conn.execute("ALTER TABLE executions DROP COLUMN invocation_id")
+    again = SqliteStore(path)
+    await again.open()
+    try:
+        got = await again.get_execution(old.execution_id)
+        assert got is not None and got.status is Status.COMPLETED and got.invocation_id == ""
+        new = make_record(invocation_id="inv")
+        assert await again.create_execution(new) is None
+        page = await again.list_executions("", Status.UNKNOWN, 10, "", invocation_id="inv")
+        assert [r.execution_id for r in page.executions] == [new.execution_id]
+        plan = await query_plan(
+            again, "SELECT seq FROM executions WHERE invocation_id = ? AND invocation_id != '' ORDER BY seq DESC", "inv"
+        )
+        assert "executions_invocation" in plan
+    finally:
+        await again.close()
+
+
 async def test_a_store_with_the_earlier_indexes_opens_without_them(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     first = SqliteStore(path)

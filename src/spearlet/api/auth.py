@@ -1,9 +1,13 @@
-"""Bearer-token access control for both transports. Compared in constant time, never logged."""
+"""Bearer-token access control for both transports. Compared in constant time, never logged.
+
+Calls from `trusted_networks` need no token: SPEAR's SMS calls nodes without one.
+"""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+import ipaddress
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -13,11 +17,34 @@ DENIED = "a valid 'authorization: Bearer <token>' is required"
 
 
 class TokenCheck:
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, trusted_networks: Iterable[str] = ()) -> None:
         self._expected = f"Bearer {token}".encode()
+        self._trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
 
     def allows(self, header: str | None) -> bool:
         return header is not None and hmac.compare_digest(header.encode(), self._expected)
+
+    def trusts(self, address: str | None) -> bool:
+        """Whether a call from `address` (an IP; None or anything else: no) needs no token."""
+        if not self._trusted or not address:
+            return False
+        try:
+            ip = ipaddress.ip_address(address.split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a dual-stack listener sees IPv4 callers as ::ffff:a.b.c.d
+        return any(ip in network for network in self._trusted)
+
+
+def peer_address(peer: str) -> str:
+    """The IP of a gRPC peer string ("ipv4:10.0.0.5:4321", "ipv6:[::1]:4321"); "" for others (unix)."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return ""
 
 
 class GrpcTokenInterceptor(grpc.aio.ServerInterceptor):
@@ -36,16 +63,26 @@ class GrpcTokenInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or self.check.allows(header):
             return handler
-        return _denying(handler)
+        return _denying(handler, self.check)
 
 
-def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _denying(handler: grpc.RpcMethodHandler, check: TokenCheck) -> grpc.RpcMethodHandler:
+    """A handler that runs `handler` for a caller in a trusted network (the peer is known only
+    inside the call) and aborts UNAUTHENTICATED for anyone else."""
+    behaviour = handler.unary_unary or handler.stream_unary
+    streaming = handler.unary_stream or handler.stream_stream
+
     async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if behaviour is not None and check.trusts(peer_address(context.peer())):
+            return await behaviour(request, context)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
 
     async def deny_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if streaming is not None and check.trusts(peer_address(context.peer())):
+            async for item in streaming(request, context):
+                yield item
+            return
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
-        yield  # unreachable: makes this an async generator
 
     shapes = {
         (False, False): grpc.unary_unary_rpc_method_handler,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncGenerator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from typing import TypeVar
 
 import psutil
@@ -51,6 +51,8 @@ class FunctionApi:
         self.max_page_bytes = max_page_bytes
         # What the node says of itself in health details beside its figures (its sandbox, say).
         self.node_info = node_info or {}
+        # Figures that change, read at each health call (the SMS link's state, say).
+        self.live_info: list[Callable[[], dict[str, str]]] = []
         self.open_streams = 0
 
     @contextlib.contextmanager
@@ -206,6 +208,7 @@ class FunctionApi:
                         "cpu_count": str(psutil.cpu_count() or 0),
                         "memory_total": str(psutil.virtual_memory().total),
                         **self.node_info,
+                        **{k: v for info in self.live_info for k, v in info().items()},
                     },
                 )
             )

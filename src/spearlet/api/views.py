@@ -23,6 +23,7 @@ def record_json(
         "attempts": record.attempts,
         "node": record.node,
         "instance_id": record.instance_id,
+        "invocation_id": record.invocation_id,
         "created_at_ms": record.created_at,
         "started_at_ms": record.started_at or None,
         "completed_at_ms": record.completed_at or None,

@@ -34,6 +34,13 @@ class ResourceExhausted(SpearletError):
     code = ErrorCode.RESOURCE_EXHAUSTED
 
 
+class Unavailable(SpearletError):
+    """Something the call needs is out of reach for now (say, the SMS a task comes from): callers
+    (and SPEAR's SMS) may retry, here or elsewhere."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
 class StoreFault(SpearletError):
     """The store cannot take writes now (unreachable, or its disk is full). The node keeps serving
     what it can, refuses new work at once, and recovers by itself when the store does."""

@@ -32,8 +32,25 @@ def check_task_name(name: str) -> str:
 
 
 def check_client_execution_id(value: str) -> str:
+    return check_client_id(value, "context.execution_id")
+
+
+def check_client_id(value: str, field: str) -> str:
+    """An id a client chose (an execution's, an invocation's), checked under the name of its field."""
     if not _CLIENT_ID.fullmatch(value):
-        raise InvalidArgument(
-            f"context.execution_id {value[:140]!r} is invalid: use 1-128 letters, digits, '.', '_', ':' or '-'"
-        )
+        raise InvalidArgument(f"{field} {value[:140]!r} is invalid: use 1-128 letters, digits, '.', '_', ':' or '-'")
     return value
+
+
+OWN_INSTANCE_PREFIX = "own-"
+
+
+def own_instance_id(execution_id: str) -> str:
+    """The instance of an execution that a run-once runtime (process, wasm) starts for it alone:
+    named after the execution, so that whoever knows one knows the other."""
+    return OWN_INSTANCE_PREFIX + execution_id
+
+
+def execution_of_own_instance(instance_id: str) -> str:
+    """The execution whose own instance `instance_id` is; "" when it names no such instance."""
+    return instance_id.removeprefix(OWN_INSTANCE_PREFIX) if instance_id.startswith(OWN_INSTANCE_PREFIX) else ""

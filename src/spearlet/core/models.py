@@ -114,6 +114,8 @@ class ExecutionRecord:
     # Not stored: a recovered execution may run on any instance.
     force_new_instance: bool = False
     node: str = ""
+    # Where it ran: a Python worker's id, or for a run-once runtime (process, wasm) the
+    # execution's own instance (core/ids.py own_instance_id). Set before STARTED is published.
     instance_id: str = ""
     attempts: int = 0
     created_at: int = 0
@@ -127,6 +129,8 @@ class ExecutionRecord:
     error_message: str = ""
     logs: str = ""
     metrics: dict[str, str] = field(default_factory=dict)
+    # The caller's grouping of executions (SPEAR's InvokeRequest.invocation_id); "" when none.
+    invocation_id: str = ""
 
     @property
     def done(self) -> bool:

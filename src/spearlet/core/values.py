@@ -72,8 +72,27 @@ def _plain_json(value: Any) -> Any:
     return value
 
 
+# The one parameter of a call whose input is not JSON (SPEAR's Payload of another content type):
+# the function gets these bytes as they are (stdin; a Python function's one argument).
+RAW_INPUT = "$input"
+
+
+def raw_params(data: bytes) -> dict[str, Any]:
+    return {RAW_INPUT: data}
+
+
+def raw_input(params: dict[str, Any]) -> bytes | None:
+    """The raw input of a call made with one (`raw_params`), else None."""
+    value = params.get(RAW_INPUT) if len(params) == 1 else None
+    return value if isinstance(value, bytes) else None
+
+
 def stdin_payload(params: dict[str, Any]) -> bytes:
-    """The JSON object a `process` function reads on stdin; bytes become base64 strings."""
+    """What a `process` or `wasm` function reads on stdin: the parameters as one JSON object (bytes
+    become base64 strings), or a raw input as it is."""
+    raw = raw_input(params)
+    if raw is not None:
+        return raw
     try:
         return json.dumps(_plain_json(params), separators=(",", ":"), allow_nan=False).encode()
     except ValueError as exc:

@@ -19,14 +19,19 @@ from typing import Any, Protocol
 from spearlet.config import Settings
 from spearlet.core.background import Background
 from spearlet.core.codes import ErrorCode
-from spearlet.core.errors import InvalidArgument, NotFound, StoreFault
-from spearlet.core.ids import check_client_execution_id, new_execution_id
+from spearlet.core.errors import InvalidArgument, NotFound
+from spearlet.core.ids import (
+    check_client_execution_id,
+    check_client_id,
+    execution_of_own_instance,
+    new_execution_id,
+)
 from spearlet.core.lifecycle import Event, Lifecycle, Update
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Task, now_ms
 from spearlet.core.values import check_string_map, dump_params
 from spearlet.engine.registry import TaskRegistry
 from spearlet.engine.scheduler import Scheduler
-from spearlet.store.base import Store, pending_write
+from spearlet.store.base import Store
 
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 WATCH_POLL_S = 0.25
@@ -42,9 +47,9 @@ def cache_key(task: Task, function_name: str, params: dict[str, Any]) -> str:
 
 
 class Dispatch(Protocol):
-    """How a cluster shares work (cluster.Cluster); without one, everything runs on this node."""
-
-    async def enqueue(self, record: ExecutionRecord) -> None: ...
+    """How a cluster shares work (cluster.Cluster); without one, everything runs on this node.
+    An async execution needs no hand-over: the cluster's store queues it with its record, in the
+    same step, so that no record is ever stored but not queued."""
 
     def run_here(self, record: ExecutionRecord) -> None: ...
 
@@ -76,6 +81,7 @@ class InvokeRequest:
     metadata: dict[str, str] = field(default_factory=dict)
     create_if_not_exists: bool = False
     force_new_instance: bool = False
+    invocation_id: str = ""  # SPEAR's InvokeRequest groups executions under it
 
 
 @dataclass(slots=True)
@@ -132,18 +138,8 @@ class Invoker:
             return await self._answer(existing, req.mode, "an execution with this id or idempotency key exists")
         if req.mode is Mode.ASYNC:
             estimate, record.metrics["estimate"] = self._estimate(task, record.function_name)
-            if self.dispatch is not None:  # a cluster: whichever node has room runs it
+            if self.dispatch is not None:  # a cluster: queued with its record; whichever node has room runs it
                 self.lifecycle.publish(Event.ACCEPTED, record)
-                # Stored already: a caller that leaves now must not leave it off the stream.
-                try:
-                    await pending_write(self.dispatch.enqueue(record))
-                except StoreFault:
-                    # Stored but never queued, and the caller told it failed: it must not wait for ever.
-                    record.end(
-                        Status.FAILED, ErrorCode.STORE_UNAVAILABLE, "the store became unreachable before it was queued"
-                    )
-                    self._background.spawn(self.scheduler.settle(record))
-                    raise
             else:
                 self._start(record, task)
             return InvokeResult(record, self.status_endpoint(record.execution_id), estimate, "accepted")
@@ -243,8 +239,7 @@ class Invoker:
             record.end(Status.CANCELLED, ErrorCode.CANCELLED, "the streaming client went away before it started")
             self._background.spawn(self.scheduler.settle(record))
         elif record.mode is Mode.ASYNC and self.dispatch is not None:
-            self.lifecycle.publish(Event.ACCEPTED, record)
-            self._background.spawn(self.dispatch.enqueue(record))
+            self.lifecycle.publish(Event.ACCEPTED, record)  # queued with its record
         else:
             self._start(record, task)
 
@@ -324,7 +319,7 @@ class Invoker:
         if req.invocation_type == InvocationType.EXISTING_TASK:
             if not req.task_id:
                 raise InvalidArgument("EXISTING_TASK needs task_id")
-            task = await self.tasks.find(req.task_id)
+            task = await self.tasks.resolve(req.task_id)
             if task is not None:
                 return task
             if req.create_if_not_exists and req.artifact is not None:
@@ -360,6 +355,7 @@ class Invoker:
                 f"context.max_retries must be between 0 and {self.settings.max_retries_cap}, got {max_retries}"
             )
         execution_id = check_client_execution_id(req.execution_id) if req.execution_id else new_execution_id()
+        invocation_id = check_client_id(req.invocation_id, "invocation_id") if req.invocation_id else ""
         key = req.metadata.get(IDEMPOTENCY_KEY) or None
         record = ExecutionRecord(
             execution_id=execution_id,
@@ -374,6 +370,7 @@ class Invoker:
             idempotency_key=f"{task.task_id}:{key}" if key else None,
             force_new_instance=req.force_new_instance,
             created_at=now_ms(),
+            invocation_id=invocation_id,
         )
         for check in self.checks:
             check(record)
@@ -423,6 +420,25 @@ class Invoker:
         if final.status is Status.CANCELLED:
             return CancelResult(True, "cancelled", final.status)
         return CancelResult(False, f"execution finished first: {final.status.name}", final.status)
+
+    async def destroy_instance(self, instance_id: str, reason: str) -> CancelResult:
+        """Stop an instance: a Python worker of this node (its call in progress ends CANCELLED and
+        the pool starts a fresh one when a call needs it), or the own instance of a process or wasm
+        execution (that execution is cancelled, wherever in the cluster it runs). `status` is that
+        of the execution for an own instance, else UNKNOWN."""
+        if not instance_id:
+            raise InvalidArgument("instance_id is required")
+        execution_id = execution_of_own_instance(instance_id)
+        if execution_id:
+            record = await self.get(execution_id)
+            if record is None:
+                return CancelResult(False, f"instance {instance_id!r} not found", Status.UNKNOWN)
+            if record.done:
+                return CancelResult(False, f"instance {instance_id!r} has ended ({record.status.name})", record.status)
+            return await self.cancel(execution_id, reason or "its instance was destroyed", force=True)
+        if await self.scheduler.destroy_instance(instance_id, reason or "destroyed"):
+            return CancelResult(True, f"instance {instance_id!r} destroyed", Status.UNKNOWN)
+        return CancelResult(False, f"instance {instance_id!r} not found on this node", Status.UNKNOWN)
 
     async def _cancel_elsewhere(self, execution_id: str, force: bool, reason: str) -> CancelResult:
         assert self.dispatch is not None

@@ -44,10 +44,15 @@ class Management:
         self.lifecycle = lifecycle
         self.started_monotonic = time.monotonic()
 
-    async def list_executions(self, task_id: str, status: Status, limit: int, start_after: str) -> ExecutionPage:
-        """A page of records, ending at `limit` of them or `max_page_bytes` of what they store."""
+    async def list_executions(
+        self, task_id: str, status: Status, limit: int, start_after: str, invocation_id: str = ""
+    ) -> ExecutionPage:
+        """A page of records, ending at `limit` of them or `max_page_bytes` of what they store;
+        with `invocation_id`, only that invocation's."""
         max_bytes = self.settings.max_page_bytes
-        return await self.store.list_executions(task_id, status, page_limit(limit), start_after, max_bytes=max_bytes)
+        return await self.store.list_executions(
+            task_id, status, page_limit(limit), start_after, max_bytes=max_bytes, invocation_id=invocation_id
+        )
 
     async def delete_task(self, task_id: str, force: bool, cleanup_executions: bool) -> tuple[bool, int, str]:
         active = [

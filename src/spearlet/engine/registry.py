@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
 from spearlet.artifacts import ArtifactFetcher
@@ -32,6 +32,12 @@ ALIASES = {"binary": "process"}
 MAX_PAGE = 1000
 UNUSED_GRACE_S = 60.0
 log = logging.getLogger(__name__)
+
+
+# Where a task this node does not have may come from (a SPEAR cluster's SMS, sms/tasks.py): given a
+# task id, it registers the task here (TaskRegistry.register) and returns it, or None when it has no
+# such task. Its own failure (say, an unreachable SMS) is a SpearletError the caller receives.
+TaskSource = Callable[[str], Awaitable[Task | None]]
 
 
 def page_limit(limit: int, default: int = 100) -> int:
@@ -70,6 +76,9 @@ class TaskRegistry:
         self._remove_now: set[Path] = set()
         self._unused_since: dict[Path, float] = {}
         self._background = Background()
+        self.source: TaskSource | None = None
+        # Concurrent first calls of a task the source has: one asks, the others wait for it.
+        self._sourcing: dict[str, asyncio.Future[Task | None]] = {}
 
     def runtime_name(self, artifact_type: str) -> str:
         name = ALIASES.get(artifact_type.lower(), artifact_type.lower())
@@ -205,6 +214,44 @@ class TaskRegistry:
                 if self._use_cache:
                     self._cache[task_id] = task
         return task
+
+    async def resolve(self, task_id: str) -> Task | None:
+        """The task a call names: one this node has, else the source's (a SPEAR cluster's SMS
+        places tasks on nodes that do not have them). Only a call fetches: looking a task up
+        (GetTask, RegisterTask's check, recovery) never does."""
+        task = await self.find(task_id)
+        if task is None and self.source is not None:
+            task = await self._from_source(task_id)
+        return task
+
+    async def _from_source(self, task_id: str) -> Task | None:
+        """The task as the source gives it, asked once however many calls want it meanwhile."""
+        pending = self._sourcing.get(task_id)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not pending.cancelled() or (current is not None and current.cancelling()):
+                    raise
+                return await self._from_source(task_id)  # the call that asked went away: ask again
+        assert self.source is not None
+        future: asyncio.Future[Task | None] = asyncio.get_running_loop().create_future()
+        self._sourcing[task_id] = future
+        try:
+            task = await self.source(task_id)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no waiter may be left to see it
+            raise
+        else:
+            future.set_result(task)
+            return task
+        finally:
+            del self._sourcing[task_id]
 
     async def _localize(self, task: Task) -> None:
         """Point a stored task at this node's own verified copy of its artifact (fetching it when

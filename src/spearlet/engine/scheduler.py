@@ -19,6 +19,7 @@ from spearlet.config import Settings
 from spearlet.core.background import Background
 from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import ResourceExhausted, StoreFault
+from spearlet.core.ids import execution_of_own_instance, own_instance_id
 from spearlet.core.lifecycle import Event, Lifecycle
 from spearlet.core.models import ExecutionRecord, Status, Task, now_ms
 from spearlet.core.values import classify_output
@@ -50,6 +51,26 @@ def node_limits(settings: Settings) -> NodeLimits:
         open_files=settings.open_files,
         max_processes=settings.max_processes,
     )
+
+
+class _Started:
+    """An attempt's start, told once: the record takes the instance it runs on, is written
+    RUNNING (not awaited: while the node runs, this scheduler is the authority on what runs; a
+    cancel of queued work removes it here first) and STARTED is published. A runtime with kept
+    instances tells it once it has one; for the others it is told at once."""
+
+    __slots__ = ("record", "scheduler", "told")
+
+    def __init__(self, scheduler: Scheduler, record: ExecutionRecord) -> None:
+        self.scheduler, self.record, self.told = scheduler, record, False
+
+    def __call__(self, instance_id: str) -> None:
+        if self.told:
+            return
+        self.told = True
+        self.record.instance_id = instance_id
+        self.scheduler.store.queue_transition(self.record)
+        self.scheduler.lifecycle.publish(Event.STARTED, self.record)
 
 
 @dataclass(slots=True)
@@ -243,10 +264,9 @@ class Scheduler:
             record.started_at = record.started_at or now_ms()
             record.metrics["attempts"] = str(record.attempts)
             record.metrics["queue_wait_ms"] = str(record.queue_wait_ms)
-            # Not awaited: while the node runs, this scheduler is the authority on what runs (a
-            # cancel of queued work removes it here first); the final write is awaited.
-            self.store.queue_transition(record)
-            self.lifecycle.publish(Event.STARTED, record)
+            started = _Started(self, record)
+            if not runtime.reports_instance:
+                started(own_instance_id(record.execution_id))
             invocation = Invocation(
                 record.execution_id,
                 record.function_name,
@@ -255,8 +275,10 @@ class Scheduler:
                 limits,
                 force_new_instance=record.force_new_instance,
                 on_output=lambda chunk: self.lifecycle.publish_chunk(record.execution_id, chunk),
+                on_instance=started,
             )
             outcome = await runtime.invoke(task, invocation, job.stop)
+            started(record.instance_id)  # when it failed before it had an instance
             self._apply(record, outcome)
             retry = (
                 outcome.status is Status.FAILED
@@ -279,6 +301,17 @@ class Scheduler:
             history = self._durations.setdefault((task.task_id, record.function_name), deque(maxlen=20))
             history.append(record.execution_time_ms)
         await self._finalize(record)
+
+    async def destroy_instance(self, instance_id: str, reason: str) -> bool:
+        """Stop an instance: a runtime's kept one (its call ends CANCELLED), or the own instance
+        of an execution active here (that execution is stopped). False when none is known here."""
+        execution_id = execution_of_own_instance(instance_id)
+        if execution_id:
+            return self.request_stop(execution_id, True, reason or "its instance was destroyed")
+        for runtime in self.runtimes.values():
+            if await runtime.destroy_instance(instance_id, reason):
+                return True
+        return False
 
     @staticmethod
     def _apply(record: ExecutionRecord, outcome: Outcome) -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import socket
+import uuid
 from pathlib import Path
 
 from spearlet.core.errors import StartError
@@ -44,6 +45,16 @@ class NodeIdentity:
             node_id = f"{socket.gethostname()}-{secrets.token_hex(3)}"
             self.set("node_id", node_id)
         return node_id
+
+    @property
+    def sms_uuid(self) -> str:
+        """The UUID this node registers with a SPEAR SMS under, made on first use (random: the
+        node's address and name may change while it stays the same node)."""
+        value = self.get("sms_uuid")
+        if not value:
+            value = str(uuid.uuid4())
+            self.set("sms_uuid", value)
+        return value
 
 
 def _read(path: Path) -> dict[str, str]:

@@ -51,6 +51,8 @@ from spearlet.node.tables import Isolation, runtimes, store_parts
 from spearlet.observability.metrics import Metrics
 from spearlet.runtimes.bubblewrap import SandboxUnavailable, hidden_paths, start_sandbox
 from spearlet.runtimes.sandbox import FunctionUser, kill_leftovers, resolve_user, set_node_mark, world_traversable
+from spearlet.sms.link import LinkFigures, NodeAddress, SmsLink, advertised_ip
+from spearlet.sms.tasks import SmsTasks
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +163,41 @@ class Node:
         self.dashboard = Dashboard.attach(self.lifecycle, lambda: self.scheduler.pending_count, pools, self.cluster)
         self.invoker.checks.append(self.callbacks.check)
         self.tasks.on_delete.extend([self.metrics.forget_task, self.scheduler.forget_task])
+        self.sms = self._join_sms(settings, pools) if settings.sms_grpc_addr else None
         self.grpc_port = 0
         self.http_port = 0
         self._grpc: grpc.aio.Server | None = None
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+
+    def _join_sms(self, settings: Settings, pools: dict[str, Any]) -> SmsLink:
+        """The link to a SPEAR cluster's SMS: its task source, its reports (lifecycle and pool
+        listeners), its state in health and /metrics. It starts talking once the node serves."""
+        scheduler = self.scheduler
+        link = SmsLink(
+            settings.sms_grpc_addr,
+            NodeIdentity(settings.data_dir).sms_uuid,
+            settings.sms_heartbeat_s,
+            settings.data_dir,
+            health=lambda: {"running": str(scheduler.running_count), "queued": str(scheduler.pending_count)},
+        )
+        scratch = settings.data_dir / "sms-files"
+        scratch.mkdir(exist_ok=True)
+        self.tasks.source = SmsTasks(
+            link.channel,
+            settings.sms_http_addr,
+            self.tasks,
+            scratch,
+            max_bytes=settings.artifact_limit_mb << 20,
+            timeout_s=settings.artifact_timeout_s,
+        )
+        self.lifecycle.subscribe(link.reporter.on_event)
+        for pool in pools.values():
+            pool.listeners.append(link.reporter.on_instance)
+        self.metrics.registry.register(LinkFigures(link))
+        self.api.live_info.append(link.state)
+        return link
 
     @property
     def http_url(self) -> str:
@@ -193,6 +224,7 @@ class Node:
                 f"{s.host}:{s.grpc_port}",
                 observe=self.metrics.observe_grpc,
                 token=token,
+                trusted_networks=s.trusted_networks,
                 min_ping_interval_ms=s.grpc_min_ping_interval_ms,
                 tls=tls,
             )
@@ -206,7 +238,9 @@ class Node:
             raise StartError(str(exc)) from None
         await self._grpc.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        app = create_app(self.api, self.metrics, token=token, dashboard=self.dashboard)
+        app = create_app(
+            self.api, self.metrics, token=token, dashboard=self.dashboard, trusted_networks=s.trusted_networks
+        )
         config = uvicorn.Config(
             app,
             log_level="warning",
@@ -222,6 +256,11 @@ class Node:
                 self._http_task.result()
             await asyncio.sleep(0.01)
         self._housekeeping = asyncio.get_running_loop().create_task(self._expire_periodically())
+        if self.sms is not None:
+            log.info(s.sms_exposure())
+            sms_host = s.sms_grpc_addr.rpartition(":")[0].strip("[]")
+            ip = advertised_ip(s.host, sms_host, s.advertise_address)
+            self.sms.start(NodeAddress(s.node_id, ip, self.grpc_port, self.http_port))
         self.data_lock.announce(
             pid=os.getpid(), node_id=s.node_id, grpc=f"{s.host}:{self.grpc_port}", http=self.http_url
         )
@@ -298,6 +337,8 @@ class Node:
             await self.tasks.close()
             for runtime in self.runtimes.values():
                 await runtime.close()
+            if self.sms is not None:  # after the runtimes: their instances' last reports go too
+                await self.sms.close()
             if self.blobs is not None:
                 await self.blobs.close()
             await self.store.close()
@@ -309,6 +350,7 @@ def check_settings(settings: Settings) -> None:
     """Refuse, before anything starts, settings the node could not serve with: a non-loopback
     address without a token, a function user it cannot become (ValueError saying which)."""
     settings.check_exposure()
+    settings.sms_exposure()
     resolve_user(settings.run_as)
 
 
@@ -380,6 +422,10 @@ async def serve(settings: Settings, announce: Any = print) -> None:
     announce(f"  HTTP  {node.http_url}")
     announce(f"  data  {settings.data_dir.resolve()}")
     announce(f"  sandbox  {node.sandbox_mode}")
+    if node.sms is not None:
+        announce(f"  SMS  {settings.sms_grpc_addr} (HTTP {settings.sms_http_addr or 'not set'})")
+        announce(f"  node UUID  {node.sms.node_uuid}")
+        announce(f"  {settings.sms_exposure()}")
     try:
         await stop.wait()
     finally:

@@ -68,6 +68,9 @@ class Invocation:
     force_new_instance: bool = False
     # Called with each piece of output as it is produced (stdout lines, a generator's yields).
     on_output: Callable[[bytes], None] | None = None
+    # A runtime with shared instances (`reports_instance`) calls it with the instance it runs the
+    # call on, before the call reaches it.
+    on_instance: Callable[[str], None] | None = None
 
 
 @dataclass(slots=True)
@@ -163,6 +166,9 @@ class Runtime(abc.ABC):
     owned_settings: ClassVar[frozenset[str]] = frozenset()
     # Its warm instances, for the metrics (None: it keeps none).
     pool: Pool | None = None
+    # True: it runs calls on instances it keeps, and names the one of each call through
+    # Invocation.on_instance. False: each call has an instance of its own, named after it.
+    reports_instance: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def prepare(self, task: Task) -> None:
@@ -184,3 +190,8 @@ class Runtime(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027
         """Release what the runtime holds (warm instances, compiled modules)."""
+
+    async def destroy_instance(self, instance_id: str, reason: str) -> bool:
+        """Stop a kept instance (its call in progress ends CANCELLED); False when it keeps none
+        of that id."""
+        return False

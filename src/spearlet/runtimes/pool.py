@@ -2,6 +2,8 @@
 
 An instance serves one call at a time. `acquire` hands out an idle instance chosen by the task's
 strategy, starts a new one while under `max_instances`, or waits for one to be released.
+Listeners hear each instance's life (started, busy with an execution, idle, stopped): the SMS
+link reports instances from them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
 from spearlet.core.background import Background
 from spearlet.core.errors import InvalidArgument
@@ -29,6 +32,7 @@ class Instance(abc.ABC):
 
     def __init__(self, instance_id: str) -> None:
         self.instance_id = instance_id
+        self.task_id = ""  # set by the pool that started it
         self.calls = 0
         self.busy = False
         self.last_used = time.monotonic()
@@ -104,6 +108,17 @@ class PoolState:
 Starter = Callable[[Task, str], Awaitable[Instance]]
 
 
+class InstanceEvent(Enum):
+    STARTED = "started"
+    BUSY = "busy"  # serving an execution (its id is given)
+    IDLE = "idle"
+    STOPPED = "stopped"
+
+
+# (event, task id, instance id, execution id or ""); called in the loop, must not block.
+InstanceListener = Callable[[InstanceEvent, str, str, str], None]
+
+
 class Pool:
     def __init__(self, start: Starter, default_max: int) -> None:
         self._start = start
@@ -113,6 +128,23 @@ class Pool:
         self.started = 0
         self.warm_hits = 0
         self._background = Background()
+        self.listeners: list[InstanceListener] = []
+
+    def _tell(self, event: InstanceEvent, instance: Instance, execution_id: str = "") -> None:
+        for listener in self.listeners:
+            try:
+                listener(event, instance.task_id, instance.instance_id, execution_id)
+            except Exception:  # an observer must not break a call
+                log.exception("instance listener failed on %s of %s", event.value, instance.instance_id)
+
+    async def _stop(self, instance: Instance) -> None:
+        """Stop an instance the pool no longer holds, telling the listeners."""
+        self._tell(InstanceEvent.STOPPED, instance)
+        await instance.stop()
+
+    def live(self) -> list[Instance]:
+        """Every instance held now, for periodic reports."""
+        return [i for group in self._tasks.values() for i in group.instances]
 
     def sizes(self) -> dict[str, int]:
         """Instances per task, for metrics."""
@@ -121,6 +153,21 @@ class Pool:
     def instances(self, task_id: str) -> list[Instance]:
         group = self._tasks.get(task_id)
         return list(group.instances) if group else []
+
+    def find(self, instance_id: str) -> Instance | None:
+        """The live instance of that id, of whichever task."""
+        for group in self._tasks.values():
+            for instance in group.instances:
+                if instance.instance_id == instance_id and instance.alive:
+                    return instance
+        return None
+
+    def retire_if_idle(self, instance: Instance) -> None:
+        """Drop a dead instance now if no call holds it (a busy one goes when its call releases it)."""
+        for group in self._tasks.values():
+            if instance in group.instances and not instance.busy:
+                self._retire(group.task, group, instance)
+                self._wake(group)
 
     def states(self) -> list[PoolState]:
         """Each task's instances now, and its calls served warm since its group was made (a
@@ -146,7 +193,13 @@ class Pool:
             group = self._tasks[task.task_id] = _TaskInstances(task, PoolSettings.of(task, self._default_max))
         return group
 
-    async def acquire(self, task: Task, force_new: bool = False) -> Instance:
+    async def acquire(self, task: Task, force_new: bool = False, execution_id: str = "") -> Instance:
+        """An instance for one call of `task` (the execution `execution_id`, told to the listeners)."""
+        instance = await self._acquire(task, force_new)
+        self._tell(InstanceEvent.BUSY, instance, execution_id)
+        return instance
+
+    async def _acquire(self, task: Task, force_new: bool) -> Instance:
         while True:
             group = self._group(task)
             self._drop_dead(group)  # a dead instance must not hold a slot
@@ -165,7 +218,7 @@ class Pool:
                 # At the limit: make room by retiring an idle instance, then start a fresh one.
                 victim = idle[0]
                 group.instances.remove(victim)
-                await victim.stop()
+                await self._stop(victim)
                 continue
             waiter = asyncio.get_running_loop().create_future()
             group.waiters.append(waiter)
@@ -182,7 +235,7 @@ class Pool:
     def _drop_dead(self, group: _TaskInstances) -> None:
         for instance in [i for i in group.instances if not i.busy and not i.alive]:
             group.instances.remove(instance)
-            self._background.spawn(instance.stop())
+            self._background.spawn(self._stop(instance))
 
     async def _spawn(self, task: Task, group: _TaskInstances) -> Instance:
         group.starting += 1
@@ -193,6 +246,8 @@ class Pool:
         self.started += 1
         group.started += 1
         group.instances.append(instance)
+        instance.task_id = task.task_id
+        self._tell(InstanceEvent.STARTED, instance)
         return instance
 
     def _choose(self, group: _TaskInstances, idle: list[Instance]) -> Instance:
@@ -214,17 +269,19 @@ class Pool:
         instance.last_used = time.monotonic()
         group = self._tasks.get(task.task_id)
         if group is None or instance not in group.instances:  # its task was replaced or deleted meanwhile
-            self._background.spawn(instance.stop())
+            self._background.spawn(self._stop(instance))
             return
         worn = 0 < group.settings.max_calls_per_instance <= instance.calls
         if not healthy or worn or not instance.alive:
             self._retire(task, group, instance)
+        else:
+            self._tell(InstanceEvent.IDLE, instance)
         self._wake(group)
 
     def _retire(self, task: Task, group: _TaskInstances, instance: Instance) -> None:
         if instance in group.instances:
             group.instances.remove(instance)
-        self._background.spawn(instance.stop())
+        self._background.spawn(self._stop(instance))
         if len(group.instances) + group.starting < group.settings.min_instances:
             self._background.spawn(self._top_up(task))
 
@@ -264,7 +321,7 @@ class Pool:
             ]
             for instance in dead + expired:
                 group.instances.remove(instance)
-                await instance.stop()
+                await self._stop(instance)
                 stopped += 1
             if dead or expired:
                 self._wake(group)
@@ -281,7 +338,7 @@ class Pool:
             if not waiter.done():
                 waiter.set_result(None)  # they retry against the new group
         # Busy instances are stopped by release(), as they belong to no group any more.
-        await asyncio.gather(*(i.stop() for i in group.instances if not i.busy), return_exceptions=True)
+        await asyncio.gather(*(self._stop(i) for i in group.instances if not i.busy), return_exceptions=True)
 
     async def close(self) -> None:
         groups = list(self._tasks.values())
@@ -290,7 +347,7 @@ class Pool:
             for waiter in group.waiters:
                 if not waiter.done():
                     waiter.cancel()
-            await asyncio.gather(*(i.stop() for i in group.instances), return_exceptions=True)
+            await asyncio.gather(*(self._stop(i) for i in group.instances), return_exceptions=True)
         await self._background.wait()
 
     async def run_reaper(self, interval_s: float = 1.0) -> None:

@@ -197,6 +197,7 @@ class PythonWorker(Instance):
         self._frames = _Frames()
         self._writer: asyncio.WriteTransport | None = None
         self.broken = False
+        self.destroyed = ""  # why DestroyInstance stopped it
 
     @property
     def alive(self) -> bool:
@@ -231,6 +232,11 @@ class PythonWorker(Instance):
         self.broken = True
         kill_group(self.pid)
 
+    def destroy(self, reason: str) -> None:
+        """Kill it on request (DestroyInstance): its call in progress ends CANCELLED, not crashed."""
+        self.destroyed = reason or "destroyed"
+        self.kill()
+
     async def stop(self) -> None:
         self.kill()
         await asyncio.shield(self.exited)
@@ -259,6 +265,7 @@ class PythonOptions:
 
 class PythonRuntime(Runtime):
     name = "python"
+    reports_instance = True
     owned_settings = frozenset(
         {
             "entry", "min_instances", "max_instances", "idle_timeout_s", "max_calls_per_instance", "strategy",
@@ -364,6 +371,17 @@ class PythonRuntime(Runtime):
     async def warm(self, task: Task) -> None:
         await self.pool.prewarm(task)
 
+    async def destroy_instance(self, instance_id: str, reason: str) -> bool:
+        worker = self.pool.find(instance_id)
+        if not isinstance(worker, PythonWorker):
+            return False
+        worker.destroy(reason)
+        # The pool drops the dead worker (now, if it is idle; at its call's release if busy) and
+        # starts a fresh one when a call needs it.
+        self.pool.retire_if_idle(worker)
+        await asyncio.wait({worker.exited}, timeout=5.0)
+        return True
+
     async def forget(self, task_id: str) -> None:
         await self.pool.forget(task_id)
 
@@ -375,10 +393,12 @@ class PythonRuntime(Runtime):
     async def invoke(self, task: Task, invocation: Invocation, stop: StopRequest) -> Outcome:
         limits = invocation.limits
         try:
-            worker = await self.pool.acquire(task, invocation.force_new_instance)
+            worker = await self.pool.acquire(task, invocation.force_new_instance, invocation.execution_id)
         except WorkerStartFailed as exc:
             return Outcome(Status.FAILED, error_code=ErrorCode.INSTANCE_START_FAILED, error_message=str(exc))
         assert isinstance(worker, PythonWorker)
+        if invocation.on_instance is not None:
+            invocation.on_instance(worker.instance_id)
         started = time.monotonic()
         logs = LogTail(limits.log_bytes)
         # A call cannot be interrupted inside the worker: a timeout or a cancel kills the worker,
@@ -408,7 +428,10 @@ class PythonRuntime(Runtime):
             unregister()
             elapsed_ms = (time.monotonic() - started) * 1000
             self.pool.release(task, worker, elapsed_ms, healthy=worker.alive)
-        if interrupted == "cancel":
+        if worker.destroyed and not interrupted:
+            message = f"its instance {worker.instance_id} was destroyed: {worker.destroyed}"
+            outcome = Outcome(Status.CANCELLED, error_code=ErrorCode.CANCELLED, error_message=message)
+        elif interrupted == "cancel":
             reason = f": {stop.reason}" if stop.reason else ""
             outcome = Outcome(Status.CANCELLED, error_code=ErrorCode.CANCELLED, error_message=f"cancelled{reason}")
         elif interrupted == "timeout":

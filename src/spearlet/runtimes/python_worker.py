@@ -196,10 +196,18 @@ def _signature_of(function: Any) -> inspect.Signature | None:
         return None
 
 
+# core/values.py RAW_INPUT (the worker imports nothing of the node).
+RAW_INPUT = "$input"
+
+
 def _call(function: Any, params: dict[str, Any], context: Context) -> Any:
     """Keyword arguments when the signature takes them, else the parameters as one dict; a
     parameter named `context` receives the Context."""
     signature = _signature(function)
+    raw = params.get(RAW_INPUT) if len(params) == 1 else None
+    if isinstance(raw, bytes):  # an input that is not JSON: the bytes as the one argument
+        wants_context = signature is not None and "context" in signature.parameters
+        return function(raw, context=context) if wants_context else function(raw)
     if signature is None:
         return function(**params)
     kwargs = dict(params)

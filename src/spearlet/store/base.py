@@ -147,9 +147,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_executions(
-        self, task_id: str, status: Status, limit: int, start_after: str, max_bytes: int = 0
+        self, task_id: str, status: Status, limit: int, start_after: str, max_bytes: int = 0, invocation_id: str = ""
     ) -> ExecutionPage:
-        """Newest first; empty `task_id` means every task, UNKNOWN status means every status. With
+        """Newest first; empty `task_id` means every task, UNKNOWN status means every status, empty
+        `invocation_id` every invocation (else only the records of that invocation). With
         `max_bytes`, the page ends (has_more) after the record that brings the stored size of its
         records past it: one page never makes the node read more than about that much."""
 

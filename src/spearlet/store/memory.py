@@ -170,7 +170,7 @@ class MemoryStore(Store):
         return None if stored is None else stored.copy()
 
     async def list_executions(
-        self, task_id: str, status: Status, limit: int, start_after: str, max_bytes: int = 0
+        self, task_id: str, status: Status, limit: int, start_after: str, max_bytes: int = 0, invocation_id: str = ""
     ) -> ExecutionPage:
         self._check_open()
         below = self._seq + 1
@@ -184,7 +184,11 @@ class MemoryStore(Store):
             if stored.seq >= below:
                 continue
             record = stored.record
-            if (not task_id or record.task_id == task_id) and status in (Status.UNKNOWN, record.status):
+            if (
+                (not task_id or record.task_id == task_id)
+                and status in (Status.UNKNOWN, record.status)
+                and (not invocation_id or record.invocation_id == invocation_id)
+            ):
                 if len(records) == limit or (max_bytes and read >= max_bytes):
                     return ExecutionPage(records, True, records[-1].execution_id)
                 records.append(stored.copy())

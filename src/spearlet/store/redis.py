@@ -535,7 +535,7 @@ class RedisStore(Store):
 
     @_reaches
     async def list_executions(
-        self, task_id: str, status: Status, limit: int, start_after: str, max_bytes: int = 0
+        self, task_id: str, status: Status, limit: int, start_after: str, max_bytes: int = 0, invocation_id: str = ""
     ) -> ExecutionPage:
         await self._drain()
         index = f"{P}task-execs:{task_id}" if task_id else EXECS
@@ -560,6 +560,8 @@ class RedisStore(Store):
                     continue
                 record = record_from_json(raw)
                 if status is not Status.UNKNOWN and record.status is not status:
+                    continue
+                if invocation_id and record.invocation_id != invocation_id:
                     continue
                 found.append(record)  # one past the page says there is more
                 if len(found) > size:

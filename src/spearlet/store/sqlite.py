@@ -105,7 +105,8 @@ CREATE TABLE IF NOT EXISTS executions (
     error_code TEXT NOT NULL,
     error_message TEXT NOT NULL,
     logs TEXT NOT NULL,
-    metrics TEXT NOT NULL
+    metrics TEXT NOT NULL,
+    invocation_id TEXT NOT NULL DEFAULT ''
 );
 -- Every index is a page more in each commit, and commits are the price of every call: only what a
 -- frequent query needs. A listing of completed records walks them newest first (most records are
@@ -113,6 +114,8 @@ CREATE TABLE IF NOT EXISTS executions (
 CREATE INDEX IF NOT EXISTS executions_task ON executions (task_id, seq);
 CREATE INDEX IF NOT EXISTS executions_not_completed ON executions (status, seq) WHERE {_NOT_COMPLETED};
 CREATE INDEX IF NOT EXISTS executions_cache ON executions (cache_key, completed_at) WHERE cache_key != '';
+-- Most records have no invocation id (the seed-era API has none): a partial index skips them.
+CREATE INDEX IF NOT EXISTS executions_invocation ON executions (invocation_id, seq) WHERE invocation_id != '';
 CREATE UNIQUE INDEX IF NOT EXISTS executions_idempotency ON executions (idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 """
@@ -120,7 +123,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS executions_idempotency ON executions (idempote
 _EXEC_COLUMNS = (
     "execution_id, task_id, function_name, mode, status, params, timeout_ms, max_retries, environment, "
     "metadata, idempotency_key, cache_key, node, instance_id, attempts, created_at, started_at, completed_at, "
-    "execution_time_ms, memory_used_bytes, output, output_kind, error_code, error_message, logs, metrics"
+    "execution_time_ms, memory_used_bytes, output, output_kind, error_code, error_message, logs, metrics, "
+    "invocation_id"
 )
 # What changes after an execution is created; the rest is written once, at insert.
 # What a record costs to read: its variable-size columns.
@@ -144,7 +148,7 @@ def _exec_row(r: ExecutionRecord) -> tuple[Any, ...]:
         r.timeout_ms, r.max_retries, _dump_object(r.environment), _dump_object(r.metadata), r.idempotency_key,
         r.cache_key, r.node, r.instance_id, r.attempts, r.created_at, r.started_at, r.completed_at,
         r.execution_time_ms, r.memory_used_bytes, r.output, int(r.output_kind), r.error_code,
-        r.error_message, r.logs, _dump_object(r.metrics),
+        r.error_message, r.logs, _dump_object(r.metrics), r.invocation_id,
     )  # fmt: skip
 
 
@@ -163,6 +167,7 @@ def _exec_from_row(row: sqlite3.Row) -> ExecutionRecord:
         execution_id, task_id, function_name, mode, status, params, timeout_ms, max_retries, environment,
         metadata, idempotency_key, cache_key, node, instance_id, attempts, created_at, started_at, completed_at,
         execution_time_ms, memory_used_bytes, output, output_kind, error_code, error_message, logs, metrics,
+        invocation_id,
     ) = row  # fmt: skip
     return ExecutionRecord(
         execution_id=execution_id,
@@ -191,6 +196,7 @@ def _exec_from_row(row: sqlite3.Row) -> ExecutionRecord:
         error_message=error_message,
         logs=logs,
         metrics=_load_object(metrics),
+        invocation_id=invocation_id,
     )
 
 
@@ -905,13 +911,16 @@ class SqliteStore(Store):
         return record
 
     async def list_executions(
-        self, task_id: str, status: Status, limit: int, start_after: str, max_bytes: int = 0
+        self, task_id: str, status: Status, limit: int, start_after: str, max_bytes: int = 0, invocation_id: str = ""
     ) -> ExecutionPage:
         self._write_staged()
 
         def op(conn: sqlite3.Connection) -> ExecutionPage:
             where: list[str] = []
             args: list[Any] = []
+            if invocation_id:
+                where.append("invocation_id = ?")
+                args.append(invocation_id)
             if task_id:
                 where.append("task_id = ?")
                 args.append(task_id)
@@ -1021,6 +1030,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(executions)")}
     if columns and "cache_key" not in columns:
         conn.execute("ALTER TABLE executions ADD COLUMN cache_key TEXT NOT NULL DEFAULT ''")
+    if columns and "invocation_id" not in columns:  # before issue 16: records without one
+        conn.execute("ALTER TABLE executions ADD COLUMN invocation_id TEXT NOT NULL DEFAULT ''")
     for replaced in ("executions_status", "executions_created"):  # see _SCHEMA
         conn.execute(f"DROP INDEX IF EXISTS {replaced}")
 
@@ -1065,5 +1076,5 @@ _SELECT_UNFINISHED = (
     f"SELECT {_EXEC_COLUMNS} FROM executions WHERE status IN ({Status.PENDING:d}, {Status.RUNNING:d}) "
     f"AND {_NOT_COMPLETED} ORDER BY seq"
 )
-_INSERT = f"INSERT INTO executions ({_EXEC_COLUMNS}) VALUES ({_marks(26)})"
+_INSERT = f"INSERT INTO executions ({_EXEC_COLUMNS}) VALUES ({_marks(27)})"
 _EXISTS = "SELECT 1 FROM executions WHERE execution_id = ?"

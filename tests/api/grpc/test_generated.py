@@ -13,6 +13,7 @@ from spearlet.api.grpc import spearlet_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[3]
 GENERATED = ROOT / "src" / "spearlet" / "api" / "grpc"
+SMS = ROOT / "src" / "spearlet" / "sms"
 # The seed-era contract's tables, copied as data: every message, field by number, name and type.
 CONTRACT_FILE = Path(__file__).with_name("spear_contract.md")
 FIRST_EXTENSION_NUMBER = 100
@@ -25,7 +26,14 @@ def test_regenerating_the_stubs_changes_nothing(tmp_path: Path) -> None:
     spec.loader.exec_module(gen)
     gen.generate(tmp_path)
     fresh = tmp_path / "spearlet" / "api" / "grpc"
-    names = ["spearlet_pb2.py", "spearlet_pb2.pyi", "spearlet_pb2_grpc.py"]
+    names = [
+        *("spearlet_pb2.py", "spearlet_pb2.pyi", "spearlet_pb2_grpc.py"),
+        *("spear_head_pb2.py", "spear_head_pb2.pyi", "spear_head_pb2_grpc.py"),
+    ]
+    for name in ("sms_pb2.py", "sms_pb2.pyi", "sms_pb2_grpc.py"):
+        assert (tmp_path / "spearlet" / "sms" / name).read_bytes() == (SMS / name).read_bytes(), (
+            f"{name} is stale: run `make proto` and commit"
+        )
     for name in names:
         assert (fresh / name).read_bytes() == (GENERATED / name).read_bytes(), (
             f"{name} is stale: run `make proto` and commit"

@@ -11,7 +11,7 @@ from spearlet.api.grpc.values import unpack_value
 from spearlet.core.errors import InvalidArgument
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, OutputKind, Status, Task
 from spearlet.core.queries import TaskSummary
-from spearlet.core.values import classify_output, output_value
+from spearlet.core.values import RAW_INPUT, classify_output, output_value
 from spearlet.engine.invoker import InvokeRequest
 
 
@@ -22,6 +22,8 @@ def params_from(parameters: Any) -> dict[str, Any]:
             raise InvalidArgument("every parameter needs a name")
         if p.name in params:
             raise InvalidArgument(f"parameter {p.name!r} is given more than once")
+        if p.name == RAW_INPUT:
+            raise InvalidArgument(f"parameter name {RAW_INPUT!r} is reserved (the raw input of SPEAR's Invoke)")
         params[p.name] = unpack_value(p.name, p.value, p.HasField("value"))
     return params
 
@@ -132,6 +134,8 @@ def execution_info(record: ExecutionRecord) -> pb.ExecutionInfo:
         metadata["error_code"] = record.error_code
     if record.instance_id:
         metadata["instance_id"] = record.instance_id
+    if record.invocation_id:  # SPEAR's Invoke groups executions under it
+        metadata["invocation_id"] = record.invocation_id
     return pb.ExecutionInfo(
         execution_id=record.execution_id,
         task_id=record.task_id,

@@ -14,7 +14,7 @@ import contextlib
 import http
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -229,7 +229,8 @@ class BodyLimit:
 
 class TokenGuard:
     """Refuse a request without the node's bearer token (401 with `WWW-Authenticate: Bearer`),
-    except the paths `public` allows (the dashboard's static files)."""
+    except the paths `public` allows (the dashboard's static files) and callers from the node's
+    `trusted_networks` (a SPEAR SMS calls without a token)."""
 
     def __init__(self, app: ASGIApp, check: TokenCheck, public: Callable[[str], bool] | None = None) -> None:
         self.app = app
@@ -241,7 +242,8 @@ class TokenGuard:
             await self.app(scope, receive, send)
             return
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == _AUTHORIZATION), None)
-        if self.check.allows(header):
+        client = scope.get("client")
+        if self.check.allows(header) or self.check.trusts(client[0] if client else None):
             await self.app(scope, receive, send)
             return
         response = error(401, ErrorCode.UNAUTHENTICATED, DENIED, headers={"WWW-Authenticate": "Bearer"})
@@ -261,6 +263,7 @@ def create_app(
     max_request_bytes: int = 8 << 20,
     token: str = "",
     dashboard: ui.Dashboard | None = None,
+    trusted_networks: Sequence[str] = (),
 ) -> FastAPI:
     app = FastAPI(
         title="spearlet",
@@ -309,7 +312,7 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
     if token:
         public = ui.is_page if dashboard is not None else None
-        app.add_middleware(TokenGuard, check=TokenCheck(token), public=public)
+        app.add_middleware(TokenGuard, check=TokenCheck(token, trusted_networks), public=public)
 
     def count_status_query() -> None:
         if metrics is not None:
