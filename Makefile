@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup sandbox-tools browser curl run test lint proto bench screenshots clean
+.PHONY: setup sandbox-tools browser curl load-tool run test lint proto bench screenshots clean
 
 $(BIN)/spearlet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ browser:
 curl:
 	$(call system-package,curl,curl,the README's HTTP examples test)
 
+# The suite measures the HTTP door with Debian's `wrk`; without it, those rows say so and are left out.
+load-tool:
+	$(call system-package,wrk,wrk,the HTTP rows of make bench)
+
 # A node needs no browser: only the sandbox's bubblewrap.
 run: $(BIN)/spearlet sandbox-tools
 	$(BIN)/spearlet serve
@@ -53,7 +57,7 @@ test: lint
 	$(BIN)/pytest
 
 # Benchmarks beside a bare gRPC echo, Celery and RQ (on the venv's redis-server); see README, Performance.
-bench: setup
+bench: setup load-tool
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.suite
 

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import queue
 import re
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
 import psutil
 from google.protobuf import any_pb2, struct_pb2
@@ -29,6 +33,7 @@ from tests.helpers import start_redis as start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,22 +54,70 @@ class Server:
         return int(psutil.Process(self.proc.pid).memory_info().rss)
 
 
-def start(cmd: list[str], env: dict[str, str] | None = None) -> Server:
-    """Start a server process and wait for its `gRPC host:port` line."""
+START_TIMEOUT_S = 300.0  # a node opening 100k records on a loaded machine took over a minute
+
+
+def start(
+    cmd: list[str],
+    env: dict[str, str] | None = None,
+    *,
+    grpc: bool = True,
+    http: bool = False,
+    timeout: float = START_TIMEOUT_S,
+) -> Server:
+    """Start a server process and wait for the lines it prints when ready: `gRPC host:port` if
+    `grpc`, `HTTP url` if `http` (a node prints both; the echo and floor servers one). Raises,
+    naming the command, if they do not come within `timeout` seconds or the process exits."""
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})}
-    )
+    )  # fmt: skip
     assert proc.stdout is not None
-    target = http = ""
-    while not target or ("spearlet" in " ".join(cmd) and not http):
-        line = proc.stdout.readline()
+    lines: queue.Queue[str] = queue.Queue()
+    # A thread reads the lines so that the wait has a deadline; it keeps draining stdout after, so a
+    # server that prints more never blocks on a full pipe.
+    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+    deadline = time.monotonic() + timeout
+    target = http_url = ""
+    while (grpc and not target) or (http and not http_url):
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            proc.kill()
+            proc.wait()
+            wanted = " and ".join(name for name, wait in (("gRPC", grpc), ("HTTP", http)) if wait)
+            raise TimeoutError(f"{cmd} printed no {wanted} line within {timeout:g} s (killed)") from None
         if not line:
-            raise RuntimeError(f"{cmd} exited: {proc.wait()}")
+            raise RuntimeError(f"{cmd} exited before it was ready: exit status {proc.wait()}")
         if m := re.search(r"gRPC\s+(\S+)", line):
             target = m.group(1)
         if m := re.search(r"HTTP\s+(\S+)", line):
-            http = m.group(1)
-    return Server(proc, target, http)
+            http_url = m.group(1)
+    return Server(proc, target, http_url)
+
+
+def _pump(stream: IO[str], lines: queue.Queue[str]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put("")  # end of file: the process exited
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 120.0, every: float = 0.01
+) -> None:
+    """Poll `check` until it is true; raise TimeoutError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:g} s for {what}")
+        await asyncio.sleep(every)
+
+
+async def bounded(work: Awaitable[T], what: str, timeout: float) -> T:
+    """`work`, or a TimeoutError naming `what` after `timeout` seconds (a hung server or call)."""
+    try:
+        return await asyncio.wait_for(work, timeout)
+    except TimeoutError:
+        raise TimeoutError(f"{what} did not finish within {timeout:g} s") from None
 
 
 def start_node(*extra: str, env: dict[str, str] | None = None, data_dir: Path | None = None) -> Server:
@@ -82,7 +135,7 @@ def start_node(*extra: str, env: dict[str, str] | None = None, data_dir: Path | 
         "0",
         *extra,
     ]
-    return start(cmd, env={"SPEARLET_LOG_LEVEL": "WARNING", **(env or {})})
+    return start(cmd, env={"SPEARLET_LOG_LEVEL": "WARNING", **(env or {})}, http=True)
 
 
 def start_echo() -> Server:
@@ -91,6 +144,10 @@ def start_echo() -> Server:
 
 def start_floor() -> Server:
     return start([sys.executable, str(ROOT / "bench" / "floor_server.py")])
+
+
+def start_http_floor() -> Server:
+    return start([sys.executable, str(ROOT / "bench" / "http_floor.py")], grpc=False, http=True)
 
 
 def invoke_request(
@@ -185,6 +242,23 @@ async def cpu_per_call(pid: int, call: Callable[[], Awaitable[Any]], concurrency
     calls = rate * (time.perf_counter() - started)
     after = process.cpu_times()
     return (after.user + after.system - before.user - before.system) / calls * 1e6
+
+
+@contextlib.contextmanager
+def time_limit(what: str, seconds: int) -> Iterator[None]:
+    """Raise TimeoutError naming `what` in the main thread if the block lasts over `seconds`: for
+    blocking work (sync gRPC calls wait in short slices, so the signal's handler gets to run)."""
+
+    def expired(signum: int, frame: object) -> None:
+        raise TimeoutError(f"{what} did not finish within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:

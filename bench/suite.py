@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import shutil
 import statistics
 import tempfile
 import time
@@ -26,6 +27,7 @@ from bench import peers
 from bench.client_overhead import client_overhead
 from bench.common import (
     Server,
+    bounded,
     cpu_per_call,
     flush_redis,
     invoke_request,
@@ -35,12 +37,16 @@ from bench.common import (
     percentile,
     start_echo,
     start_floor,
+    start_http_floor,
     start_node,
     start_redis,
     table,
     throughput,
+    time_limit,
+    wait_until,
     write_results,
 )  # fmt: skip
+from bench.http_door import http_figures
 from bench.sandbox_cost import sandbox_cost
 from spearlet.api.grpc import spearlet_pb2 as pb
 from spearlet.api.grpc import spearlet_pb2_grpc as pb_grpc
@@ -61,12 +67,12 @@ def _node(data_dir: Path, **env: str) -> Server:
     return start_node(env=env, data_dir=data_dir)
 
 
-async def _drained(stub: pb_grpc.FunctionServiceStub) -> None:
-    while True:
+async def _drained(stub: pb_grpc.FunctionServiceStub, timeout: float = 300.0) -> None:
+    async def idle() -> bool:
         details = (await stub.GetHealth(pb.GetHealthRequest(include_details=True))).details
-        if not details.pending_executions and not details.running_executions:
-            return
-        await asyncio.sleep(0.01)
+        return not details.pending_executions and not details.running_executions
+
+    await wait_until(idle, "the node to finish its pending and running executions", timeout)
 
 
 async def _completed_per_s(stub: pb_grpc.FunctionServiceStub, request: pb.InvokeFunctionRequest, n: int) -> float:
@@ -156,10 +162,13 @@ async def spearlet_figures(node: Server, echo: Server, floor: Server, quick: boo
         cancels = []
         for _ in range(10 if quick else 30):
             accepted = await stub.InvokeFunction(_call("greet", "wait", pb.EXECUTION_MODE_ASYNC, seconds=30))
-            while (
-                await stub.GetExecutionStatus(pb.GetExecutionStatusRequest(execution_id=accepted.execution_id))
-            ).result.status != pb.EXECUTION_STATUS_RUNNING:
-                await asyncio.sleep(0.005)
+            query = pb.GetExecutionStatusRequest(execution_id=accepted.execution_id)
+
+            async def running(query: pb.GetExecutionStatusRequest = query) -> bool:
+                status: int = (await stub.GetExecutionStatus(query)).result.status
+                return status == pb.EXECUTION_STATUS_RUNNING
+
+            await wait_until(running, f"execution {accepted.execution_id} to start running", 60, every=0.005)
             started = time.perf_counter()
             await stub.CancelExecution(pb.CancelExecutionRequest(execution_id=accepted.execution_id))
             cancels.append((time.perf_counter() - started) * 1000)
@@ -201,7 +210,7 @@ def accept_rate(echo: Server, seconds: float) -> dict[str, float]:
                     )
                     return rates
 
-            return asyncio.run(measure())
+            return asyncio.run(bounded(measure(), "the accept-rate figures", 600))
         finally:
             node.stop()
 
@@ -265,7 +274,7 @@ def growth(quick: bool) -> dict[str, float]:
             _fill_store(data, size)
             node = _node(data, SPEARLET_RETENTION_MAX_RECORDS="1000000")
             try:
-                f.update(asyncio.run(_growth_figures(node, 500, size)))
+                f.update(asyncio.run(bounded(_growth_figures(node, 500, size), f"growth with {size} records", 900)))
                 f[f"rss_mb_{size}_records"] = psutil.Process(node.proc.pid).memory_info().rss / 2**20
             finally:
                 node.stop()
@@ -284,11 +293,26 @@ def growth(quick: bool) -> dict[str, float]:
                     samples = await latencies(lambda: stub.InvokeFunction(slow), 50, warmup=0)
                 return percentile(samples, 0.5), percentile(samples, 0.99)
 
-            f[f"accept_p50_ms_{queued}_queued"], f[f"accept_p99_ms_{queued}_queued"] = asyncio.run(fill_queue())
+            f[f"accept_p50_ms_{queued}_queued"], f[f"accept_p99_ms_{queued}_queued"] = asyncio.run(
+                bounded(fill_queue(), f"filling a queue of {queued}", 600)
+            )
             f[f"rss_growth_mb_{queued}_queued"] = (psutil.Process(node.proc.pid).memory_info().rss - rss_before) / 2**20
         finally:
             node.stop()
     return f
+
+
+def _http_door(node: Server, seconds: float) -> dict[str, float]:
+    """The HTTP rows, in turns with a bare FastAPI app (bench/http_door.py); none without wrk."""
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (make bench installs it): the HTTP rows are left out")
+        return {}
+    floor = start_http_floor()
+    try:
+        with time_limit("the HTTP door figures", int(8 * seconds) + 300):
+            return http_figures(node, floor, seconds)
+    finally:
+        floor.stop()
 
 
 def main() -> None:
@@ -302,8 +326,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="spearlet-suite-") as tmp:
             node, echo, floor = _node(Path(tmp) / "data", SPEARLET_MAX_PENDING="1000000"), start_echo(), start_floor()
             try:
-                run = asyncio.run(spearlet_figures(node, echo, floor, args.quick))
-                run.update(client_overhead(node.target, 500 if args.quick else 2000))
+                run = asyncio.run(bounded(spearlet_figures(node, echo, floor, args.quick), "the node figures", 1800))
+                with time_limit("the client-overhead figures", 600):
+                    run.update(client_overhead(node.target, 500 if args.quick else 2000))
+                run.update(_http_door(node, 3.0 if args.quick else 8.0))
             finally:
                 node.stop()
                 floor.stop()
@@ -316,8 +342,11 @@ def main() -> None:
                 echo.stop()
             own.append(run)
     figures: dict[str, Any] = {k: statistics.median(r[k] for r in own) for k in own[0]}
+    # Kept at once: a later part that fails (a timeout on a loaded machine) must not lose these.
+    write_results("suite", {"runs": runs, "quick": args.quick, "partial": True, **figures})
     figures.update(growth(args.quick))
-    figures.update(sandbox_cost(3 if args.quick else 10))
+    with time_limit("the sandbox-cost figures", 1200):
+        figures.update(sandbox_cost(3 if args.quick else 10))
     server, url = start_redis()
     try:
         sync_calls, async_calls = (100, 300) if args.quick else (300, 1000)
@@ -342,6 +371,13 @@ def main() -> None:
     ratios["accept_p99_large_over_1k_records"] = (
         figures[f"accept_p99_ms_{big}_records"] / figures["accept_p99_ms_1000_records"]
     )
+    if "http_sync_noop_requests_per_s_c16" in figures:
+        ratios["http_invoke_over_floor"] = (
+            figures["http_sync_noop_requests_per_s_c16"] / figures["http_floor_invoke_requests_per_s_c16"]
+        )
+        ratios["http_status_over_floor"] = (
+            figures["http_status_requests_per_s_c16"] / figures["http_floor_status_requests_per_s_c16"]
+        )
     figures["ratios"] = ratios
     rows = [(k, f"{v:,.2f}") for k, v in figures.items() if isinstance(v, float | int)]
     rows += [(f"ratio: {k}", f"{v:.2f}") for k, v in ratios.items()]

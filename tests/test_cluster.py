@@ -3,10 +3,12 @@ cancel across nodes, and take over what a killed node held."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections import Counter
@@ -144,6 +146,69 @@ def test_a_pending_execution_cancelled_from_any_node_never_runs(cluster: list[No
     wait_all_done(cluster[1], [b.execution_id for b in blockers])
     time.sleep(1.0)
     assert not mark.exists()
+
+
+def test_a_task_replaced_or_deleted_through_one_node_is_what_the_others_use_next(
+    cluster: list[NodeProcess], tmp_path: Path
+) -> None:
+    tasks = pb_grpc.TaskServiceStub(grpc.insecure_channel(cluster[0].grpc_target))
+    other = cluster[1].stub()
+    for version in ("v1", "v2", "v3"):  # each call on the other node follows the change at once
+        path = script(tmp_path / f"{version}.sh", f"#!/bin/sh\necho {version}\n")
+        spec = pb.ArtifactSpec(artifact_type="process", location=str(path))
+        tasks.RegisterTask(pb.RegisterTaskRequest(task_name="versioned", artifact_spec=spec, replace=True))
+        sync = other.InvokeFunction(existing("versioned"))
+        assert sync.success and unpack(sync.result.result) == f"{version}\n"
+        accepted = other.InvokeFunction(existing("versioned", mode=pb.EXECUTION_MODE_ASYNC))
+        ran = wait_all_done(cluster[2], [accepted.execution_id])[accepted.execution_id]
+        assert unpack(ran.result) == f"{version}\n"
+    cluster[0].stub().DeleteTask(pb.DeleteTaskRequest(task_id="versioned", force=True))
+    with pytest.raises(grpc.RpcError) as refused:
+        other.InvokeFunction(existing("versioned"))
+    assert refused.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_an_async_execution_costs_its_node_at_most_three_redis_round_trips(tmp_path: Path, redis_url: str) -> None:
+    flush_redis(redis_url)
+    node = start_member(tmp_path / "n0", redis_url, "n0")
+    watcher = redis.Redis.from_url(redis_url)
+    sent: Counter[str] = Counter()
+    try:
+        stub = node.stub()
+        stub.InvokeFunction(existing("greet", parameters=params(name="warm")))  # the worker, the task
+        monitor = redis.Redis.from_url(redis_url)
+        listening = threading.Event()
+
+        def count() -> None:  # what clients send; MONITOR marks what a Lua script runs `lua`
+            with contextlib.suppress(redis.ConnectionError, ValueError, AttributeError), monitor.monitor() as m:  # type: ignore[no-untyped-call]
+                listening.set()
+                for command in m.listen():
+                    if command.get("client_type") != "lua":
+                        sent[str(command["command"]).split(" ", 1)[0].lower()] += 1
+
+        thread = threading.Thread(target=count, daemon=True)
+        thread.start()
+        assert listening.wait(10)
+        calls = 60
+        with ThreadPoolExecutor(4) as pool:
+            list(
+                pool.map(
+                    lambda _: stub.InvokeFunction(existing("greet", pb.EXECUTION_MODE_ASYNC, function_name="noop")),
+                    range(calls),
+                )
+            )
+        deadline = time.monotonic() + 30
+        while watcher.xlen("spearlet:dispatch"):  # an entry is deleted once its final record is written
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        monitor.connection_pool.disconnect()
+        thread.join(5)
+    finally:
+        node.stop()
+        watcher.close()
+    ours = sent.pop("xlen", 0) + sent.pop("monitor", 0)
+    assert ours > 0 and sent["evalsha"] >= calls
+    assert sum(sent.values()) / calls <= 3, sent
 
 
 def test_idempotency_keys_hold_across_nodes(cluster: list[NodeProcess]) -> None:

@@ -37,7 +37,7 @@ from spearlet.core.lifecycle import Event, Lifecycle
 from spearlet.core.models import ExecutionRecord, Mode, Status
 from spearlet.engine.registry import TaskRegistry
 from spearlet.engine.scheduler import Scheduler
-from spearlet.store.redis import P, RedisStore
+from spearlet.store.redis import TASK_CHANGES, WORK, P, RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ STREAM = P + "dispatch"
 GROUP = "spearlet"
 CANCELS = P + "cancel"
 NODES = P + "nodes"
+WORK_POLL_S = 0.5  # an idle node reads the stream at least this often
 
 
 class Cluster:
@@ -65,7 +66,18 @@ class Cluster:
         self.tasks = tasks
         self.lifecycle = lifecycle
         self.lease_s = lease_s
-        self._entries: dict[str, str] = {}  # execution id -> stream entry id, for work read here
+        # Execution id -> stream entry id, for work read here: shared with the store, whose final
+        # write of such an execution acknowledges its entry in the same step (and drops it here).
+        store.dispatch, store.group, store.node = STREAM, GROUP, self.node  # queued as it is stored
+        self._entries: dict[str, str] = store.entries
+        # The final write of work that ends here starts the next entries in the same step.
+        store.take_room, store.on_taken = self._take_room, self._taken
+        self._incoming = 0  # entries started that way, not yet handed to the scheduler
+        self._reserved = 0  # room promised to writes that may start entries, until they answer
+        self._accepting: dict[str, tuple[str, ExecutionRecord]] = {}  # of those, ones not yet announced
+        self._closing = False
+        self._room = asyncio.Event()  # set as work ends here: the stream may be read again
+        self._work = asyncio.Event()  # set on word of work queued that its accepting node left
         # Entries of work that ended here but whose end the store has not taken yet (it held no
         # writes, or the acknowledgement failed): still ours, renewed, acknowledged later.
         self._settling: dict[str, str] = {}
@@ -121,6 +133,7 @@ class Cluster:
             await self.redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
 
     async def close(self) -> None:
+        self._closing = True  # take nothing more: what this node takes now, it would not run
         for loop in self._loops:
             loop.cancel()
         # Bounded: a node must stop even if Redis stopped answering.
@@ -146,17 +159,23 @@ class Cluster:
     # Accepting and finishing work
 
     async def enqueue(self, record: ExecutionRecord) -> None:
-        """Hand an accepted async execution to the cluster (after its record is stored)."""
-        with self.store.reaching():
-            await self.redis.xadd(STREAM, {"id": record.execution_id})
+        """Hand an accepted async execution to the cluster: nothing left to do, as the script that
+        stored its record queued it on the stream in the same step (one round trip, and no record
+        stored but never queued)."""
 
     def run_here(self, record: ExecutionRecord) -> None:
         """A sync or streaming call runs on the node it reached; note it under our heartbeat."""
         self._background.spawn(self._quietly(self.redis.sadd(self._local, record.execution_id)))
 
     def on_event(self, event: Event, record: ExecutionRecord) -> None:
+        if event is Event.ACCEPTED:
+            taken = self._accepting.pop(record.execution_id, None)
+            if taken is not None:
+                self._background.spawn(self._quietly(self._run_incoming(*taken)))
+            return
         if event is not Event.FINISHED:
             return
+        self._room.set()
         entry = self._entries.pop(record.execution_id, None)
         if entry is not None:
             if self.scheduler.held(record.execution_id) is not None:
@@ -198,6 +217,64 @@ class Cluster:
         self._entries[execution_id] = entry
         self.scheduler.submit(record, task)
 
+    async def _take_some(self, room: int) -> bool:
+        """Read and start up to `room` entries (one step in the store) and run them; False when
+        the stream had none, after waiting (bounded) for a new one."""
+        self._work.clear()  # before reading: work queued after the read wakes the wait below
+        try:
+            with self.store.reaching():
+                started, read = await self.store.take_entries(self.node, room)
+            await self._run_started(started)
+        finally:
+            self.store.drop_task_hints()
+        if read:
+            return True
+        # Wait for word of work no node took as it was queued (no round trip; a blocked read would
+        # also take its count even once this node had filled up meanwhile). Bounded: a word may be
+        # missed while the listener reconnects.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._work.wait(), WORK_POLL_S)
+        return False
+
+    async def _run_started(self, started: list[tuple[str, ExecutionRecord]]) -> None:
+        for entry, record in started:
+            task = await self.tasks.find(record.task_id)  # read with it: no round trip of its own
+            if task is None:
+                await self._end(record.execution_id, ErrorCode.TASK_DELETED, "the task was deleted before it ran")
+                await self._ack(record.execution_id, entry)
+                continue
+            self._entries[record.execution_id] = entry
+            self.scheduler.submit(record, task)
+
+    def _room_here(self) -> int:
+        busy = self.scheduler.running_count + self.scheduler.pending_count + self._incoming + self._reserved
+        return self.settings.max_concurrency - busy
+
+    def _take_room(self, ending: bool) -> int:
+        """How many entries a write may start here, reserved until its reply: an accept one (its
+        own entry, or an older one), an execution's end as many as there is room (its slot included)."""
+        room = 0 if self._closing else max(0, self._room_here() + ending)
+        take = room if ending else min(room, 1)
+        self._reserved += take
+        return take
+
+    def _taken(self, started: list[tuple[str, ExecutionRecord]], created: str, reserved: int) -> None:
+        """Entries a write started here. The record it stored itself (`created`) runs once it is
+        announced accepted (right after that write returns), so its STARTED follows its ACCEPTED."""
+        self._reserved -= reserved
+        for entry, record in started:
+            self._incoming += 1
+            if record.execution_id == created:
+                self._accepting[created] = (entry, record)
+            else:
+                self._background.spawn(self._quietly(self._run_incoming(entry, record)))
+
+    async def _run_incoming(self, entry: str, record: ExecutionRecord) -> None:
+        try:
+            await self._run_started([(entry, record)])
+        finally:
+            self._incoming -= 1
+
     async def _end(self, execution_id: str, code: ErrorCode, message: str) -> None:
         record = await self.store.get_execution(execution_id)
         if record is None or record.done:
@@ -228,19 +305,28 @@ class Cluster:
             pubsub = self.redis.pubsub()
             try:
                 with self.store.reaching():
-                    await pubsub.subscribe(CANCELS)
+                    await pubsub.subscribe(CANCELS, TASK_CHANGES, WORK)
+                self.store.watch_tasks(True)  # from now on every task change is heard
                 while True:
                     with self.store.reaching():  # a timeout, not a block: the connection may die quietly
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        order: dict[str, Any] = json.loads(message["data"])
-                        self.scheduler.request_stop(order["id"], bool(order.get("force")), str(order.get("reason", "")))
+                    if message is None or message.get("type") != "message":
+                        continue
+                    if message["channel"] == WORK:
+                        self._work.set()
+                        continue
+                    if message["channel"] == TASK_CHANGES:
+                        self.store.task_changed(message["data"])
+                        continue
+                    order: dict[str, Any] = json.loads(message["data"])
+                    self.scheduler.request_stop(order["id"], bool(order.get("force")), str(order.get("reason", "")))
             except StoreFault:
                 await asyncio.sleep(0.5)  # subscribe again once the store is back
             except Exception:
                 log.exception("listening for cancels failed")
                 await asyncio.sleep(0.5)
             finally:
+                self.store.watch_tasks(False)  # changes may go unheard until subscribed again
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pubsub.aclose(), 1.0)
 
@@ -248,16 +334,14 @@ class Cluster:
 
     async def _consume(self) -> None:
         while True:
-            room = self.settings.max_concurrency - self.scheduler.running_count - self.scheduler.pending_count
+            self._room.clear()  # before counting: an end after the count wakes the wait
+            room = self._room_here()
             if room <= 0:
-                await asyncio.sleep(0.02)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), 0.1)
                 continue
             try:
-                with self.store.reaching():
-                    batches = await self.redis.xreadgroup(GROUP, self.node, {STREAM: ">"}, count=room, block=500)
-                for _, entries in batches or []:
-                    for entry, fields in entries:
-                        await self._take(entry, fields["id"], reclaimed=False)
+                await self._take_some(room)
             except StoreFault:
                 await asyncio.sleep(0.5)  # reported by the store; try again
             except ResponseError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sqlite3
 import threading
@@ -322,11 +323,54 @@ async def test_a_call_that_ends_while_staged_costs_one_insert_with_its_final_sta
         store.queue_transition(record)
         record.status, record.output, record.completed_at = Status.COMPLETED, b"done", now_ms()
         assert await store.transition(record)
-    # One statement, which SQLite commits by itself: no BEGIN and COMMIT around it.
-    assert [s.split("(")[0].strip().upper() for s in statements] == ["INSERT INTO EXECUTIONS"]
-    assert on_disk(store.path, record.execution_id) is Status.COMPLETED  # written before transition returned
+        await asyncio.sleep(0)  # the loop's turn ends: the final record goes to the writer
+        await store.count_tasks()  # queued behind its write
+    assert [s.split("(")[0].strip().upper() for s in statements if "EXECUTIONS" in s.upper()] == [
+        "INSERT INTO EXECUTIONS"
+    ]
+    assert on_disk(store.path, record.execution_id) is Status.COMPLETED
     await asyncio.sleep(STAGE_S + 0.05)  # the staging timer was cancelled: nothing more is written
     assert await store.get_execution(record.execution_id) == record
+
+
+async def test_a_staged_call_s_final_record_is_written_behind_and_read_at_once(store: SqliteStore) -> None:
+    record = make_record(mode=Mode.SYNC)
+    store.queue_insert(record)
+    record.status, record.output, record.completed_at = Status.COMPLETED, b"done", now_ms()
+    assert await store.transition(record)
+    # The transition returned before the write (the caller answers first) ...
+    assert on_disk(store.path, record.execution_id) is None
+    # ... and every reader sees the final record at once: a status query, a listing, the stats.
+    assert (await store.get_execution(record.execution_id)) == record
+    listed = await store.list_executions("", Status.UNKNOWN, 10, "")
+    assert [(r.execution_id, r.status) for r in listed.executions] == [(record.execution_id, Status.COMPLETED)]
+    assert (await store.stats(0)).by_status == {Status.COMPLETED: 1}
+    assert on_disk(store.path, record.execution_id) is Status.COMPLETED
+
+
+async def test_a_final_record_written_behind_cannot_be_ended_again(store: SqliteStore) -> None:
+    record = make_record(mode=Mode.SYNC)
+    store.queue_insert(record)
+    record.status, record.completed_at = Status.COMPLETED, now_ms()
+    assert await store.transition(record)
+    cancel = dataclasses.replace(record, status=Status.CANCELLED)
+    assert not await store.transition(cancel)  # before its write ...
+    await asyncio.sleep(0)
+    await store.count_tasks()
+    assert not await store.transition(cancel)  # ... and after
+    assert on_disk(store.path, record.execution_id) is Status.COMPLETED
+
+
+async def test_final_records_written_behind_are_in_the_file_after_close(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "spearlet.db")
+    await store.open()
+    records = [make_record(mode=Mode.SYNC) for _ in range(3)]
+    for record in records:
+        store.queue_insert(record)
+        record.status, record.completed_at = Status.COMPLETED, now_ms()
+        assert await store.transition(record)
+    await store.close()
+    assert [on_disk(store.path, r.execution_id) for r in records] == [Status.COMPLETED] * 3
 
 
 async def test_counting_records_includes_staged_ones_without_writing_them(store: SqliteStore) -> None:

@@ -27,7 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from spearlet.core.errors import StoreUnavailable
-from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task
+from spearlet.core.models import ALLOWED_FROM, ExecutionRecord, Mode, OutputKind, Status, Task, now_ms
 from spearlet.core.queries import ExecutionPage, Stats, TaskPage, TaskSummary
 from spearlet.core.values import dump_params, load_params
 from spearlet.store.base import PendingWrite, Store, pending_write, stats_of
@@ -42,6 +42,10 @@ TASKS = P + "tasks"
 EXECS = P + "execs"
 BY_TIME = P + "execs-by-time"
 UNFINISHED = P + "unfinished"
+TASK_CHANGES = P + "task-changed"  # channel: the id of each task put or deleted
+WORK = P + "work"  # channel: an async execution was queued that its accepting node did not start
+# How long a cached task serves without a word of its change: a bound, should a change be missed.
+TASK_CACHE_S = 2.0
 # redis-py's default; its default pool refuses an operation beyond them (200 concurrent accepts).
 MAX_CONNECTIONS = 100
 
@@ -55,15 +59,49 @@ _ENDED = """
   end
 """
 
+# Starting the execution of a stream entry this node read: start(stream, group, node, now ms,
+# entry id, execution id, out). The entry of a record gone or ended is acknowledged and deleted
+# ({entry} in out); a pending record becomes RUNNING here (one more attempt, this node, its start
+# time) and is returned as it was stored, with its task ({entry, record, task}); a running one is
+# returned unchanged.
+_START_ENTRY = """
+local function start(stream, group, node, now, entry, id, out)
+  local key = 'spearlet:exec:' .. id
+  local row = redis.call('HMGET', key, 'j', 's')
+  local status = tonumber(row[2])
+  if not row[1] or not status or status >= 3 then
+    redis.call('XACK', stream, group, entry)
+    redis.call('XDEL', stream, entry)
+    out[#out + 1] = {entry}
+    return
+  end
+  local record = cjson.decode(row[1])
+  local task = redis.call('HGET', 'spearlet:tasks', record['task_id']) or ''
+  if status == 1 then
+    record['status'] = 2
+    record['attempts'] = record['attempts'] + 1
+    record['node'] = node
+    if record['started_at'] == 0 then record['started_at'] = tonumber(now) end
+    redis.call('HSET', key, 'j', cjson.encode(record), 's', 2)
+  end
+  out[#out + 1] = {entry, row[1], task}
+end
+"""
+
 _CREATE = (
-    """
--- KEYS: exec key, idempotency key ('' for none); ARGV 7-8: task_id, created_at
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGET', KEYS[1], 'j') end
+    _START_ENTRY
+    + """
+-- KEYS: exec key, idempotency key ('' for none), dispatch stream ('' for none: the new record is
+-- queued there in the same step); ARGV 7-8: task_id, created_at; ARGV 9-12 (with a stream): group,
+-- node id, now (ms), how many entries the accepting node may start now (read and started here,
+-- the oldest first). Returns {the existing record's JSON, or '' once stored; started entries}.
+local started = {}
+if redis.call('EXISTS', KEYS[1]) == 1 then return {redis.call('HGET', KEYS[1], 'j'), started} end
 if KEYS[2] ~= '' then
   local other = redis.call('GET', KEYS[2])
   if other then
     local found = redis.call('HGET', 'spearlet:exec:' .. other, 'j')
-    if found then return found end
+    if found then return {found, started} end
   end
   redis.call('SET', KEYS[2], ARGV[3])
 end
@@ -74,23 +112,54 @@ redis.call('ZADD', 'spearlet:task-execs:' .. ARGV[7], seq, ARGV[3])
 redis.call('ZADD', 'spearlet:execs-by-time', ARGV[8], ARGV[3])
 if tonumber(ARGV[2]) <= 2 then
   redis.call('SADD', 'spearlet:unfinished', ARGV[3])
+  if KEYS[3] ~= '' then
+    local queued, taken = redis.call('XADD', KEYS[3], '*', 'id', ARGV[3]), false
+    if tonumber(ARGV[12]) > 0 then
+      -- pcall: a script stops at an error with its writes kept (a Redis that came back empty has
+      -- no group until a node's reader makes it again): the record is stored and queued all the same.
+      local got = redis.pcall('XREADGROUP', 'GROUP', ARGV[9], ARGV[10], 'COUNT', ARGV[12], 'STREAMS', KEYS[3], '>')
+      if got and not got['err'] then
+        for _, e in ipairs(got[1][2]) do
+          start(KEYS[3], ARGV[9], ARGV[10], ARGV[11], e[1], e[2][2], started)
+          taken = taken or e[1] == queued
+        end
+      end
+    end
+    if not taken then redis.call('PUBLISH', 'spearlet:work', '') end  -- left for a node with room
+  end
 else  -- stored ended (an answer from the result cache)
 """
     + _ENDED
     + """
 end
-return false
+return {'', started}
 """
 )
 
 _TRANSITION = (
-    """
--- KEYS: exec key; ARGV 7...: the statuses it may follow
+    _START_ENTRY
+    + """
+-- KEYS: exec key, dispatch stream ('' for none). ARGV 7: the stream entry of an execution that
+-- ended here ('' for none), acknowledged and deleted whether or not the change applies (its work is
+-- over); ARGV 8-11: consumer group, node id, now (ms), how many more entries this node may start
+-- as this one ends (read and started here: the end of one execution takes the next);
+-- ARGV 12...: the statuses it may follow. Returns {changed (0 or 1), started entries}.
+local started = {}
+if ARGV[7] ~= '' then
+  redis.pcall('XACK', KEYS[2], ARGV[8], ARGV[7])
+  redis.call('XDEL', KEYS[2], ARGV[7])
+  if tonumber(ARGV[11]) > 0 then
+    local got = redis.pcall('XREADGROUP', 'GROUP', ARGV[8], ARGV[9], 'COUNT', ARGV[11], 'STREAMS', KEYS[2], '>')
+    if got and not got['err'] then  -- pcall: as in the create script, the end is written regardless
+      for _, e in ipairs(got[1][2]) do start(KEYS[2], ARGV[8], ARGV[9], ARGV[10], e[1], e[2][2], started) end
+    end
+  end
+end
 local current = redis.call('HGET', KEYS[1], 's')
-if not current then return 0 end
+if not current then return {0, started} end
 local ok = false
-for i = 7, #ARGV do if ARGV[i] == current then ok = true end end
-if not ok then return 0 end
+for i = 12, #ARGV do if ARGV[i] == current then ok = true end end
+if not ok then return {0, started} end
 redis.call('HSET', KEYS[1], 'j', ARGV[1], 's', ARGV[2])
 if tonumber(ARGV[2]) >= 3 then
   redis.call('SREM', 'spearlet:unfinished', ARGV[3])
@@ -98,7 +167,22 @@ if tonumber(ARGV[2]) >= 3 then
     + _ENDED
     + """
 end
-return 1
+return {1, started}
+"""
+)
+
+_TAKE = (
+    _START_ENTRY
+    + """
+-- Read and start up to ARGV[4] entries for this node, in one step (the oldest first).
+-- KEYS: dispatch stream; ARGV: group, node id, now (ms), count. Returns the entries as start
+-- returns them.
+local out = {}
+local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[4], 'STREAMS', KEYS[1], '>')
+if got then
+  for _, e in ipairs(got[1][2]) do start(KEYS[1], ARGV[1], ARGV[2], ARGV[3], e[1], e[2][2], out) end
+end
+return out
 """
 )
 
@@ -168,6 +252,30 @@ class RedisStore(Store):
         self.redis: Any = aioredis.Redis.from_pool(pool)
         self._create = self.redis.register_script(_CREATE)
         self._transition = self.redis.register_script(_TRANSITION)
+        self._take = self.redis.register_script(_TAKE)
+        # Cluster mode (set by the cluster): the stream and consumer group of async work. A new
+        # async record is queued by the script that stores it; the final write of one started here
+        # acknowledges its entry (`entries`: execution id -> stream entry) in the same step.
+        self.dispatch = ""
+        self.group = ""
+        self.node = ""
+        self.entries: dict[str, str] = {}
+        # The script that stores an async record (take_room(False)), and the final write of an
+        # execution started here (take_room(True): its own slot frees), read and start up to that
+        # many entries (reserved by take_room until the reply), handed to on_taken with the id of
+        # the record stored in the same step ('') and the count reserved, whatever the outcome.
+        self.take_room: Callable[[bool], int] | None = None
+        self.on_taken: Callable[[list[tuple[str, ExecutionRecord]], str, int], None] | None = None
+        # Executions the start script marked RUNNING (id -> attempt): the scheduler's own RUNNING
+        # write of that attempt would repeat it.
+        self._started: dict[str, int] = {}
+        # Tasks read together with the executions that need them, for the lookups that follow.
+        self._task_hints: dict[str, str] = {}
+        # Tasks as read (id -> (raw, when)), while someone listens to TASK_CHANGES for this store
+        # (`watch_tasks`): a change drops its task at once, so a read costs no round trip.
+        self._tasks: dict[str, tuple[str, float]] = {}
+        self._tasks_watched = False
+        self._task_changes = 0  # a read that a change overtook does not cache what it read
         # Queued writes run one after another, and every other operation waits for them, so that
         # a read after a queued write sees it (Redis orders per connection, a pool does not).
         self._chain: asyncio.Task[Any] | None = None
@@ -234,10 +342,39 @@ class RedisStore(Store):
         if old is not None:
             task.created_at = json.loads(old)["created_at"]
         await self.redis.hset(TASKS, task.task_id, json.dumps(dataclasses.asdict(task)))
+        self.task_changed(task.task_id)
+        await self.redis.publish(TASK_CHANGES, task.task_id)
+
+    def watch_tasks(self, watched: bool) -> None:
+        """Whether task changes are heard now (`task_changed` is called for each): tasks read are
+        cached only while they are."""
+        self._tasks_watched = watched
+        self.task_changed(None)
+
+    def task_changed(self, task_id: str | None) -> None:
+        """A task was put or deleted (None: any may have been): its cached copy is stale."""
+        self._task_changes += 1
+        if task_id is None:
+            self._tasks.clear()
+            self._task_hints.clear()
+        else:
+            self._tasks.pop(task_id, None)
+            self._task_hints.pop(task_id, None)
+
+    def drop_task_hints(self) -> None:
+        self._task_hints.clear()
 
     @_reaches
     async def get_task(self, task_id: str) -> Task | None:
-        raw = await self.redis.hget(TASKS, task_id)
+        raw = self._task_hints.get(task_id)
+        cached = self._tasks.get(task_id) if self._tasks_watched else None
+        if raw is None and cached is not None and time.monotonic() - cached[1] < TASK_CACHE_S:
+            raw = cached[0]
+        if raw is None:
+            changes = self._task_changes
+            raw = await self.redis.hget(TASKS, task_id)
+            if raw is not None and self._tasks_watched and changes == self._task_changes:
+                self._tasks[task_id] = (raw, time.monotonic())
         return Task(**json.loads(raw)) if raw is not None else None
 
     @_reaches
@@ -253,6 +390,8 @@ class RedisStore(Store):
     async def delete_task(self, task_id: str, cleanup_executions: bool) -> tuple[bool, int]:
         await self._drain()
         deleted = bool(await self.redis.hdel(TASKS, task_id))
+        self.task_changed(task_id)
+        await self.redis.publish(TASK_CHANGES, task_id)
         cleaned = 0
         if deleted and cleanup_executions:
             ids = await self.redis.zrange(f"{P}task-execs:{task_id}", 0, -1)
@@ -288,11 +427,20 @@ class RedisStore(Store):
 
     async def _insert(self, record: ExecutionRecord) -> ExecutionRecord | None:
         idem = f"{P}idem:{record.idempotency_key}" if record.idempotency_key else ""
-        found = await self._create(
-            keys=[_exec_key(record.execution_id), idem],
-            args=[record_json(record), int(record.status), record.execution_id, self.retention_ms, record.cache_key,
-                  record.completed_at, record.task_id, record.created_at],
-        )  # fmt: skip
+        queue = self.dispatch if record.mode is Mode.ASYNC else ""
+        take = self.take_room(False) if queue and self.take_room is not None else 0
+        taken: list[tuple[str, ExecutionRecord]] = []
+        try:
+            found, started = await self._create(
+                keys=[_exec_key(record.execution_id), idem, queue],
+                args=[record_json(record), int(record.status), record.execution_id, self.retention_ms,
+                      record.cache_key, record.completed_at, record.task_id, record.created_at, self.group, self.node,
+                      now_ms(), take],
+            )  # fmt: skip
+            taken = self._started_rows(started)
+        finally:
+            if take and self.on_taken is not None:
+                self.on_taken(taken, record.execution_id, take)
         return record_from_json(found) if found else None
 
     def queue_insert(self, record: ExecutionRecord) -> None:
@@ -307,11 +455,23 @@ class RedisStore(Store):
         allowed = [str(int(s)) for s in ALLOWED_FROM[record.status]]
         if not allowed:
             return False
-        changed = await self._transition(
-            keys=[_exec_key(record.execution_id)],
-            args=[text, int(record.status), record.execution_id, self.retention_ms, record.cache_key,
-                  record.completed_at, *allowed],
-        )  # fmt: skip
+        entry = self.entries.get(record.execution_id, "") if record.done else ""
+        take = self.take_room(True) if entry and self.take_room is not None else 0
+        taken: list[tuple[str, ExecutionRecord]] = []
+        try:
+            changed, started = await self._transition(
+                keys=[_exec_key(record.execution_id), self.dispatch],
+                args=[text, int(record.status), record.execution_id, self.retention_ms, record.cache_key,
+                      record.completed_at, entry, self.group, self.node, now_ms(), take, *allowed],
+            )  # fmt: skip
+            taken = self._started_rows(started)
+        finally:
+            if take and self.on_taken is not None:
+                self.on_taken(taken, "", take)
+        if entry:
+            self.entries.pop(record.execution_id, None)
+        if record.done:
+            self._started.pop(record.execution_id, None)
         return bool(changed)
 
     @_reaches
@@ -320,6 +480,8 @@ class RedisStore(Store):
         return await self._apply(record, record_json(record))
 
     def queue_transition(self, record: ExecutionRecord) -> None:
+        if record.status is Status.RUNNING and self._started.pop(record.execution_id, None) == record.attempts:
+            return  # the start script wrote this start already
         snapshot = dataclasses.replace(record, metrics=dict(record.metrics))
         text = record_json(snapshot)
 
@@ -327,6 +489,31 @@ class RedisStore(Store):
             await self._apply(snapshot, text)
 
         self._enqueue(write)
+
+    @_reaches
+    async def take_entries(self, node: str, count: int) -> tuple[list[tuple[str, ExecutionRecord]], int]:
+        """Read and start up to `count` entries of the stream for `node`, in one step: each
+        pending record becomes RUNNING there (its attempt, its start time) with its task read for
+        the lookup that follows; entries of records gone or ended are acknowledged. Returns (entry
+        id, record as stored before its start) to run, and how many entries were read."""
+        await self._drain()
+        rows = await self._take(keys=[self.dispatch], args=[self.group, node, now_ms(), count])
+        self._task_hints.clear()
+        return self._started_rows(rows), len(rows)
+
+    def _started_rows(self, rows: list[list[str]]) -> list[tuple[str, ExecutionRecord]]:
+        out = []
+        for row in rows:
+            if len(row) < 3:
+                continue  # an entry of a record gone or ended: acknowledged by the script
+            entry, raw, task = row
+            record = record_from_json(raw)
+            if record.status is Status.PENDING:
+                self._started[record.execution_id] = record.attempts + 1
+            if task:
+                self._task_hints[record.task_id] = task
+            out.append((entry, record))
+        return out
 
     @_reaches
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:

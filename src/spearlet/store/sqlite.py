@@ -7,7 +7,10 @@ the others) and commits once: under load many writes share one fsync instead of 
 A record queued with `queue_insert` (a sync call with a node-chosen id) is staged in memory for
 STAGE_S before it is written: a call that ends sooner costs one write, with its final state, instead
 of three, and the writer thread stays out of the call's way. Reads see staged records; listings
-write them first.
+write them first. Its final `transition` is written behind: the records that end in one turn of the
+event loop go to the writer thread together, after the call's answer; until their commit (and while
+a failed write waits to be tried again) they are read from memory, and reads that query the file
+queue behind them. A node that dies in between loses those records, whose callers had their answer.
 
 Finished records never change (no transition leaves a terminal status), so the last FINISHED_KEPT
 first read from the file (within FINISHED_KEPT_BYTES of stored size) are kept in memory: a result
@@ -41,6 +44,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 STAGE_S = 0.02
+BEHIND_RETRY_S = 0.5  # how often final records whose write failed (a full disk) are tried again
 # Under load the WAL is checkpointed once it passes this, and SQLite cuts the file back to it when
 # the WAL starts over; a second without queued work empties it. Without a bound it kept its largest
 # size (52 MB in a 12-minute soak).
@@ -580,6 +584,10 @@ class SqliteStore(Store):
         self._finished: dict[str, tuple[ExecutionRecord, int]] = {}  # id -> (record, stored bytes), oldest first
         self._finished_bytes = 0
         self._creating: list[tuple[ExecutionRecord, PendingWrite[ExecutionRecord | None]]] = []
+        # Final records of staged calls, written behind their answer (see the module's doc): read
+        # from here until their write is committed; `_ending` are those of this turn of the loop.
+        self._behind: dict[str, ExecutionRecord] = {}
+        self._ending: list[tuple[str, tuple[Any, ...]]] = []
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -594,7 +602,9 @@ class SqliteStore(Store):
             return
         if self._creating:
             self._create_together()
-        self._write_staged()  # calls still running are RUNNING in the store, for the next start
+        # Calls still running are RUNNING in the store, for the next start; the final records of
+        # this turn, and those waiting to be tried again, are written too.
+        self._write_staged()
         if self._stage_timer is not None:
             self._stage_timer.cancel()
             self._stage_timer = None
@@ -685,6 +695,7 @@ class SqliteStore(Store):
         # Staged records are not in the file yet; counting them beats writing them for a count.
         # Counted first: one written while the count waits in the queue is written after it.
         staged = len(self._staged)
+        self._flush_behind()  # counted in the file
         rows = await self._run(
             lambda conn: int(conn.execute("SELECT count(*) FROM executions").fetchone()[0]), atomic=True
         )
@@ -761,7 +772,9 @@ class SqliteStore(Store):
             self._write(record)
 
     def _write_staged(self) -> None:
-        """Write every staged record now, as it is now."""
+        """Write every staged record now, as it is now, after the final records of this turn: a
+        read of the file queued after this sees them all."""
+        self._flush_behind()
         for record, _ in self._staged.values():
             self._write(record)
         self._staged.clear()
@@ -816,11 +829,52 @@ class SqliteStore(Store):
         return op
 
     async def transition(self, record: ExecutionRecord) -> bool:
+        if record.execution_id in self._behind:
+            return False  # ended already: no transition leaves a final status
         if self._staged.pop(record.execution_id, None) is not None:
-            # Never written, so nothing stored can have moved on.
+            # Never written, so nothing stored can have moved on. A sync call with a fresh id: its
+            # caller gets the record in the answer, which need not wait for the write.
+            if record.done:
+                self._end_behind(record)
+                return True
             await self._run(_insert_op(_exec_row(record)), atomic=True)
             return True
         return await self._run(self._transition_op(record), atomic=True)
+
+    def _end_behind(self, record: ExecutionRecord) -> None:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        self._behind[record.execution_id] = record
+        self._ending.append((record.execution_id, _exec_row(record)))  # as it is now
+        if len(self._ending) == 1:
+            # After this turn's answers: the records that end in it share one hand-off to the
+            # writer thread and one statement.
+            asyncio.get_running_loop().call_soon(self._flush_behind)
+
+    def _flush_behind(self) -> None:
+        ending, self._ending = self._ending, []
+        if not ending or self._db is None:
+            return
+        rows = [row for _, row in ending]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(_INSERT, rows)
+
+        def done(future: asyncio.Future[None]) -> None:
+            exc = future.exception()
+            if exc is None or isinstance(exc, sqlite3.IntegrityError):  # stored, or never storable
+                if exc is not None:
+                    log.error("%d final records were not stored: %s", len(ending), exc)
+                for execution_id, _ in ending:
+                    self._behind.pop(execution_id, None)
+                return
+            # A full disk (or the file locked): kept, and read from memory, until a write succeeds.
+            log.error("%d final records could not be written yet (tried again): %s", len(ending), exc)
+            if not self._ending:
+                asyncio.get_running_loop().call_later(BEHIND_RETRY_S, self._flush_behind)
+            self._ending.extend(ending)
+
+        self._db.submit(op, inline=False).add_done_callback(done)
 
     def queue_transition(self, record: ExecutionRecord) -> None:
         staged = self._staged.get(record.execution_id)
@@ -833,6 +887,9 @@ class SqliteStore(Store):
         staged = self._staged_copy(execution_id)
         if staged is not None:
             return staged
+        behind = self._behind.get(execution_id)
+        if behind is not None:
+            return _copy(behind)
         finished = self._finished.get(execution_id)
         if finished is not None:
             return _copy(finished[0])

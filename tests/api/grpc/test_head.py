@@ -251,6 +251,8 @@ def test_request_errors_are_status_codes(spear: SpearClient) -> None:
     assert code is grpc.StatusCode.NOT_FOUND and "no-such-task" in details
     code, details = code_of(lambda: spear.invoke("echo", input=("application/json", b"{not json")))
     assert code is grpc.StatusCode.INVALID_ARGUMENT and "not JSON" in details
+    code, details = code_of(lambda: spear.invoke("echo", input=("application/json", b'{"x": NaN}')))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "NaN is not a JSON number" in details
     code, details = code_of(lambda: spear.invoke("echo", input=("application/json", b"[1]")))
     assert code is grpc.StatusCode.INVALID_ARGUMENT and "must be an object" in details
     code, details = code_of(lambda: spear.invoke("echo", mode=7))
@@ -318,6 +320,7 @@ def test_an_invoke_is_seen_by_status_listing_watch_sse_http_and_metrics_of_the_s
     http = httpx.get(f"{node.http_url}/api/v1/executions/{answer.execution_id}/status", timeout=10).json()
     assert http["result"]["status"] == "EXECUTION_STATUS_COMPLETED"
     assert metric(node, "spearlet_executions_total", task="echo", status="completed") == before + 1
+    assert metric(node, "spearlet_grpc_requests_total", method="InvocationService.Invoke", code="OK") >= 1
 
 
 def test_an_execution_of_the_seed_api_is_read_listed_and_terminated_through_the_new_services(

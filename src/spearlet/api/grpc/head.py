@@ -55,6 +55,10 @@ def is_json(content_type: str) -> bool:
     return media in ("", "application/json")
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def params_of(payload: hpb.Payload) -> dict[str, Any]:
     """The call's parameters: a JSON object as the runtimes receive one, or the raw bytes."""
     if not is_json(payload.content_type):
@@ -62,7 +66,7 @@ def params_of(payload: hpb.Payload) -> dict[str, Any]:
     if not payload.data:
         return {}
     try:
-        value = json.loads(payload.data)
+        value = json.loads(payload.data, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"input: content type {payload.content_type or '(none)'!r} but not JSON: {exc}") from exc
     if not isinstance(value, dict):

@@ -42,6 +42,8 @@ _CODES = {
     ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
 }
+# The services of spear_head.proto (head.py).
+HEAD_SERVICES = frozenset(hpb.DESCRIPTOR.services_by_name)
 R = TypeVar("R")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
 # Told of every call: method name, status code name, seconds (metrics).
@@ -60,8 +62,10 @@ class _Servicer:
 
 def _errors(handler: Handler[R]) -> Handler[R]:
     """Request errors to status codes, and each call's latency and code to the observer. (Cheaper
-    than a grpc.aio interceptor, which builds a new method handler per call.)"""
-    method = handler.__name__
+    than a grpc.aio interceptor, which builds a new method handler per call.) SPEAR's current
+    services are observed as `<Service>.<Method>`: their ListExecutions is not the seed era's."""
+    service = handler.__qualname__.split(".")[0]
+    method = handler.__qualname__ if service in HEAD_SERVICES else handler.__name__
 
     @functools.wraps(handler)
     async def wrapper(self: _Servicer, request: Any, context: grpc.aio.ServicerContext) -> R:
