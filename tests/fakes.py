@@ -21,7 +21,6 @@ from spearlet.artifacts import ArtifactFetcher
 from spearlet.artifacts.cache import ArtifactCache
 from spearlet.config import Settings
 from spearlet.core.codes import ErrorCode
-from spearlet.core.errors import StoreFault
 from spearlet.core.ids import new_execution_id
 from spearlet.core.lifecycle import Lifecycle
 from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Task, now_ms
@@ -102,26 +101,16 @@ class FakeRuntime(Runtime):
 
 
 class FakeDispatch:
-    """The other nodes of a cluster, as the invoker sees them (invoker.Dispatch). Work handed over
-    waits in `enqueued` (nobody runs it unless the test does); while `hold` is set, handing over
-    takes until it is cleared; with `refuse`, it fails so. A cancel of work held elsewhere is recorded, and the node holding
-    the work ends it in the store as `on_cancel` says (None: it never answers)."""
+    """The other nodes of a cluster, as the invoker sees them (invoker.Dispatch): async work stays
+    stored and PENDING (nobody runs it unless the test does). A cancel of work held elsewhere is
+    recorded, and the node holding the work ends it in the store as `on_cancel` says (None: it
+    never answers)."""
 
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
-        self.enqueued: list[ExecutionRecord] = []
         self.here: list[str] = []
         self.cancels: list[tuple[str, bool, str]] = []
         self.on_cancel: Status | None = Status.CANCELLED
-        self.hold: asyncio.Event | None = None
-        self.refuse: StoreFault | None = None  # what handing over raises (the store went away)
-
-    async def enqueue(self, record: ExecutionRecord) -> None:
-        if self.hold is not None:
-            await self.hold.wait()
-        if self.refuse is not None:
-            raise self.refuse
-        self.enqueued.append(record)
 
     def run_here(self, record: ExecutionRecord) -> None:
         self.here.append(record.execution_id)

@@ -158,11 +158,6 @@ class Cluster:
 
     # Accepting and finishing work
 
-    async def enqueue(self, record: ExecutionRecord) -> None:
-        """Hand an accepted async execution to the cluster: nothing left to do, as the script that
-        stored its record queued it on the stream in the same step (one round trip, and no record
-        stored but never queued)."""
-
     def run_here(self, record: ExecutionRecord) -> None:
         """A sync or streaming call runs on the node it reached; note it under our heartbeat."""
         self._background.spawn(self._quietly(self.redis.sadd(self._local, record.execution_id)))

@@ -33,7 +33,6 @@ class ErrorCode(StrEnum):
     NODE_RESTARTED = "NODE_RESTARTED"
     NODE_LOST = "NODE_LOST"
     TASK_DELETED = "TASK_DELETED"
-    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
     # A refused request (SpearletError.code; the HTTP gateway's own refusals too)

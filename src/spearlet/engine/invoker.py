@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from spearlet.config import Settings
 from spearlet.core.background import Background
 from spearlet.core.codes import ErrorCode
-from spearlet.core.errors import InvalidArgument, NotFound, StoreFault
+from spearlet.core.errors import InvalidArgument, NotFound
 from spearlet.core.ids import (
     check_client_execution_id,
     check_client_id,
@@ -31,7 +31,7 @@ from spearlet.core.models import ArtifactSpec, ExecutionRecord, Mode, Status, Ta
 from spearlet.core.values import check_string_map, dump_params
 from spearlet.engine.registry import TaskRegistry
 from spearlet.engine.scheduler import Scheduler
-from spearlet.store.base import Store, pending_write
+from spearlet.store.base import Store
 
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 WATCH_POLL_S = 0.25
@@ -47,9 +47,9 @@ def cache_key(task: Task, function_name: str, params: dict[str, Any]) -> str:
 
 
 class Dispatch(Protocol):
-    """How a cluster shares work (cluster.Cluster); without one, everything runs on this node."""
-
-    async def enqueue(self, record: ExecutionRecord) -> None: ...
+    """How a cluster shares work (cluster.Cluster); without one, everything runs on this node.
+    An async execution needs no hand-over: the cluster's store queues it with its record, in the
+    same step, so that no record is ever stored but not queued."""
 
     def run_here(self, record: ExecutionRecord) -> None: ...
 
@@ -138,18 +138,8 @@ class Invoker:
             return await self._answer(existing, req.mode, "an execution with this id or idempotency key exists")
         if req.mode is Mode.ASYNC:
             estimate, record.metrics["estimate"] = self._estimate(task, record.function_name)
-            if self.dispatch is not None:  # a cluster: whichever node has room runs it
+            if self.dispatch is not None:  # a cluster: queued with its record; whichever node has room runs it
                 self.lifecycle.publish(Event.ACCEPTED, record)
-                # Stored already: a caller that leaves now must not leave it off the stream.
-                try:
-                    await pending_write(self.dispatch.enqueue(record))
-                except StoreFault:
-                    # Stored but never queued, and the caller told it failed: it must not wait for ever.
-                    record.end(
-                        Status.FAILED, ErrorCode.STORE_UNAVAILABLE, "the store became unreachable before it was queued"
-                    )
-                    self._background.spawn(self.scheduler.settle(record))
-                    raise
             else:
                 self._start(record, task)
             return InvokeResult(record, self.status_endpoint(record.execution_id), estimate, "accepted")
@@ -249,8 +239,7 @@ class Invoker:
             record.end(Status.CANCELLED, ErrorCode.CANCELLED, "the streaming client went away before it started")
             self._background.spawn(self.scheduler.settle(record))
         elif record.mode is Mode.ASYNC and self.dispatch is not None:
-            self.lifecycle.publish(Event.ACCEPTED, record)
-            self._background.spawn(self.dispatch.enqueue(record))
+            self.lifecycle.publish(Event.ACCEPTED, record)  # queued with its record
         else:
             self._start(record, task)
 
