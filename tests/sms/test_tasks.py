@@ -42,6 +42,9 @@ async def test_a_process_task_is_fetched_from_smsfile_and_run(nodes: Nodes, fake
     assert again.success and fake_sms.get_task_calls == ["task-hello"]  # kept: not asked again
     task = await node.tasks.get("task-hello")
     assert (task.artifact_type, task.digest) == ("process", digest)
+    assert task.location == "smsfile://f-hello"  # the SMS's, never the node's download path
+    stored = await node.store.get_task("task-hello")
+    assert stored is not None and stored.location == "smsfile://f-hello"
 
 
 async def test_concurrent_first_calls_fetch_the_task_once(nodes: Nodes, fake_sms: FakeSms) -> None:
@@ -154,3 +157,14 @@ async def test_looking_a_task_up_does_not_fetch_it_only_a_call_does(nodes: Nodes
     assert not looked.found and fake_sms.get_task_calls == []
     assert (await stub(node).InvokeFunction(existing("task-look"))).success
     assert (await stub(node).GetTask(pb.GetTaskRequest(task_id="task-look"))).found
+
+
+async def test_a_fetched_task_is_kept_across_a_restart(nodes: Nodes, fake_sms: FakeSms) -> None:
+    serve_file(fake_sms, "f-keep", "echo.sh")
+    fake_sms.add_task("task-keep", "BINARY", "smsfile://f-keep", name="echo.sh")
+    node = await nodes.start()
+    assert (await stub(node).InvokeFunction(existing("task-keep"))).success
+    await nodes.stop(node)
+    again = await nodes.start()
+    assert (await stub(again).InvokeFunction(existing("task-keep"))).success
+    assert fake_sms.get_task_calls == ["task-keep"] and len(fake_sms.file_requests) == 1

@@ -126,7 +126,12 @@ class SmsTasks:
             local.chmod(0o755 if runtime == "process" else 0o644)
             # The node's own copy: registered like a file of the tasks file (for_caller=False).
             own = ArtifactSpec(runtime, str(local), spec.artifact_id, spec.version, f"sha256:{digest}", spec.metadata)
-            return await self._registry.register(placed.task_id, own, description, for_caller=False)
+            task = await self._registry.register(placed.task_id, own, description, for_caller=False)
+            # Its location is the SMS's, not the download's (gone now): what GetTask and the
+            # messages of its failures show callers. Its artifact stays in the cache by digest.
+            task.location = uri
+            await self._registry.store.put_task(task)
+            return task
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
 
