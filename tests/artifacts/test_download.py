@@ -4,10 +4,11 @@ not help map a network and never quote what was fetched; a failed one leaves not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -78,27 +79,37 @@ async def test_a_name_allowed_by_address_must_resolve_and_connect_inside_the_all
     assert server.requests == []
 
 
-@pytest.fixture
-def not_http() -> Iterator[int]:
-    """A port that accepts connections and closes them without a word."""
+@contextlib.contextmanager
+def tcp_server(handle: Callable[[socket.socket, threading.Event], None]) -> Iterator[int]:
+    """A loopback port whose connections `handle` takes, each on a thread of its own, until the
+    event it is given is set (when the block ends)."""
     listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
     stop = threading.Event()
 
     def serve_forever() -> None:
-        listener.settimeout(0.1)
         while not stop.is_set():
             try:
                 connection, _ = listener.accept()
             except TimeoutError:
                 continue
-            connection.close()
+            threading.Thread(target=handle, args=(connection, stop), daemon=True).start()
 
     thread = threading.Thread(target=serve_forever, daemon=True)
     thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join(5)
-    listener.close()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+@pytest.fixture
+def not_http() -> Iterator[int]:
+    """A port that accepts connections and closes them without a word."""
+    with tcp_server(lambda connection, _: connection.close()) as port:
+        yield port
 
 
 async def test_a_closed_port_and_an_open_one_that_is_not_http_fail_alike(tmp_path: Path, not_http: int) -> None:
@@ -122,34 +133,19 @@ async def test_a_closed_port_and_an_open_one_that_is_not_http_fail_alike(tmp_pat
 def trickling() -> Iterator[int]:
     """A server that answers 200 with a 1 MB Content-Length, then sends one byte every 50 ms:
     never silent long enough for a read timeout, never done."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.1)
-    stop = threading.Event()
 
-    def trickle(conn: socket.socket) -> None:
-        with conn:
-            conn.recv(4096)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n")
+    def trickle(connection: socket.socket, stop: threading.Event) -> None:
+        with connection:
+            connection.recv(4096)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n")
             while not stop.wait(0.05):
                 try:
-                    conn.sendall(b"x")
+                    connection.sendall(b"x")
                 except OSError:
                     return  # the client gave up: what the test waits for
 
-    def serve_forever() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=trickle, args=(conn,), daemon=True).start()
-
-    thread = threading.Thread(target=serve_forever, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join(5)
-    listener.close()
+    with tcp_server(trickle) as port:
+        yield port
 
 
 async def test_a_download_trickling_past_artifact_timeout_s_is_refused_and_leaves_nothing(
