@@ -47,7 +47,12 @@ def untag_bytes(value: Any) -> Any:
 
 
 def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def strict_json(data: str | bytes) -> Any:
+    """`data` parsed as JSON proper: ValueError for NaN and Infinity, which Python's json takes."""
+    return json.loads(data, parse_constant=_no_constants)
 
 
 def dump_params(params: dict[str, Any]) -> str:
@@ -114,7 +119,7 @@ def classify_output(raw: bytes) -> OutputKind:
     except UnicodeDecodeError:
         return OutputKind.BYTES
     try:
-        json.loads(text, parse_constant=_no_constants)  # NaN and Infinity are not JSON
+        strict_json(text)
     except ValueError:
         return OutputKind.TEXT
     return OutputKind.JSON

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import uuid
 from typing import Any, cast
 
@@ -24,7 +23,7 @@ from spearlet.api.service import FunctionApi
 from spearlet.core.errors import InvalidArgument, NotFound
 from spearlet.core.ids import own_instance_id
 from spearlet.core.models import ExecutionRecord, Mode, OutputKind, Status
-from spearlet.core.values import RAW_INPUT, raw_params
+from spearlet.core.values import RAW_INPUT, raw_params, strict_json
 from spearlet.engine.invoker import InvocationType, InvokeRequest
 
 # SPEAR's name for "let the runtime choose its entry point".
@@ -55,10 +54,6 @@ def is_json(content_type: str) -> bool:
     return media in ("", "application/json")
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def params_of(payload: hpb.Payload) -> dict[str, Any]:
     """The call's parameters: a JSON object as the runtimes receive one, or the raw bytes."""
     if not is_json(payload.content_type):
@@ -66,7 +61,7 @@ def params_of(payload: hpb.Payload) -> dict[str, Any]:
     if not payload.data:
         return {}
     try:
-        value = json.loads(payload.data, parse_constant=_no_constant)
+        value = strict_json(payload.data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"input: content type {payload.content_type or '(none)'!r} but not JSON: {exc}") from exc
     if not isinstance(value, dict):

@@ -39,6 +39,7 @@ from spearlet.api.service import FunctionApi
 from spearlet.api.views import record_json
 from spearlet.core.codes import ErrorCode
 from spearlet.core.errors import SpearletError
+from spearlet.core.values import strict_json
 from spearlet.observability.metrics import CONTENT_TYPE, Metrics
 
 M = TypeVar("M", bound=Message)
@@ -78,10 +79,6 @@ class BadRequest(SpearletError):
     code = ErrorCode.INVALID_ARGUMENT
 
 
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
-
-
 async def json_body(request: Request, required: bool = True) -> dict[str, Any]:
     """The request body as a JSON object, whatever the Content-Type header says."""
     raw = await request.body()
@@ -90,7 +87,7 @@ async def json_body(request: Request, required: bool = True) -> dict[str, Any]:
             raise BadRequest("the request body is empty: send a JSON object")
         return {}
     try:
-        body = json.loads(raw, parse_constant=_not_json)
+        body = strict_json(raw)
     except ValueError as exc:  # UnicodeDecodeError included
         raise BadRequest(f"the request body is not JSON: {exc}") from exc
     if not isinstance(body, dict):
