@@ -36,7 +36,7 @@ from spearlet.api.service import FunctionApi
 from spearlet.artifacts import ArtifactFetcher
 from spearlet.artifacts.cache import ArtifactCache, Permissions
 from spearlet.artifacts.local import Reader
-from spearlet.config import Settings
+from spearlet.config import Settings, split_host_port
 from spearlet.core.errors import StartError, StoreFault, StoreUnavailable
 from spearlet.core.lifecycle import Lifecycle
 from spearlet.core.models import ArtifactSpec
@@ -258,7 +258,7 @@ class Node:
         self._housekeeping = asyncio.get_running_loop().create_task(self._expire_periodically())
         if self.sms is not None:
             log.info(s.sms_exposure())
-            sms_host = s.sms_grpc_addr.rpartition(":")[0].strip("[]")
+            sms_host, _ = split_host_port(s.sms_grpc_addr)
             ip = advertised_ip(s.host, sms_host, s.advertise_address)
             self.sms.start(NodeAddress(s.node_id, ip, self.grpc_port, self.http_port))
         self.data_lock.announce(

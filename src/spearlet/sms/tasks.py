@@ -21,6 +21,7 @@ import httpx
 
 from spearlet.artifacts.download import download
 from spearlet.artifacts.local import Budget
+from spearlet.config import split_host_port
 from spearlet.core.errors import InvalidArgument, Unavailable
 from spearlet.core.models import ArtifactSpec, Task
 from spearlet.core.net import HostRules
@@ -142,8 +143,8 @@ class SmsTasks:
             raise InvalidArgument(f"{uri!r} is not an smsfile://<id> location")
         if not self._http_addr:
             raise InvalidArgument(f"{uri!r} needs the SMS's HTTP address: set sms_http_addr (--sms-http-addr)")
-        host, _, port = self._http_addr.rpartition(":")
-        url = httpx.URL(scheme="http", host=host.strip("[]"), port=int(port), path=f"/api/v1/files/{file_id}")
+        host, port = split_host_port(self._http_addr)  # validated with the settings
+        url = httpx.URL(scheme="http", host=host, port=port, path=f"/api/v1/files/{file_id}")
         budget = Budget(self._max_bytes, self._timeout_s, f"{uri!r} is larger than artifact_limit_mb")
         # The SMS is the node's own choice of server: any host (it is where the setting says).
         return await download(url, target, HostRules(["*"]), budget, ("http",))
